@@ -1,0 +1,1185 @@
+//! S3-compatible object storage over ureq (blocking, pooled, rustls) with
+//! rusty-s3 building the SigV4-signed requests.
+//!
+//! Every request is a presigned URL (query-string SigV4, `UNSIGNED-PAYLOAD`),
+//! so part bodies are streamed without hashing them first. Presigned URLs
+//! carry the access key id and the signature in their query string: they are
+//! never logged nor put into an error, which name the bucket, key and
+//! endpoint instead. No call retries by itself; callers use
+//! [`RetryPolicy`](super::RetryPolicy).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use md5::Digest as _;
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+
+use super::{Error, ErrorKind, ObjectInfo, Result, Store, Upload};
+
+/// Everything needed to talk to one S3 endpoint. Each endpoint gets its own
+/// HTTP agent built from its own `S3Config`, so one endpoint's TLS settings
+/// never affect the other's.
+#[derive(Clone)]
+pub struct S3Config {
+    /// Base URL of an S3-compatible server (`http://127.0.0.1:19000`), or
+    /// `None` for AWS itself (`https://s3.<region>.amazonaws.com`).
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// The store prefix without `/v2`; may be empty.
+    pub prefix: String,
+    pub region: String,
+    /// Path-style (`<endpoint>/<bucket>/<key>`) instead of virtual-host URLs.
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// PEM bundle that replaces the built-in web PKI roots.
+    pub trusted_ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    /// SSE-C: algorithm (`AES256`) and the base64 customer key.
+    pub sse_customer: Option<(String, String)>,
+    pub connect_timeout: Duration,
+    /// Upper bound for one whole request (a part upload included).
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Config {
+    // Hand-written so that secrets can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field("trusted_ca_pem", &self.trusted_ca_pem.as_ref().map(|p| p.len()))
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("sse_customer", &self.sse_customer.as_ref().map(|(a, _)| a))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// How long a presigned URL stays valid. It only has to outlive the start of
+/// the request (S3 checks it when the request arrives), so an hour leaves
+/// room for clock skew without keeping URLs valid for days.
+const PRESIGN_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// At most this much of an error response body is read to find its code.
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Idle connections kept per host: enough for ~16 parallel part uploads.
+const POOL_PER_HOST: usize = 32;
+
+/// S3 numbers parts 1..=10000.
+pub const MAX_PARTS: u32 = 10_000;
+
+const SSE_ALGORITHM: &str = "x-amz-server-side-encryption-customer-algorithm";
+const SSE_KEY: &str = "x-amz-server-side-encryption-customer-key";
+const SSE_KEY_MD5: &str = "x-amz-server-side-encryption-customer-key-md5";
+
+/// A store bound to `s3://<bucket>/<prefix>/v2/` at one endpoint.
+pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    agent: ureq::Agent,
+    bucket: Bucket,
+    credentials: Credentials,
+    /// `<prefix>/v2/`, or `v2/` for an empty prefix.
+    key_prefix: String,
+    /// The endpoint as shown in messages: no userinfo, no query.
+    endpoint: String,
+    /// SSE-C headers (name, value), sent (and signed) on create-multipart,
+    /// upload-part, get and head.
+    sse_headers: Vec<(&'static str, String)>,
+    request_timeout: Duration,
+    /// Keys per ListObjectsV2 page (None: the server's default, 1000 on S3).
+    list_page_size: Option<u16>,
+    /// Strings that must never appear in a message.
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store").field("location", &self.location()).finish()
+    }
+}
+
+impl S3Store {
+    /// Build a store and its own HTTP agent from `cfg`. Nothing is sent.
+    pub fn new(cfg: S3Config) -> Result<S3Store> {
+        let endpoint_url = match &cfg.endpoint {
+            Some(e) => e.trim_end_matches('/').to_string(),
+            None => format!("https://s3.{}.amazonaws.com", cfg.region),
+        };
+        let endpoint = display_endpoint(&endpoint_url);
+        let style = if cfg.path_style { UrlStyle::Path } else { UrlStyle::VirtualHost };
+        let parsed = endpoint_url
+            .parse()
+            .map_err(|e| Error::new(ErrorKind::Permanent, format!("S3 endpoint {endpoint} is not a valid URL: {e}")))?;
+        let bucket = Bucket::new(parsed, style, cfg.bucket.clone(), cfg.region.clone()).map_err(|e| {
+            Error::new(ErrorKind::Permanent, format!("S3 endpoint {endpoint} with bucket {}: {e}", cfg.bucket))
+        })?;
+
+        let credentials = match cfg.session_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(token) => Credentials::new_with_token(&cfg.access_key_id, &cfg.secret_access_key, token),
+            None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+        };
+
+        let prefix = cfg.prefix.trim_end_matches('/');
+        let key_prefix = if prefix.is_empty() { "v2/".to_string() } else { format!("{prefix}/v2/") };
+
+        let mut secrets = vec![cfg.access_key_id.clone(), cfg.secret_access_key.clone()];
+        secrets.extend(cfg.session_token.clone());
+
+        let mut sse_headers = Vec::new();
+        if let Some((algorithm, key_b64)) = &cfg.sse_customer {
+            let key = B64
+                .decode(key_b64.trim())
+                .map_err(|_| Error::new(ErrorKind::Permanent, "the SSE-C customer key is not valid base64"))?;
+            let md5 = B64.encode(md5::Md5::digest(&key));
+            sse_headers.push((SSE_ALGORITHM, algorithm.clone()));
+            sse_headers.push((SSE_KEY, key_b64.trim().to_string()));
+            sse_headers.push((SSE_KEY_MD5, md5));
+            secrets.push(key_b64.clone());
+            secrets.push(key_b64.trim().to_string());
+        }
+        // Redacting a one- or two-letter string would mangle every message
+        // and protect nothing.
+        secrets.retain(|s| s.len() >= 3);
+
+        let tls = tls_config(&cfg, &endpoint)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_global(Some(cfg.request_timeout))
+            .max_idle_connections(2 * POOL_PER_HOST)
+            .max_idle_connections_per_host(POOL_PER_HOST)
+            // A redirect means a wrong endpoint or region; following it
+            // would re-send a presigned URL elsewhere. Report it instead.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build()
+            .into();
+
+        Ok(S3Store {
+            inner: Arc::new(Inner {
+                agent,
+                bucket,
+                credentials,
+                key_prefix,
+                endpoint,
+                sse_headers,
+                request_timeout: cfg.request_timeout,
+                list_page_size: None,
+                secrets,
+            }),
+        })
+    }
+
+    /// List with at most `n` keys per ListObjectsV2 page (to exercise
+    /// pagination in tests; S3's default and maximum is 1000).
+    pub fn with_list_page_size(mut self, n: u16) -> S3Store {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.list_page_size = Some(n.max(1));
+        }
+        self
+    }
+
+    /// The object key for `name`: `<prefix>/v2/<name>`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.inner.key_prefix)
+    }
+
+    /// CreateBucket. A bucket that already exists and that we can use is fine.
+    pub fn create_bucket(&self) -> Result<()> {
+        let inner = &self.inner;
+        let ctx = format!("CreateBucket s3://{} at {}", inner.bucket.name(), inner.endpoint);
+        let action = inner.bucket.create_bucket(&inner.credentials);
+        let body = action.body();
+        let url = action.sign(PRESIGN_EXPIRY);
+        match inner.exec(&ctx, http::Method::PUT, url.as_str(), &[], Some(body.as_bytes()), Kind::Bucket) {
+            Ok(resp) => {
+                drain(resp);
+                Ok(())
+            }
+            Err(e) if e.msg.contains("BucketAlreadyOwnedByYou") => Ok(()),
+            // What s3s-fs and rclone say about a bucket of ours (on AWS: of
+            // someone else): fine if we can use it.
+            Err(e) if e.msg.contains("BucketAlreadyExists") => {
+                let url = inner.bucket.head_bucket(Some(&inner.credentials)).sign(PRESIGN_EXPIRY);
+                match inner.exec(&ctx, http::Method::HEAD, url.as_str(), &[], None, Kind::Bucket) {
+                    Ok(resp) => {
+                        drain(resp);
+                        Ok(())
+                    }
+                    Err(_) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// DeleteBucket; the bucket must be empty.
+    pub fn delete_bucket(&self) -> Result<()> {
+        let inner = &self.inner;
+        let ctx = format!("DeleteBucket s3://{} at {}", inner.bucket.name(), inner.endpoint);
+        let url = inner.bucket.delete_bucket(&inner.credentials).sign(PRESIGN_EXPIRY);
+        let resp = inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Bucket)?;
+        drain(resp);
+        Ok(())
+    }
+
+    /// HeadObject: the object's size and its ETag without quotes.
+    pub fn head(&self, name: &str) -> Result<(u64, String)> {
+        let inner = &self.inner;
+        let key = self.key(name);
+        let ctx = inner.ctx("HeadObject", &key);
+        let mut action = inner.bucket.head_object(Some(&inner.credentials), &key);
+        inner.add_sse(&mut action);
+        let url = action.sign(PRESIGN_EXPIRY);
+        let resp = inner.exec(&ctx, http::Method::HEAD, url.as_str(), &inner.sse_refs(), None, Kind::Object)?;
+        let size = header(&resp, "content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| inner.err(ErrorKind::Permanent, format!("{ctx}: no Content-Length in the response")))?;
+        let etag = header(&resp, "etag").unwrap_or_default().trim_matches('"').to_string();
+        drain(resp);
+        Ok((size, etag))
+    }
+
+    /// ListMultipartUploads under `<prefix>/v2/`: (key, upload id) of every
+    /// upload begun and neither completed nor aborted. Not every server
+    /// implements it (s3s-fs answers 501 NotImplemented).
+    pub fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>> {
+        let inner = &self.inner;
+        let ctx =
+            format!("ListMultipartUploads of s3://{}/{} at {}", inner.bucket.name(), inner.key_prefix, inner.endpoint);
+        let mut out = Vec::new();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            // rusty-s3 has no ListMultipartUploads; it is ListObjectsV2's
+            // `GET /<bucket>/` with another query string.
+            let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
+            let q = action.query_mut();
+            q.remove("list-type");
+            q.remove("encoding-type");
+            q.insert("uploads", "");
+            q.insert("prefix", inner.key_prefix.as_str());
+            if let Some((k, u)) = &marker {
+                q.insert("key-marker", k.clone());
+                q.insert("upload-id-marker", u.clone());
+            }
+            let url = action.sign(PRESIGN_EXPIRY);
+            let resp = match inner.exec(&ctx, http::Method::GET, url.as_str(), &[], None, Kind::Bucket) {
+                Err(e) if e.msg.contains(": HTTP 501 ") => {
+                    return Err(Error::new(
+                        ErrorKind::Permanent,
+                        format!("{}; this server does not support ListMultipartUploads", e.msg),
+                    ));
+                }
+                other => other?,
+            };
+            let body = inner.read_small_body(&ctx, resp)?;
+            for upload in xml::elements(&body, "Upload") {
+                let key = xml::text(upload, "Key").unwrap_or_default();
+                let id = xml::text(upload, "UploadId").unwrap_or_default();
+                if key.starts_with(&inner.key_prefix) {
+                    out.push((key, id));
+                }
+            }
+            if xml::text(&body, "IsTruncated").as_deref() != Some("true") {
+                break;
+            }
+            let next = (
+                xml::text(&body, "NextKeyMarker").unwrap_or_default(),
+                xml::text(&body, "NextUploadIdMarker").unwrap_or_default(),
+            );
+            if next.0.is_empty() || marker.as_ref() == Some(&next) {
+                return Err(inner.err(ErrorKind::Transient, format!("{ctx}: truncated listing without a next marker")));
+            }
+            marker = Some(next);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for S3Store {
+    fn location(&self) -> String {
+        format!("s3://{}/{} at {}", self.inner.bucket.name(), self.inner.key_prefix, self.inner.endpoint)
+    }
+
+    fn begin(&self, name: &str) -> Result<Box<dyn Upload>> {
+        let inner = &self.inner;
+        check_name(name)?;
+        let key = self.key(name);
+        let ctx = inner.ctx("CreateMultipartUpload", &key);
+        let mut action = inner.bucket.create_multipart_upload(Some(&inner.credentials), &key);
+        inner.add_sse(&mut action);
+        let url = action.sign(PRESIGN_EXPIRY);
+        let resp = inner.exec(&ctx, http::Method::POST, url.as_str(), &inner.sse_refs(), Some(&[]), Kind::Object)?;
+        let body = inner.read_small_body(&ctx, resp)?;
+        if let Some(e) = inner.error_in_body(&ctx, &body) {
+            return Err(e);
+        }
+        let upload_id = xml::text(&body, "UploadId")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| inner.err(ErrorKind::Permanent, format!("{ctx}: no UploadId in the response")))?;
+        Ok(Box::new(S3Upload { inner: self.inner.clone(), key, upload_id, etags: Mutex::new(BTreeMap::new()) }))
+    }
+
+    fn load(&self, name: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+        let inner = &self.inner;
+        let key = self.key(name);
+        let ctx = if offset > 0 {
+            inner.ctx(&format!("GetObject from byte {offset}"), &key)
+        } else {
+            inner.ctx("GetObject", &key)
+        };
+        let mut action = inner.bucket.get_object(Some(&inner.credentials), &key);
+        inner.add_sse(&mut action);
+        let url = action.sign(PRESIGN_EXPIRY);
+        let range = format!("bytes={offset}-");
+        let mut headers = inner.sse_refs();
+        if offset > 0 {
+            headers.push(("range", range.as_str()));
+        }
+        let resp = inner.exec(&ctx, http::Method::GET, url.as_str(), &headers, None, Kind::Download)?;
+        let status = resp.status().as_u16();
+        // A 200 to a ranged GET is either the range anyway (rclone answers
+        // 200 with a Content-Range) or the whole object (the range was
+        // ignored), whose first `offset` bytes are then skipped.
+        let skip = if offset > 0 && status == 200 {
+            match header(&resp, "content-range") {
+                Some(cr) if cr.starts_with(&format!("bytes {offset}-")) => 0,
+                Some(_) => {
+                    drain(resp);
+                    return Err(inner.err(ErrorKind::Permanent, format!("{ctx}: the server answered another range")));
+                }
+                None => offset,
+            }
+        } else {
+            0
+        };
+        let mut reader = ContextReader { inner: resp.into_body().into_reader(), ctx, secrets: inner.secrets.clone() };
+        if skip > 0 {
+            let skipped = io::copy(&mut (&mut reader).take(skip), &mut io::sink())
+                .map_err(|e| inner.err(ErrorKind::Transient, e.to_string()))?;
+            if skipped < skip {
+                return Err(inner.err(
+                    ErrorKind::Permanent,
+                    format!("{}: the object is shorter than the offset {offset}", reader.ctx),
+                ));
+            }
+        }
+        Ok(Box::new(reader))
+    }
+
+    fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let inner = &self.inner;
+        let ctx = format!("ListObjectsV2 of s3://{}/{} at {}", inner.bucket.name(), inner.key_prefix, inner.endpoint);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
+            action.with_prefix(inner.key_prefix.as_str());
+            if let Some(n) = inner.list_page_size {
+                action.with_max_keys(n.into());
+            }
+            if let Some(t) = &token {
+                action.with_continuation_token(t.as_str());
+            }
+            let url = action.sign(PRESIGN_EXPIRY);
+            let resp = inner.exec(&ctx, http::Method::GET, url.as_str(), &[], None, Kind::Bucket)?;
+            let body = inner.read_small_body(&ctx, resp)?;
+            if let Some(e) = inner.error_in_body(&ctx, &body) {
+                return Err(e);
+            }
+            let url_encoded = xml::text(&body, "EncodingType").as_deref() == Some("url");
+            for entry in xml::elements(&body, "Contents") {
+                let Some(mut key) = xml::text(entry, "Key") else {
+                    continue;
+                };
+                if url_encoded {
+                    key = url_decode(&key);
+                }
+                let Some(name) = key.strip_prefix(&inner.key_prefix) else {
+                    continue;
+                };
+                if name.is_empty() || name.contains('/') {
+                    continue;
+                }
+                let size = xml::text(entry, "Size").and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+                    inner.err(ErrorKind::Permanent, format!("{ctx}: no valid Size for an object in the response"))
+                })?;
+                out.push(ObjectInfo { name: name.to_string(), size });
+            }
+            if xml::text(&body, "IsTruncated").as_deref() != Some("true") {
+                break;
+            }
+            match xml::text(&body, "NextContinuationToken").filter(|t| !t.is_empty()) {
+                Some(t) if token.as_ref() != Some(&t) => token = Some(t),
+                _ => {
+                    return Err(inner.err(
+                        ErrorKind::Transient,
+                        format!("{ctx}: truncated listing without a new continuation token"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let key = self.key(name);
+        let ctx = inner.ctx("DeleteObject", &key);
+        let url = inner.bucket.delete_object(Some(&inner.credentials), &key).sign(PRESIGN_EXPIRY);
+        match inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Object) {
+            Ok(resp) => {
+                drain(resp);
+                Ok(())
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A multipart upload in progress.
+struct S3Upload {
+    inner: Arc<Inner>,
+    key: String,
+    upload_id: String,
+    /// ETag (as returned, quotes included) per part number.
+    etags: Mutex<BTreeMap<u32, String>>,
+}
+
+impl Upload for S3Upload {
+    fn put_part(&self, number: u32, offset: u64, data: &[&[u8]]) -> Result<()> {
+        let inner = &self.inner;
+        let ctx = inner.ctx(&format!("UploadPart {number}"), &self.key);
+        if number == 0 || number > MAX_PARTS {
+            return Err(Error::new(ErrorKind::Permanent, format!("{ctx}: part numbers go from 1 to {MAX_PARTS}")));
+        }
+        let len: u64 = data.iter().map(|s| s.len() as u64).sum();
+        let mut action = inner.bucket.upload_part(Some(&inner.credentials), &self.key, number as u16, &self.upload_id);
+        inner.add_sse(&mut action);
+        let url = action.sign(PRESIGN_EXPIRY);
+        log::trace!("part {number} of {}: bytes {offset}..{}", self.key, offset + len);
+        let mut body = SlicesReader { slices: data, index: 0, pos: 0 };
+        let resp = inner.exec_streaming(&ctx, http::Method::PUT, url.as_str(), &inner.sse_refs(), &mut body, len)?;
+        let etag = header(&resp, "etag").map(str::to_string);
+        drain(resp);
+        let etag = etag
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| inner.err(ErrorKind::Permanent, format!("{ctx}: no ETag in the response")))?;
+        self.etags.lock().unwrap_or_else(|p| p.into_inner()).insert(number, etag);
+        Ok(())
+    }
+
+    fn complete(&self) -> Result<()> {
+        let inner = &self.inner;
+        let ctx = inner.ctx("CompleteMultipartUpload", &self.key);
+        let etags: Vec<String> = {
+            let map = self.etags.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.keys().next_back().copied().unwrap_or(0);
+            if n == 0 {
+                return Err(Error::new(ErrorKind::Permanent, format!("{ctx}: no part was stored")));
+            }
+            if let Some(missing) = (1..=n).find(|k| !map.contains_key(k)) {
+                return Err(Error::new(
+                    ErrorKind::Permanent,
+                    format!("{ctx}: part {missing} of 1..={n} was never stored"),
+                ));
+            }
+            map.values().cloned().collect()
+        };
+        let action = inner.bucket.complete_multipart_upload(
+            Some(&inner.credentials),
+            &self.key,
+            &self.upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = action.sign(PRESIGN_EXPIRY);
+        let body = action.body();
+        let resp = inner.exec(&ctx, http::Method::POST, url.as_str(), &[], Some(body.as_bytes()), Kind::Upload)?;
+        // S3 may answer 200 and still fail: the body is then an <Error>.
+        let body = inner.read_small_body(&ctx, resp)?;
+        match inner.error_in_body(&ctx, &body) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn abort(&self) -> Result<()> {
+        let inner = &self.inner;
+        let ctx = inner.ctx("AbortMultipartUpload", &self.key);
+        let url = inner
+            .bucket
+            .abort_multipart_upload(Some(&inner.credentials), &self.key, &self.upload_id)
+            .sign(PRESIGN_EXPIRY);
+        let resp = inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Upload)?;
+        drain(resp);
+        Ok(())
+    }
+}
+
+/// What a request addresses, which decides what a 404 means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The bucket itself (list, create): a 404 is a missing bucket.
+    Bucket,
+    /// An object: 404 NoSuchKey (or a bodiless 404 to HEAD) is NotFound.
+    Object,
+    /// An object, streamed back: as `Object`, without the overall timeout.
+    Download,
+    /// A multipart upload: NoSuchUpload is NotFound.
+    Upload,
+}
+
+impl Inner {
+    fn ctx(&self, what: &str, key: &str) -> String {
+        format!("{what} of s3://{}/{key} at {}", self.bucket.name(), self.endpoint)
+    }
+
+    /// An error whose message is scrubbed of secrets and URL queries.
+    fn err(&self, kind: ErrorKind, msg: String) -> Error {
+        Error::new(kind, sanitize(&msg, &self.secrets))
+    }
+
+    fn add_sse<'a, A: S3Action<'a>>(&'a self, action: &mut A) {
+        for (name, value) in &self.sse_headers {
+            action.headers_mut().insert(*name, value.as_str());
+        }
+    }
+
+    fn sse_refs(&self) -> Vec<(&str, &str)> {
+        self.sse_headers.iter().map(|(n, v)| (*n, v.as_str())).collect()
+    }
+
+    /// Send a request with an in-memory body (or none).
+    fn exec(
+        &self,
+        ctx: &str,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        kind: Kind,
+    ) -> Result<http::Response<ureq::Body>> {
+        match body {
+            Some(bytes) => {
+                let mut reader = bytes;
+                self.send(ctx, method, url, headers, Some((&mut reader, bytes.len() as u64)), kind)
+            }
+            None => self.send(ctx, method, url, headers, None, kind),
+        }
+    }
+
+    /// Send a request whose body is read from `body`, `len` bytes long.
+    fn exec_streaming(
+        &self,
+        ctx: &str,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &mut dyn Read,
+        len: u64,
+    ) -> Result<http::Response<ureq::Body>> {
+        self.send(ctx, method, url, headers, Some((body, len)), Kind::Upload)
+    }
+
+    fn send(
+        &self,
+        ctx: &str,
+        method: http::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(&mut dyn Read, u64)>,
+        kind: Kind,
+    ) -> Result<http::Response<ureq::Body>> {
+        log::trace!("{method} {}", strip_query(url));
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let result = match body {
+            Some((reader, len)) => {
+                let request = builder.header("content-length", len).body(ureq::SendBody::from_reader(reader));
+                self.run(ctx, request, kind)?
+            }
+            None => self.run(ctx, builder.body(ureq::SendBody::none()), kind)?,
+        };
+        let resp = result.map_err(|e| self.transport_error(ctx, e))?;
+        let status = resp.status();
+        log::trace!("{method} {} -> {}", strip_query(url), status.as_u16());
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let is_head = method == http::Method::HEAD;
+        let body = if is_head { String::new() } else { read_error_body(resp) };
+        Err(self.http_error(ctx, status, &body, kind, is_head))
+    }
+
+    fn run<S: ureq::AsSendBody>(
+        &self,
+        ctx: &str,
+        request: http::Result<http::Request<S>>,
+        kind: Kind,
+    ) -> Result<std::result::Result<http::Response<ureq::Body>, ureq::Error>> {
+        let request =
+            request.map_err(|e| self.err(ErrorKind::Permanent, format!("{ctx}: cannot build the request: {e}")))?;
+        if kind == Kind::Download {
+            // A download streams for as long as the caller reads: bound the
+            // wait for the response and each read, not the whole transfer.
+            let request = self
+                .agent
+                .configure_request(request)
+                .timeout_global(None)
+                .timeout_recv_response(Some(self.request_timeout))
+                .timeout_per_read(Some(self.request_timeout))
+                .build();
+            Ok(self.agent.run(request))
+        } else {
+            Ok(self.agent.run(request))
+        }
+    }
+
+    fn http_error(&self, ctx: &str, status: http::StatusCode, body: &str, kind: Kind, is_head: bool) -> Error {
+        let code = xml::text(body, "Code").unwrap_or_default();
+        let message = xml::text(body, "Message").unwrap_or_default();
+        let s = status.as_u16();
+        let error_kind = classify(s, &code, kind, is_head);
+        let mut msg = format!("{ctx}: HTTP {s}");
+        if code.is_empty() {
+            if let Some(reason) = status.canonical_reason() {
+                msg.push(' ');
+                msg.push_str(reason);
+            }
+        } else {
+            msg.push(' ');
+            msg.push_str(&code);
+        }
+        if !message.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(message.trim());
+        }
+        if s / 100 == 3 {
+            msg.push_str(" (redirected: check the endpoint, region and addressing style)");
+        }
+        self.err(error_kind, msg)
+    }
+
+    /// An `<Error>` in the body of a 200 response.
+    fn error_in_body(&self, ctx: &str, body: &str) -> Option<Error> {
+        let error = xml::elements(body, "Error").into_iter().next()?;
+        let code = xml::text(error, "Code").unwrap_or_default();
+        let message = xml::text(error, "Message").unwrap_or_default();
+        // S3's way to fail late (CompleteMultipartUpload): only the known
+        // transient codes are worth repeating the request for.
+        let kind = match code.as_str() {
+            c if is_transient_code(c) => ErrorKind::Transient,
+            "NoSuchUpload" => ErrorKind::NotFound,
+            _ => ErrorKind::Permanent,
+        };
+        Some(self.err(kind, format!("{ctx}: HTTP 200 with error {code}: {}", message.trim())))
+    }
+
+    fn transport_error(&self, ctx: &str, e: ureq::Error) -> Error {
+        let (kind, why) = describe_transport_error(&e);
+        self.err(kind, format!("{ctx}: {why}"))
+    }
+
+    fn read_small_body(&self, ctx: &str, resp: http::Response<ureq::Body>) -> Result<String> {
+        resp.into_body()
+            .into_with_config()
+            .limit(16 * 1024 * 1024)
+            .lossy_utf8(true)
+            .read_to_string()
+            .map_err(|e| self.transport_error(&format!("{ctx} (reading the response)"), e))
+    }
+}
+
+fn classify(status: u16, code: &str, kind: Kind, is_head: bool) -> ErrorKind {
+    // 501: the server does not do that (s3s-fs: ListMultipartUploads;
+    // rclone: replacing a part it already streamed); asking again won't help.
+    if status == 501 || code == "NotImplemented" {
+        return ErrorKind::Permanent;
+    }
+    if status >= 500 || status == 429 || is_transient_code(code) {
+        return ErrorKind::Transient;
+    }
+    let object = matches!(kind, Kind::Object | Kind::Download);
+    match code {
+        "NoSuchKey" if object => ErrorKind::NotFound,
+        "NoSuchUpload" if kind == Kind::Upload => ErrorKind::NotFound,
+        "" if status == 404 && object && is_head => ErrorKind::NotFound,
+        _ => ErrorKind::Permanent,
+    }
+}
+
+fn is_transient_code(code: &str) -> bool {
+    matches!(code, "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "OperationAborted")
+}
+
+fn describe_transport_error(e: &ureq::Error) -> (ErrorKind, String) {
+    use ureq::Error as E;
+    match e {
+        // rustls reports certificate and handshake failures through I/O.
+        E::Io(io) => match io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => (ErrorKind::Permanent, format!("TLS: {tls}")),
+            None => (ErrorKind::Transient, describe_io(io)),
+        },
+        E::Timeout(t) => (ErrorKind::Transient, format!("timed out ({t})")),
+        E::HostNotFound => (ErrorKind::Transient, "host not found (DNS)".to_string()),
+        E::ConnectionFailed => (ErrorKind::Transient, "connection failed".to_string()),
+        E::Protocol(p) => (ErrorKind::Transient, format!("HTTP protocol error: {p}")),
+        E::BodyStalled => (ErrorKind::Transient, "the connection stalled".to_string()),
+        E::Tls(t) => (ErrorKind::Permanent, format!("TLS: {t}")),
+        E::Pem(p) => (ErrorKind::Permanent, format!("TLS PEM: {p:?}")),
+        E::Rustls(r) => (ErrorKind::Permanent, format!("TLS: {r}")),
+        // Their Display would show the URL, query included.
+        E::BadUri(_) => (ErrorKind::Permanent, "invalid request URL".to_string()),
+        E::Http(_) => (ErrorKind::Permanent, "invalid HTTP request".to_string()),
+        E::RequireHttpsOnly(_) => (ErrorKind::Permanent, "HTTPS required".to_string()),
+        E::LargeResponseHeader(..) => (ErrorKind::Transient, e.to_string()),
+        other => (ErrorKind::Permanent, other.to_string()),
+    }
+}
+
+fn describe_io(e: &io::Error) -> String {
+    use io::ErrorKind as K;
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::TimedOut => "timed out",
+        K::UnexpectedEof => "connection closed early",
+        K::BrokenPipe => "connection closed (broken pipe)",
+        _ => return format!("I/O error: {e}"),
+    };
+    let detail = e.to_string();
+    if detail.to_ascii_lowercase().contains(what) { what.to_string() } else { format!("{what} ({detail})") }
+}
+
+fn read_error_body(resp: http::Response<ureq::Body>) -> String {
+    resp.into_body().into_with_config().limit(ERROR_BODY_LIMIT).lossy_utf8(true).read_to_string().unwrap_or_default()
+}
+
+/// Read what is left of a (small) response so its connection can be reused.
+fn drain(resp: http::Response<ureq::Body>) {
+    let _ = resp.into_body().into_with_config().limit(ERROR_BODY_LIMIT).read_to_vec();
+}
+
+fn header<'a>(resp: &'a http::Response<ureq::Body>, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::new(ErrorKind::Permanent, "an object name must not be empty"));
+    }
+    Ok(())
+}
+
+fn tls_config(cfg: &S3Config, endpoint: &str) -> Result<ureq::tls::TlsConfig> {
+    let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+    if let Some(pem) = &cfg.trusted_ca_pem {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Permanent,
+                        format!("the trusted CA PEM for {endpoint} cannot be parsed: {e}"),
+                    ));
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Permanent,
+                format!("the trusted CA PEM for {endpoint} holds no certificate"),
+            ));
+        }
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    if cfg.insecure_skip_verify {
+        tls = tls.disable_verification(true);
+    }
+    Ok(tls.build())
+}
+
+/// The endpoint without userinfo, query or trailing slash.
+fn display_endpoint(url: &str) -> String {
+    let url = strip_query(url);
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}{}", rest.trim_end_matches('/'))
+}
+
+fn strip_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Remove secrets and the query strings of URLs from a message.
+fn sanitize(msg: &str, secrets: &[String]) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("://") {
+        // Copy up to the end of the URL's path, then skip its query.
+        let start = i + 3;
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let token_end = after.find(char::is_whitespace).unwrap_or(after.len());
+        let token = &after[..token_end];
+        match token.find('?') {
+            Some(q) => {
+                out.push_str(&token[..q]);
+                // Keep trailing punctuation that ended the sentence.
+                let tail = &token[q..];
+                let keep = tail.len() - tail.trim_end_matches([':', ',', ';', ')']).len();
+                out.push_str(&tail[tail.len() - keep..]);
+            }
+            None => out.push_str(token),
+        }
+        rest = &after[token_end..];
+    }
+    out.push_str(rest);
+    for secret in secrets {
+        if !secret.is_empty() && out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
+
+/// Percent-decoding as `encoding-type=url` listings need it (`+` is a space).
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The part's slices, read in order without copying them together.
+struct SlicesReader<'a> {
+    slices: &'a [&'a [u8]],
+    index: usize,
+    pos: usize,
+}
+
+impl Read for SlicesReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(slice) = self.slices.get(self.index) {
+            let left = &slice[self.pos..];
+            if left.is_empty() {
+                self.index += 1;
+                self.pos = 0;
+                continue;
+            }
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// A download's body; its errors say which object they concern.
+struct ContextReader {
+    inner: ureq::BodyReader<'static>,
+    ctx: String,
+    secrets: Vec<String>,
+}
+
+impl Read for ContextReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let why = describe_io(&e);
+            io::Error::new(e.kind(), sanitize(&format!("{}: {why}", self.ctx), &self.secrets))
+        })
+    }
+}
+
+/// Just enough XML for S3's responses: the text of `<Tag>` elements, found
+/// by name whatever their namespace declaration (servers differ there).
+mod xml {
+    /// The raw content of each `<tag>` element, in document order.
+    pub fn elements<'a>(doc: &'a str, tag: &str) -> Vec<&'a str> {
+        let open = format!("<{tag}");
+        let close = format!("</{tag}>");
+        let mut out = Vec::new();
+        let mut rest = doc;
+        while let Some(i) = rest.find(&open) {
+            let after = &rest[i + open.len()..];
+            match after.chars().next() {
+                Some('>' | '/' | ' ' | '\t' | '\r' | '\n') => {}
+                _ => {
+                    rest = after;
+                    continue;
+                }
+            }
+            let Some(gt) = after.find('>') else { break };
+            if after[..gt].ends_with('/') {
+                out.push("");
+                rest = &after[gt + 1..];
+                continue;
+            }
+            let content = &after[gt + 1..];
+            let Some(end) = content.find(&close) else { break };
+            out.push(&content[..end]);
+            rest = &content[end + close.len()..];
+        }
+        out
+    }
+
+    /// The unescaped text of the first `<tag>` element.
+    pub fn text(doc: &str, tag: &str) -> Option<String> {
+        elements(doc, tag).first().map(|s| unescape(s))
+    }
+
+    pub fn unescape(s: &str) -> String {
+        if let Some(inner) = s.trim().strip_prefix("<![CDATA[").and_then(|s| s.strip_suffix("]]>")) {
+            return inner.to_string();
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('&') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i..];
+            let Some(semi) = after.find(';').filter(|&n| n <= 10) else {
+                out.push('&');
+                rest = &after[1..];
+                continue;
+            };
+            let entity = &after[1..semi];
+            let ch = match entity {
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "amp" => Some('&'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => entity
+                    .strip_prefix("#x")
+                    .or_else(|| entity.strip_prefix("#X"))
+                    .map(|h| u32::from_str_radix(h, 16))
+                    .or_else(|| entity.strip_prefix('#').map(str::parse::<u32>))
+                    .and_then(|r| r.ok())
+                    .and_then(char::from_u32),
+            };
+            match ch {
+                Some(c) => {
+                    out.push(c);
+                    rest = &after[semi + 1..];
+                }
+                None => {
+                    out.push('&');
+                    rest = &after[1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(prefix: &str) -> S3Config {
+        S3Config {
+            endpoint: Some("http://127.0.0.1:9/".to_string()),
+            bucket: "bkt".to_string(),
+            prefix: prefix.to_string(),
+            region: "us-east-1".to_string(),
+            path_style: true,
+            access_key_id: "AKIDEXAMPLE".to_string(),
+            secret_access_key: "wJalrXUtnFEMI".to_string(),
+            session_token: Some("sessiontoken123".to_string()),
+            trusted_ca_pem: None,
+            insecure_skip_verify: false,
+            sse_customer: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn sse_c_headers_carry_the_key_md5() {
+        let key = B64.encode([7u8; 32]);
+        let mut cfg = config("p");
+        cfg.sse_customer = Some(("AES256".to_string(), key.clone()));
+        let store = S3Store::new(cfg).unwrap();
+        let h = &store.inner.sse_headers;
+        assert_eq!(h[0], (SSE_ALGORITHM, "AES256".to_string()));
+        assert_eq!(h[1], (SSE_KEY, key));
+        // md5(32 × 0x07), base64, as `openssl md5 -binary | base64` gives it.
+        assert_eq!(h[2], (SSE_KEY_MD5, "y4HAEFCYWuvAXWFTtA1Qpg==".to_string()));
+
+        let mut bad = config("p");
+        bad.sse_customer = Some(("AES256".to_string(), "not base64!".to_string()));
+        let e = S3Store::new(bad).unwrap_err();
+        assert!(!e.msg.contains("not base64!"), "{}", e.msg);
+    }
+
+    #[test]
+    fn keys_and_location() {
+        let s = S3Store::new(config("etcd/")).unwrap();
+        assert_eq!(s.key("Full-1"), "etcd/v2/Full-1");
+        assert_eq!(s.location(), "s3://bkt/etcd/v2/ at http://127.0.0.1:9");
+        let s = S3Store::new(config("")).unwrap();
+        assert_eq!(s.key("Full-1"), "v2/Full-1");
+        assert_eq!(s.location(), "s3://bkt/v2/ at http://127.0.0.1:9");
+        let mut aws = config("a");
+        aws.endpoint = None;
+        aws.region = "eu-west-1".to_string();
+        assert_eq!(S3Store::new(aws).unwrap().location(), "s3://bkt/a/v2/ at https://s3.eu-west-1.amazonaws.com");
+        assert!(!format!("{s:?}").contains("wJalr"));
+    }
+
+    #[test]
+    fn endpoint_display_drops_userinfo_and_query() {
+        assert_eq!(display_endpoint("https://user:pw@host:9000/base/?x=1"), "https://host:9000/base");
+        assert_eq!(display_endpoint("http://127.0.0.1:19000"), "http://127.0.0.1:19000");
+    }
+
+    #[test]
+    fn sanitize_strips_queries_and_secrets() {
+        let secrets = vec!["AKIDEXAMPLE".to_string(), "wJalrXUtnFEMI".to_string()];
+        let msg = "GET http://h:1/b/k?X-Amz-Credential=AKIDEXAMPLE%2F&X-Amz-Signature=ab: failed, key wJalrXUtnFEMI";
+        assert_eq!(sanitize(msg, &secrets), "GET http://h:1/b/k: failed, key <redacted>");
+        assert_eq!(sanitize("no url here", &secrets), "no url here");
+    }
+
+    #[test]
+    fn xml_helpers() {
+        let doc = r#"<?xml version="1.0"?><ListBucketResult xmlns="x"><IsTruncated>true</IsTruncated>
+            <Contents><Key>a%2Fb+c</Key><Size>5</Size><ETag>&#34;e&#34;</ETag></Contents><Contents><Key>d&amp;e</Key><Size>7</Size></Contents>
+            <NextContinuationToken>t/==</NextContinuationToken><Upload><UploadId>u1</UploadId></Upload><Empty/></ListBucketResult>"#;
+        let c = xml::elements(doc, "Contents");
+        assert_eq!(c.len(), 2);
+        assert_eq!(xml::text(c[0], "ETag").unwrap(), "\"e\"");
+        assert_eq!(url_decode(&xml::text(c[0], "Key").unwrap()), "a/b c");
+        assert_eq!(xml::text(c[1], "Key").unwrap(), "d&e");
+        assert_eq!(xml::text(doc, "NextContinuationToken").unwrap(), "t/==");
+        assert_eq!(xml::elements(doc, "Upload").len(), 1);
+        assert_eq!(xml::text(doc, "Empty").unwrap(), "");
+        assert_eq!(xml::text(doc, "Missing"), None);
+        assert_eq!(url_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(classify(503, "SlowDown", Kind::Object, false), ErrorKind::Transient);
+        assert_eq!(classify(500, "", Kind::Bucket, false), ErrorKind::Transient);
+        assert_eq!(classify(501, "NotImplemented", Kind::Upload, false), ErrorKind::Permanent);
+        assert_eq!(classify(429, "", Kind::Bucket, false), ErrorKind::Transient);
+        assert_eq!(classify(400, "RequestTimeout", Kind::Upload, false), ErrorKind::Transient);
+        assert_eq!(classify(404, "NoSuchKey", Kind::Download, false), ErrorKind::NotFound);
+        assert_eq!(classify(404, "", Kind::Object, true), ErrorKind::NotFound);
+        assert_eq!(classify(404, "NoSuchBucket", Kind::Object, false), ErrorKind::Permanent);
+        assert_eq!(classify(404, "NoSuchUpload", Kind::Upload, false), ErrorKind::NotFound);
+        assert_eq!(classify(403, "SignatureDoesNotMatch", Kind::Bucket, false), ErrorKind::Permanent);
+        assert_eq!(classify(400, "EntityTooSmall", Kind::Upload, false), ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn error_in_a_200_body() {
+        let s = S3Store::new(config("p")).unwrap();
+        let body = "<Error><Code>InternalError</Code><Message>try again</Message></Error>";
+        let e = s.inner.error_in_body("CompleteMultipartUpload of x", body).unwrap();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert_eq!(e.msg, "CompleteMultipartUpload of x: HTTP 200 with error InternalError: try again");
+        let body = "<CompleteMultipartUploadResult><ETag>x</ETag></CompleteMultipartUploadResult>";
+        assert!(s.inner.error_in_body("c", body).is_none());
+    }
+
+    #[test]
+    fn slices_are_read_in_order() {
+        let a = [1u8, 2, 3];
+        let b: [u8; 0] = [];
+        let c = [4u8, 5];
+        let slices: [&[u8]; 3] = [&a, &b, &c];
+        let mut r = SlicesReader { slices: &slices, index: 0, pos: 0 };
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn trusted_ca_without_certificate_is_an_error() {
+        let mut cfg = config("p");
+        cfg.trusted_ca_pem = Some(b"no pem here".to_vec());
+        let e = S3Store::new(cfg).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Permanent);
+        assert!(e.msg.contains("trusted CA"), "{}", e.msg);
+    }
+
+    #[test]
+    fn complete_needs_every_part_and_calls_nothing_otherwise() {
+        // The endpoint (port 9, discard) is never contacted: a call would
+        // fail with a transport error instead of this message.
+        let s = S3Store::new(config("p")).unwrap();
+        let up = S3Upload { inner: s.inner.clone(), key: s.key("n"), upload_id: "u".into(), etags: Mutex::default() };
+        assert!(up.complete().unwrap_err().msg.contains("no part was stored"));
+        up.etags.lock().unwrap().insert(1, "\"a\"".into());
+        up.etags.lock().unwrap().insert(3, "\"c\"".into());
+        let e = up.complete().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Permanent);
+        assert!(e.msg.contains("part 2 of 1..=3 was never stored"), "{}", e.msg);
+    }
+}
