@@ -1,0 +1,495 @@
+//! One full snapshot, streamed from etcd to every store endpoint at once.
+//!
+//! The reader (the calling thread) fills fixed-size buffers from a bounded
+//! pool and broadcasts each one, shared and never copied, over a bounded
+//! channel per endpoint. Each endpoint's coordinator groups buffers into
+//! parts of its own size and hands them to its own pool of uploader threads.
+//! An endpoint that fails is aborted and drops its channel, which detaches
+//! it: the reader skips it from then on. Uploads are completed only after
+//! the stream ended and etcd's SHA-256 trailer matched; otherwise they are
+//! aborted, so nothing partial ever becomes visible.
+
+use crate::etcd::{self, EtcdConfig};
+use crate::flags::Role;
+use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
+use crate::store::s3::MAX_PARTS;
+use crate::store::{RetryPolicy, Store, Upload};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use log::{debug, error, info, warn};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Size of one shared buffer. Parts are whole numbers of buffers.
+pub const CHUNK: usize = 1 << 20;
+
+/// One store endpoint, opened.
+pub struct Target {
+    pub role: Role,
+    pub store: Arc<dyn Store>,
+    pub max_parallel_uploads: usize,
+    pub min_part_size: u64,
+    pub retry: RetryPolicy,
+}
+
+/// What became of one snapshot on each endpoint.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub results: Vec<(Role, Result<(), String>)>,
+    pub bytes: u64,
+}
+
+/// Buffers in a part for this endpoint: its own minimum, grown so that a
+/// snapshot of `size` bytes needs at most 10,000 parts.
+pub fn chunks_per_part(min_part_size: u64, size: u64) -> usize {
+    let part = min_part_size.max(size.div_ceil(MAX_PARTS as u64));
+    part.div_ceil(CHUNK as u64) as usize
+}
+
+/// Peak bytes held in buffers: per endpoint, one part being assembled, one
+/// being handed over, one queued in its channel and one per uploader, plus
+/// the reader's own buffer. Independent of the snapshot size (up to
+/// 10,000 parts of the minimum size).
+pub fn memory_bound(targets: &[(usize, usize)]) -> usize {
+    pool_capacity(targets) * CHUNK
+}
+
+/// `targets` holds (max parallel uploads, buffers per part) per endpoint.
+fn pool_capacity(targets: &[(usize, usize)]) -> usize {
+    1 + targets.iter().map(|&(parallel, cpp)| (parallel + 2) * cpp + cpp).sum::<usize>()
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Take one full snapshot and store it on every target. `Err` means no
+/// upload was attempted (etcd unreachable) or the snapshot itself was bad;
+/// per-endpoint failures are in the `Outcome`.
+pub fn full_snapshot(etcd_cfg: &EtcdConfig, targets: &[Target]) -> anyhow::Result<Outcome> {
+    let mut client = etcd::Client::connect(etcd_cfg)?;
+    let status = client.status()?;
+    let name = SnapshotName::full(status.revision.max(0) as u64, unix_now()).to_string();
+    info!(
+        "Taking snapshot {name} from etcd {} (version {}, revision {})",
+        client.endpoint(),
+        status.version,
+        status.revision
+    );
+
+    // Start every upload first, in parallel, so that a slow or dead endpoint
+    // is known before etcd starts streaming.
+    let uploads: Vec<Result<Box<dyn Upload>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets.iter().map(|t| s.spawn(|| begin(t, &name))).collect();
+        handles.into_iter().map(|h| h.join().expect("begin thread panicked")).collect()
+    });
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; targets.len()];
+    let mut live = Vec::new();
+    for (i, u) in uploads.into_iter().enumerate() {
+        match u {
+            Ok(u) => live.push((i, u)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    let mut bytes = 0;
+    if !live.is_empty() {
+        let opened = client.snapshot().and_then(|mut stream| first_message(&mut stream).map(|f| (stream, f)));
+        let (mut stream, (first, size)) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                for (i, u) in &live {
+                    abort(&targets[*i], &name, &**u);
+                }
+                return Err(e.context(format!("snapshot {name}: nothing was stored")));
+            }
+        };
+        let started = Instant::now();
+        let ended = std::thread::scope(|s| {
+            let mut senders = Vec::new();
+            let mut handles = Vec::new();
+            let mut cpps = Vec::new();
+            for (i, upload) in live.drain(..) {
+                let t = &targets[i];
+                let cpp = chunks_per_part(t.min_part_size, size);
+                cpps.push((t.max_parallel_uploads, cpp));
+                let (tx, rx) = bounded(cpp);
+                senders.push(tx);
+                let name = &name;
+                handles.push((i, s.spawn(move || endpoint_upload(t, name, upload, rx, cpp))));
+            }
+            debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", memory_bound(&cpps) >> 20);
+            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&cpps)), senders);
+            for (i, h) in handles {
+                results[i] = Some(h.join().unwrap_or_else(|_| Err("uploader thread panicked".into())));
+            }
+            ended
+        });
+        match ended {
+            Ended::Verified(total) => {
+                bytes = total;
+                let secs = started.elapsed().as_secs_f64();
+                debug!("streamed {total} bytes in {secs:.2}s ({:.1} MB/s)", total as f64 / secs.max(1e-9) / 1e6);
+            }
+            Ended::Bad(reason) => anyhow::bail!(
+                "snapshot {name} from etcd {}: {reason}; every upload was aborted, nothing was stored",
+                client.endpoint()
+            ),
+            Ended::NobodyListening => {}
+        }
+    }
+    let results = targets.iter().zip(results).map(|(t, r)| (t.role, r.expect("every endpoint has a result"))).collect();
+    Ok(Outcome { name, results, bytes })
+}
+
+fn begin(t: &Target, name: &str) -> Result<Box<dyn Upload>, String> {
+    t.retry
+        .run(|| t.store.begin(name), |n, e, w| retrying(t, "starting the upload", n, e, w))
+        .map_err(|e| format!("cannot start the upload: {e}"))
+}
+
+fn retrying(t: &Target, what: &str, attempt: u32, e: &crate::store::Error, wait: std::time::Duration) {
+    warn!(
+        "{} endpoint: {what} failed (attempt {attempt}/{}), retrying in {wait:?}: {e}",
+        t.role.name(),
+        t.retry.attempts
+    );
+}
+
+/// Skip leading empty messages (etcd 3.6 announces its version first) and
+/// learn the snapshot size: bytes still to come plus this message's bytes.
+fn first_message(stream: &mut etcd::SnapshotStream<'_>) -> anyhow::Result<(Vec<u8>, u64)> {
+    loop {
+        match stream.next()? {
+            Some(m) if m.blob.is_empty() && m.remaining_bytes == 0 => continue,
+            Some(m) => {
+                let size = m.remaining_bytes + m.blob.len() as u64 + TRAILER_LEN as u64;
+                return Ok((m.blob, size));
+            }
+            None => anyhow::bail!("etcd ended the snapshot stream before sending any data"),
+        }
+    }
+}
+
+enum Msg {
+    Data(Arc<Chunk>),
+    /// The stream ended; `Ok` only when the trailer matched.
+    End(Result<(), String>),
+}
+
+/// How the reading ended.
+enum Ended {
+    /// The whole snapshot went out and its trailer matched.
+    Verified(u64),
+    /// Broken stream, wrong size or trailer mismatch: nothing may be kept.
+    Bad(String),
+    /// Every endpoint failed and hung up; their own errors say why.
+    NobodyListening,
+}
+
+/// Reads the whole stream into shared buffers and broadcasts them, then
+/// tells every endpoint still listening whether the snapshot verified.
+fn read_and_broadcast(
+    stream: &mut etcd::SnapshotStream<'_>,
+    first: Vec<u8>,
+    size: u64,
+    pool: &Arc<Pool>,
+    mut live: Vec<Sender<Msg>>,
+) -> Ended {
+    let mut check = TrailerCheck::default();
+    let mut buf = pool.take();
+    let mut blob = first;
+    let broken = loop {
+        check.update(&blob);
+        let mut rest = &blob[..];
+        while !rest.is_empty() {
+            let n = (CHUNK - buf.len()).min(rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if buf.len() == CHUNK {
+                let full = std::mem::replace(&mut buf, pool.take());
+                broadcast(&mut live, Msg::Data(Chunk::new(full, pool)));
+            }
+        }
+        if live.is_empty() {
+            return Ended::NobodyListening;
+        }
+        match stream.next() {
+            Ok(Some(m)) => blob = m.blob,
+            Ok(None) => break None,
+            Err(e) => break Some(format!("{e:#}")),
+        }
+    };
+    if !buf.is_empty() {
+        broadcast(&mut live, Msg::Data(Chunk::new(buf, pool)));
+    }
+    let total = check.total();
+    let verdict = match broken {
+        Some(e) => Err(e),
+        None if total != size => Err(format!("etcd announced {size} bytes but sent {total}")),
+        None => check.finish(),
+    };
+    broadcast(&mut live, Msg::End(verdict.clone()));
+    match verdict {
+        Ok(()) => Ended::Verified(total),
+        Err(e) => Ended::Bad(e),
+    }
+}
+
+/// Send to every endpoint still listening; forget the ones that hung up.
+fn broadcast(live: &mut Vec<Sender<Msg>>, msg: Msg) {
+    live.retain(|tx| {
+        let m = match &msg {
+            Msg::Data(c) => Msg::Data(Arc::clone(c)),
+            Msg::End(v) => Msg::End(v.clone()),
+        };
+        tx.send(m).is_ok()
+    });
+}
+
+/// One endpoint's side: parts to uploader threads, then complete or abort.
+fn endpoint_upload(
+    t: &Target,
+    name: &str,
+    upload: Box<dyn Upload>,
+    rx: Receiver<Msg>,
+    cpp: usize,
+) -> Result<(), String> {
+    let failed: Mutex<Option<String>> = Mutex::new(None);
+    let upload = &*upload;
+    let verdict = std::thread::scope(|s| {
+        let (work_tx, work_rx) = bounded::<Part>(0);
+        for _ in 0..t.max_parallel_uploads {
+            let (work_rx, failed) = (work_rx.clone(), &failed);
+            s.spawn(move || {
+                for part in work_rx {
+                    if failed.lock().unwrap().is_some() {
+                        continue; // drain, so the coordinator never blocks
+                    }
+                    let slices: Vec<&[u8]> = part.chunks.iter().map(|c| &c.data[..]).collect();
+                    let what = format!("uploading part {}", part.number);
+                    let r = t.retry.run(
+                        || upload.put_part(part.number, part.offset, &slices),
+                        |n, e, w| retrying(t, &what, n, e, w),
+                    );
+                    if let Err(e) = r {
+                        failed.lock().unwrap().get_or_insert(format!("part {}: {e}", part.number));
+                    }
+                }
+            });
+        }
+        let mut part = Part { number: 1, offset: 0, chunks: Vec::with_capacity(cpp) };
+        let verdict = loop {
+            if failed.lock().unwrap().is_some() {
+                break None;
+            }
+            match rx.recv() {
+                Ok(Msg::Data(chunk)) => {
+                    part.chunks.push(chunk);
+                    if part.chunks.len() == cpp {
+                        let next =
+                            Part { number: part.number + 1, offset: part.end(), chunks: Vec::with_capacity(cpp) };
+                        let _ = work_tx.send(std::mem::replace(&mut part, next));
+                    }
+                }
+                Ok(Msg::End(v)) => {
+                    if v.is_ok() && !part.chunks.is_empty() {
+                        let _ = work_tx.send(part);
+                    }
+                    break Some(v);
+                }
+                Err(_) => break Some(Err("the snapshot reader stopped".into())),
+            }
+        };
+        // Hanging up detaches this endpoint from the broadcast at once,
+        // before waiting for the uploads still running.
+        drop(rx);
+        drop(work_tx);
+        verdict
+    });
+    let result = match (failed.into_inner().unwrap(), verdict) {
+        (Some(cause), _) => Err(cause),
+        (None, Some(Ok(()))) => t
+            .retry
+            .run(|| upload.complete(), |n, e, w| retrying(t, "completing the upload", n, e, w))
+            .map_err(|e| format!("completing the upload: {e}")),
+        (None, Some(Err(e))) => Err(e),
+        (None, None) => Err("upload failed".into()),
+    };
+    if result.is_err() {
+        abort(t, name, upload);
+    }
+    result
+}
+
+fn abort(t: &Target, name: &str, upload: &dyn Upload) {
+    if let Err(e) = t.retry.run(|| upload.abort(), |n, e, w| retrying(t, "aborting the upload", n, e, w)) {
+        error!(
+            "{} endpoint: could not abort the multipart upload of {name}; an incomplete upload may remain: {e}",
+            t.role.name()
+        );
+    }
+}
+
+struct Part {
+    number: u32,
+    offset: u64,
+    chunks: Vec<Arc<Chunk>>,
+}
+
+impl Part {
+    fn end(&self) -> u64 {
+        self.offset + self.chunks.iter().map(|c| c.data.len() as u64).sum::<u64>()
+    }
+}
+
+/// A filled buffer, shared by every endpoint; back to the pool when the
+/// last one lets go.
+struct Chunk {
+    data: Vec<u8>,
+    pool: Arc<Pool>,
+}
+
+impl Chunk {
+    fn new(data: Vec<u8>, pool: &Arc<Pool>) -> Arc<Chunk> {
+        Arc::new(Chunk { data, pool: Arc::clone(pool) })
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let mut data = std::mem::take(&mut self.data);
+        data.clear();
+        let _ = self.pool.give.send(data);
+    }
+}
+
+/// A fixed number of `CHUNK`-sized buffers, made on first use. Taking one
+/// blocks while all are in use: that is the memory bound.
+struct Pool {
+    give: Sender<Vec<u8>>,
+    free: Receiver<Vec<u8>>,
+    made: Mutex<usize>,
+    capacity: usize,
+}
+
+impl Pool {
+    fn new(capacity: usize) -> Arc<Pool> {
+        let (give, free) = bounded(capacity);
+        Arc::new(Pool { give, free, made: Mutex::new(0), capacity })
+    }
+
+    fn take(&self) -> Vec<u8> {
+        if let Ok(b) = self.free.try_recv() {
+            return b;
+        }
+        {
+            let mut made = self.made.lock().unwrap();
+            if *made < self.capacity {
+                *made += 1;
+                return Vec::with_capacity(CHUNK);
+            }
+        }
+        self.free.recv().expect("the pool owns a sender")
+    }
+}
+
+/// The `snapshot --once` command: open the stores, take the snapshot, log
+/// the per-endpoint outcome as the spec shows it, and return the exit code.
+pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
+    let mut targets = Vec::new();
+    for ep in &cfg.endpoints {
+        match crate::store::s3::S3Store::new(ep.s3.clone()) {
+            Ok(store) => targets.push(Target {
+                role: ep.role,
+                store: Arc::new(store),
+                max_parallel_uploads: ep.max_parallel_uploads,
+                min_part_size: ep.min_part_size,
+                retry: ep.retry,
+            }),
+            Err(e) => {
+                error!("{} endpoint: {e}", ep.role.name());
+                return crate::exit::USAGE;
+            }
+        }
+    }
+    match full_snapshot(&cfg.etcd, &targets) {
+        Ok(outcome) => report(&outcome, cfg.require_all_endpoints),
+        Err(e) => {
+            error!("Failed to take snapshot: {e:#}");
+            crate::exit::FAILED
+        }
+    }
+}
+
+/// Log what happened on each endpoint and pick the exit code.
+pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
+    let name = &o.name;
+    for (role, r) in &o.results {
+        match r {
+            Ok(()) => info!("Successfully saved snapshot {name} to {} endpoint", role.name()),
+            Err(e) => error!("Failed to save snapshot {name} to {} endpoint: {e}", role.name()),
+        }
+    }
+    let saved = |role: Role| o.results.iter().any(|(r, res)| *r == role && res.is_ok());
+    let ok = o.results.iter().filter(|(_, r)| r.is_ok()).count();
+    if ok == o.results.len() {
+        if ok > 1 {
+            info!("Snapshot {name} successfully saved to both endpoints");
+        }
+        crate::exit::OK
+    } else if ok > 0 {
+        warn!(
+            "Snapshot {name} saved to only one endpoint - Primary: {}, Secondary: {}",
+            saved(Role::Primary),
+            saved(Role::Secondary)
+        );
+        if require_all_endpoints { crate::exit::DEGRADED } else { crate::exit::OK }
+    } else {
+        let causes: Vec<String> = o
+            .results
+            .iter()
+            .filter_map(|(role, r)| r.as_ref().err().map(|e| format!("{}: {e}", role.name())))
+            .collect();
+        error!("Snapshot {name} was not saved to any endpoint - {}", causes.join("; "));
+        crate::exit::FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_respects_minimum_and_part_limit() {
+        assert_eq!(chunks_per_part(5 << 20, 200 << 20), 5);
+        assert_eq!(chunks_per_part((5 << 20) + 1, 200 << 20), 6);
+        assert_eq!(chunks_per_part(8 << 20, 20 << 20), 8);
+        // 100 GiB with 5 MiB parts would need 20,480 parts: grow to stay under 10,000.
+        let cpp = chunks_per_part(5 << 20, 100 << 30);
+        assert!((100u64 << 30).div_ceil((cpp * CHUNK) as u64) <= MAX_PARTS as u64, "{cpp}");
+        assert_eq!(cpp, 11);
+    }
+
+    #[test]
+    fn memory_bound_of_the_defaults() {
+        // Two endpoints with 5 uploaders and 5 MiB parts each.
+        assert_eq!(memory_bound(&[(5, 5), (5, 5)]) >> 20, 81);
+        assert_eq!(memory_bound(&[(5, 5)]) >> 20, 41);
+    }
+
+    #[test]
+    fn pool_blocks_at_capacity_and_recycles() {
+        let pool = Pool::new(2);
+        let a = Chunk::new(pool.take(), &pool);
+        let b = pool.take();
+        assert!(pool.free.try_recv().is_err());
+        let p2 = Arc::clone(&pool);
+        let waiter = std::thread::spawn(move || p2.take().capacity());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "a third buffer must wait");
+        drop(a);
+        assert!(waiter.join().unwrap() >= CHUNK);
+        assert_eq!(*pool.made.lock().unwrap(), 2);
+        drop(b);
+    }
+}

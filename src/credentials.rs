@@ -1,0 +1,334 @@
+//! S3 credentials, found the way the upstream tool finds them, per endpoint:
+//! `<P>AWS_APPLICATION_CREDENTIALS_JSON` (a JSON file),
+//! `<P>AWS_APPLICATION_CREDENTIALS` (a JSON file, or a directory holding a
+//! `*.json` file or one file per field), then `<P>AWS_ACCESS_KEY_ID` /
+//! `<P>AWS_SECRET_ACCESS_KEY` / `<P>AWS_REGION` / `<P>AWS_SESSION_TOKEN`,
+//! where `<P>` is empty for the primary and `SECONDARY_` for the secondary.
+//!
+//! Errors name the variable and the file, never what the file holds.
+
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub region: Option<String>,
+    /// Deprecated upstream in favour of `--store-endpoint-override`.
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub insecure_skip_verify: bool,
+    /// PEM text of a CA to trust instead of the public roots.
+    pub trusted_ca_cert: Option<String>,
+    pub sse_customer_key: Option<String>,
+    pub sse_customer_algorithm: Option<String>,
+    /// Where these came from, for messages: `AWS_APPLICATION_CREDENTIALS=/path`.
+    pub source: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Credentials(from {}, region {:?})", self.source, self.region)
+    }
+}
+
+/// The upstream JSON form (field names as in the upstream tool).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct JsonCredentials {
+    #[serde(rename = "accessKeyID")]
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    s3_force_path_style: Option<bool>,
+    insecure_skip_verify: Option<bool>,
+    trusted_ca_cert: Option<String>,
+    sse_customer_key: Option<String>,
+    sse_customer_algorithm: Option<String>,
+    #[serde(rename = "roleARN")]
+    role_arn: Option<String>,
+}
+
+/// Look up an environment variable (a function so tests need no process env).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Load the credentials for the endpoint whose variables start with `prefix`.
+/// `Ok(None)` when none of the variables is set.
+pub fn load(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
+    let var = |name: &str| {
+        let full = format!("{prefix}{name}");
+        env(&full).filter(|v| !v.is_empty()).map(|v| (full, v))
+    };
+    let creds = if let Some((name, path)) = var("AWS_APPLICATION_CREDENTIALS_JSON") {
+        from_json_file(&name, Path::new(&path))?
+    } else if let Some((name, path)) = var("AWS_APPLICATION_CREDENTIALS") {
+        let p = Path::new(&path);
+        if p.is_dir() { from_dir(&name, p)? } else { from_json_file(&name, p)? }
+    } else if let Some((name, key)) = var("AWS_ACCESS_KEY_ID") {
+        let secret = var("AWS_SECRET_ACCESS_KEY")
+            .ok_or_else(|| format!("{name} is set but {prefix}AWS_SECRET_ACCESS_KEY is not"))?
+            .1;
+        S3Credentials {
+            access_key_id: key,
+            secret_access_key: secret,
+            session_token: var("AWS_SESSION_TOKEN").map(|v| v.1),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).map(|v| v.1),
+            source: format!("{prefix}AWS_ACCESS_KEY_ID/{prefix}AWS_SECRET_ACCESS_KEY"),
+            ..S3Credentials::default()
+        }
+    } else if let Some((name, _)) = var("AWS_SECRET_ACCESS_KEY") {
+        return Err(format!("{name} is set but {prefix}AWS_ACCESS_KEY_ID is not"));
+    } else {
+        return Ok(None);
+    };
+    validate(&creds)?;
+    Ok(Some(creds))
+}
+
+fn from_json_file(var: &str, path: &Path) -> Result<S3Credentials, String> {
+    let source = format!("{var}={}", path.display());
+    let text = std::fs::read(path).map_err(|e| format!("{source}: cannot read the credentials file: {e}"))?;
+    let json: JsonCredentials = serde_json::from_slice(&text).map_err(|e| {
+        // serde's message can quote a value, which may be a secret: keep only where and what kind.
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "a field has the wrong type",
+            serde_json::error::Category::Eof => "unexpected end of file",
+            _ => "not valid JSON",
+        };
+        format!("{source}: malformed credentials JSON at line {} column {}: {what}", e.line(), e.column())
+    })?;
+    Ok(from_fields(json, source))
+}
+
+/// Upstream's secret-volume form: a `*.json` file, or one file per field.
+fn from_dir(var: &str, dir: &Path) -> Result<S3Credentials, String> {
+    let source = format!("{var}={}", dir.display());
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("{source}: cannot read the credentials directory: {e}"))?;
+    let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    names.sort();
+    if let Some(json) = names.iter().find(|n| n.to_string_lossy().ends_with(".json")) {
+        return from_json_file(var, &dir.join(json));
+    }
+    let field = |name: &str| -> Result<Option<String>, String> {
+        let p = dir.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{var}: cannot read {}: {e}", p.display())),
+        }
+    };
+    let flag = |name: &str| -> Result<Option<bool>, String> {
+        match field(name)? {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<bool>()
+                .map(Some)
+                .map_err(|_| format!("{var}: {} must be true or false", dir.join(name).display())),
+        }
+    };
+    let json = JsonCredentials {
+        access_key_id: field("accessKeyID")?,
+        secret_access_key: field("secretAccessKey")?,
+        session_token: field("sessionToken")?,
+        region: field("region")?,
+        endpoint: field("endpoint")?,
+        s3_force_path_style: flag("s3ForcePathStyle")?,
+        insecure_skip_verify: flag("insecureSkipVerify")?,
+        trusted_ca_cert: field("trustedCaCert")?,
+        sse_customer_key: field("sseCustomerKey")?,
+        sse_customer_algorithm: field("sseCustomerAlgorithm")?,
+        role_arn: field("roleARN")?,
+    };
+    Ok(from_fields(json, source))
+}
+
+fn from_fields(j: JsonCredentials, source: String) -> S3Credentials {
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    S3Credentials {
+        access_key_id: j.access_key_id.unwrap_or_default(),
+        secret_access_key: j.secret_access_key.unwrap_or_default(),
+        session_token: non_empty(j.session_token),
+        region: non_empty(j.region),
+        endpoint: non_empty(j.endpoint),
+        force_path_style: j.s3_force_path_style,
+        insecure_skip_verify: j.insecure_skip_verify.unwrap_or(false),
+        trusted_ca_cert: non_empty(j.trusted_ca_cert),
+        sse_customer_key: non_empty(j.sse_customer_key),
+        sse_customer_algorithm: non_empty(j.sse_customer_algorithm),
+        source: if j.role_arn.is_some() { format!("{source} (roleARN)") } else { source },
+    }
+}
+
+fn validate(c: &S3Credentials) -> Result<(), String> {
+    if c.source.ends_with("(roleARN)") && c.access_key_id.is_empty() {
+        return Err(format!(
+            "{}: web identity (roleARN) is not supported; give accessKeyID and secretAccessKey",
+            c.source
+        ));
+    }
+    if c.access_key_id.is_empty() {
+        return Err(format!("{}: accessKeyID is missing or empty", c.source));
+    }
+    if c.secret_access_key.is_empty() {
+        return Err(format!("{}: secretAccessKey is missing or empty", c.source));
+    }
+    if c.sse_customer_key.is_some() != c.sse_customer_algorithm.is_some() {
+        return Err(format!("{}: sseCustomerKey and sseCustomerAlgorithm must be given together", c.source));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ebr-cred-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const JSON: &str = r#"{"accessKeyID":"AKID","secretAccessKey":"S3CR3T","region":"eu-west-1",
+        "endpoint":"http://127.0.0.1:9","s3ForcePathStyle":true,"insecureSkipVerify":true,
+        "trustedCaCert":"-----BEGIN CERTIFICATE-----","sseCustomerKey":"k","sseCustomerAlgorithm":"AES256","bucketName":"ignored"}"#;
+
+    #[test]
+    fn nothing_set_is_none() {
+        assert_eq!(load("", &env_of(&[])).unwrap(), None);
+        assert_eq!(
+            load("SECONDARY_", &env_of(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn plain_env_vars_with_prefix() {
+        let env = env_of(&[
+            ("SECONDARY_AWS_ACCESS_KEY_ID", "k2"),
+            ("SECONDARY_AWS_SECRET_ACCESS_KEY", "s2"),
+            ("SECONDARY_AWS_REGION", "us-west-2"),
+            ("SECONDARY_AWS_SESSION_TOKEN", "t2"),
+        ]);
+        let c = load("SECONDARY_", &env).unwrap().unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("k2", "s2"));
+        assert_eq!(c.region.as_deref(), Some("us-west-2"));
+        assert_eq!(c.session_token.as_deref(), Some("t2"));
+        let err = load("", &env_of(&[("AWS_ACCESS_KEY_ID", "k")])).unwrap_err();
+        assert!(err.contains("AWS_SECRET_ACCESS_KEY is not"), "{err}");
+    }
+
+    #[test]
+    fn json_file_and_dir_with_json_and_field_files_agree() {
+        let d = tmp("forms");
+        let file = d.join("creds.json");
+        std::fs::write(&file, JSON).unwrap();
+        let dir_json = d.join("secret-json");
+        std::fs::create_dir(&dir_json).unwrap();
+        std::fs::write(dir_json.join("credentials.json"), JSON).unwrap();
+        let dir_fields = d.join("secret-fields");
+        std::fs::create_dir(&dir_fields).unwrap();
+        for (k, v) in [
+            ("accessKeyID", "AKID\n"),
+            ("secretAccessKey", "S3CR3T"),
+            ("region", "eu-west-1"),
+            ("endpoint", "http://127.0.0.1:9"),
+            ("s3ForcePathStyle", "true"),
+            ("insecureSkipVerify", "true"),
+            ("trustedCaCert", "-----BEGIN CERTIFICATE-----\n"),
+            ("sseCustomerKey", "k"),
+            ("sseCustomerAlgorithm", "AES256"),
+        ] {
+            std::fs::write(dir_fields.join(k), v).unwrap();
+        }
+        let mut seen = Vec::new();
+        for (var, path) in [
+            ("AWS_APPLICATION_CREDENTIALS_JSON", &file),
+            ("AWS_APPLICATION_CREDENTIALS", &file),
+            ("AWS_APPLICATION_CREDENTIALS", &dir_json),
+            ("AWS_APPLICATION_CREDENTIALS", &dir_fields),
+        ] {
+            let c = load("", &env_of(&[(var, path.to_str().unwrap())])).unwrap().unwrap();
+            assert_eq!(c.access_key_id, "AKID");
+            assert_eq!(c.secret_access_key, "S3CR3T");
+            assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+            assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+            assert_eq!(c.force_path_style, Some(true));
+            assert!(c.insecure_skip_verify);
+            assert_eq!(c.sse_customer_algorithm.as_deref(), Some("AES256"));
+            assert!(c.source.starts_with(var), "{}", c.source);
+            seen.push(c);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn json_var_wins_over_directory_var() {
+        let d = tmp("order");
+        let a = d.join("a.json");
+        std::fs::write(&a, r#"{"accessKeyID":"from-json-var","secretAccessKey":"x"}"#).unwrap();
+        let b = d.join("b.json");
+        std::fs::write(&b, r#"{"accessKeyID":"from-dir-var","secretAccessKey":"x"}"#).unwrap();
+        let env = env_of(&[
+            ("AWS_APPLICATION_CREDENTIALS_JSON", a.to_str().unwrap()),
+            ("AWS_APPLICATION_CREDENTIALS", b.to_str().unwrap()),
+        ]);
+        assert_eq!(load("", &env).unwrap().unwrap().access_key_id, "from-json-var");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn errors_name_the_file_but_never_the_secret() {
+        let d = tmp("errors");
+        let bad = d.join("bad.json");
+        std::fs::write(&bad, r#"{"accessKeyID":"AKID","secretAccessKey":"TOPSECRET" "#).unwrap();
+        let wrong_type = d.join("wrong.json");
+        std::fs::write(&wrong_type, r#"{"accessKeyID":"AKID","secretAccessKey":"x","s3ForcePathStyle":"TOPSECRET"}"#)
+            .unwrap();
+        let no_secret = d.join("nosecret.json");
+        std::fs::write(&no_secret, r#"{"accessKeyID":"TOPSECRET"}"#).unwrap();
+        let missing = d.join("missing.json");
+        for (path, want) in [
+            (&bad, "malformed credentials JSON"),
+            (&wrong_type, "wrong type"),
+            (&no_secret, "secretAccessKey is missing"),
+            (&missing, "cannot read"),
+        ] {
+            let err = load("SECONDARY_", &env_of(&[("SECONDARY_AWS_APPLICATION_CREDENTIALS", path.to_str().unwrap())]))
+                .unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert!(err.contains("SECONDARY_AWS_APPLICATION_CREDENTIALS"), "{err}");
+            assert!(err.contains(path.to_str().unwrap()), "{err}");
+            assert!(!err.contains("TOPSECRET"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let c = S3Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "S3CR3T".into(),
+            session_token: Some("TOKEN".into()),
+            sse_customer_key: Some("SSEKEY".into()),
+            source: "AWS_ACCESS_KEY_ID".into(),
+            ..Default::default()
+        };
+        let s = format!("{c:?}");
+        for secret in ["AKID", "S3CR3T", "TOKEN", "SSEKEY"] {
+            assert!(!s.contains(secret), "{s}");
+        }
+    }
+}

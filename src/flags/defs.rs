@@ -1,0 +1,350 @@
+//! Every flag, defined once: name, value, default, environment fallback,
+//! help, and how it sets the low-level arguments. Store flags are defined
+//! for the primary only; `--secondary-<name>` and `SECONDARY_<VAR>` are
+//! generated from the same definition.
+//!
+//! Defaults are applied by running `set` on the `default` text, so the help
+//! output and the behaviour cannot drift apart.
+
+use super::lowargs::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Global,
+    Etcd,
+    /// Exists once per store endpoint.
+    Store,
+    Snapshot,
+}
+
+impl Group {
+    pub fn title(self) -> &'static str {
+        match self {
+            Group::Global => "General",
+            Group::Etcd => "etcd connection",
+            Group::Store => "store",
+            Group::Snapshot => "Snapshot",
+        }
+    }
+}
+
+pub struct Flag {
+    pub name: &'static str,
+    pub short: Option<char>,
+    /// Placeholder of the value, or `None` for a switch (`--x`, `--x=false`).
+    pub value: Option<&'static str>,
+    pub default: Option<&'static str>,
+    /// Environment variable read when the flag is not given.
+    pub env: Option<&'static str>,
+    pub group: Group,
+    pub help: &'static str,
+    pub set: fn(&mut LowArgs, Role, &str) -> Result<(), String>,
+}
+
+fn path(v: &str) -> Option<std::path::PathBuf> {
+    Some(v.into()).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty())
+}
+
+fn text(v: &str) -> Option<String> {
+    Some(v.to_string()).filter(|s| !s.is_empty())
+}
+
+pub static FLAGS: &[Flag] = &[
+    // General
+    Flag {
+        name: "log-level",
+        short: None,
+        value: Some("LEVEL"),
+        default: Some("info"),
+        env: None,
+        group: Group::Global,
+        help: "Log level: error, warn, info, debug or trace.",
+        set: |a, _, v| {
+            a.log_level = Some(parse_level(v)?);
+            Ok(())
+        },
+    },
+    // etcd connection
+    Flag {
+        name: "endpoints",
+        short: Some('e'),
+        value: Some("URLS"),
+        default: Some("http://127.0.0.1:2379"),
+        env: None,
+        group: Group::Etcd,
+        help: "etcd client URLs, comma separated, tried in order; host:port without a scheme is allowed.",
+        set: |a, _, v| {
+            a.etcd.endpoints = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            if a.etcd.endpoints.is_empty() { Err("expected at least one endpoint".into()) } else { Ok(()) }
+        },
+    },
+    Flag {
+        name: "cacert",
+        short: None,
+        value: Some("FILE"),
+        default: None,
+        env: None,
+        group: Group::Etcd,
+        help: "CA bundle (PEM) that signed etcd's server certificate.",
+        set: |a, _, v| {
+            a.etcd.cacert = path(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "cert",
+        short: None,
+        value: Some("FILE"),
+        default: None,
+        env: None,
+        group: Group::Etcd,
+        help: "Client certificate (PEM) for etcd.",
+        set: |a, _, v| {
+            a.etcd.cert = path(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "key",
+        short: None,
+        value: Some("FILE"),
+        default: None,
+        env: None,
+        group: Group::Etcd,
+        help: "Client private key (PEM) for etcd.",
+        set: |a, _, v| {
+            a.etcd.key = path(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "insecure-transport",
+        short: None,
+        value: None,
+        default: Some("true"),
+        env: None,
+        group: Group::Etcd,
+        help: "Talk to scheme-less etcd endpoints in plain text unless a TLS file is given.",
+        set: |a, _, v| {
+            a.etcd.insecure_transport = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "insecure-skip-tls-verify",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::Etcd,
+        help: "Accept any etcd server certificate (unlike upstream, off by default).",
+        set: |a, _, v| {
+            a.etcd.insecure_skip_tls_verify = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "etcd-username",
+        short: None,
+        value: Some("NAME"),
+        default: None,
+        env: None,
+        group: Group::Etcd,
+        help: "etcd user name (with --etcd-password).",
+        set: |a, _, v| {
+            a.etcd.username = text(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "etcd-password",
+        short: None,
+        value: Some("PASSWORD"),
+        default: None,
+        env: None,
+        group: Group::Etcd,
+        help: "etcd password (with --etcd-username).",
+        set: |a, _, v| {
+            a.etcd.password = text(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "etcd-connection-timeout",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("30s"),
+        env: None,
+        group: Group::Etcd,
+        help: "Time allowed to connect to one etcd endpoint.",
+        set: |a, _, v| {
+            a.etcd.connection_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "etcd-snapshot-timeout",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("15m"),
+        env: None,
+        group: Group::Etcd,
+        help: "Time allowed for streaming the whole snapshot from etcd.",
+        set: |a, _, v| {
+            a.etcd.snapshot_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    // Store (primary; the secondary variant is generated)
+    Flag {
+        name: "storage-provider",
+        short: None,
+        value: Some("PROVIDER"),
+        default: None,
+        env: None,
+        group: Group::Store,
+        help: "Storage provider: S3.",
+        set: |a, r, v| {
+            a.store(r).provider = text(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "store-container",
+        short: None,
+        value: Some("BUCKET"),
+        default: None,
+        env: Some("STORAGE_CONTAINER"),
+        group: Group::Store,
+        help: "Bucket that holds the snapshots.",
+        set: |a, r, v| {
+            a.store(r).container = text(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "store-prefix",
+        short: None,
+        value: Some("PREFIX"),
+        default: None,
+        env: None,
+        group: Group::Store,
+        help: "Key prefix inside the bucket; objects are <prefix>/v2/<snapshot>.",
+        set: |a, r, v| {
+            a.store(r).prefix = v.trim_matches('/').to_string();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "store-endpoint-override",
+        short: None,
+        value: Some("URL"),
+        default: None,
+        env: None,
+        group: Group::Store,
+        help: "URL of an S3-compatible server instead of AWS.",
+        set: |a, r, v| {
+            a.store(r).endpoint_override = text(v);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "max-parallel-chunk-uploads",
+        short: None,
+        value: Some("N"),
+        default: Some("5"),
+        env: None,
+        group: Group::Store,
+        help: "Parts uploaded at the same time.",
+        set: |a, r, v| {
+            a.store(r).max_parallel_chunk_uploads = parse_positive(v)? as usize;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "min-chunk-size",
+        short: None,
+        value: Some("BYTES"),
+        default: Some("5242880"),
+        env: None,
+        group: Group::Store,
+        help: "Size of one uploaded part (at least 5 MiB; grows to keep under 10,000 parts).",
+        set: |a, r, v| {
+            let n = parse_bytes(v)?;
+            if n < MIN_PART_SIZE {
+                return Err(format!("must be at least {MIN_PART_SIZE} (5 MiB, the S3 minimum part size)"));
+            }
+            a.store(r).min_chunk_size = n;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "chunk-upload-timeout",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("3m"),
+        env: None,
+        group: Group::Store,
+        help: "Time allowed for one request, a part upload included.",
+        set: |a, r, v| {
+            a.store(r).chunk_upload_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "chunk-upload-attempts",
+        short: None,
+        value: Some("N"),
+        default: Some("6"),
+        env: None,
+        group: Group::Store,
+        help: "Tries per request before the endpoint is given up.",
+        set: |a, r, v| {
+            a.store(r).chunk_upload_attempts = parse_positive(v)?.min(100) as u32;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "chunk-upload-backoff",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("1s"),
+        env: None,
+        group: Group::Store,
+        help: "Wait before the first retry; doubled for each next one, up to 16 times this.",
+        set: |a, r, v| {
+            a.store(r).chunk_upload_backoff = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    // Snapshot
+    Flag {
+        name: "once",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::Snapshot,
+        help: "Take one full snapshot and exit.",
+        set: |a, _, v| {
+            a.once = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "require-all-endpoints",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::Snapshot,
+        help: "Exit 3 when the snapshot reached only one of two endpoints.",
+        set: |a, _, v| {
+            a.require_all_endpoints = parse_bool(v)?;
+            Ok(())
+        },
+    },
+];
+
+/// S3's smallest part but the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;

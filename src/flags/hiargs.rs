@@ -1,0 +1,230 @@
+//! High-level configuration: low-level arguments combined, checked against
+//! each other, with credentials loaded, ready for the command to use.
+
+use super::lowargs::{LowArgs, Role, StoreArgs};
+use super::parse::UsageError;
+use crate::credentials::{self, Env, S3Credentials};
+use crate::etcd::EtcdConfig;
+use crate::store::RetryPolicy;
+use crate::store::s3::S3Config;
+
+/// One store endpoint, ready to open.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub role: Role,
+    pub s3: S3Config,
+    pub max_parallel_uploads: usize,
+    pub min_part_size: u64,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug)]
+pub struct SnapshotConfig {
+    pub etcd: EtcdConfig,
+    /// The primary, then the secondary when configured.
+    pub endpoints: Vec<EndpointConfig>,
+    pub require_all_endpoints: bool,
+}
+
+impl SnapshotConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<SnapshotConfig, UsageError> {
+        if !low.once {
+            return Err(UsageError(
+                "scheduled snapshots are not implemented yet: pass --once to take one full snapshot".into(),
+            ));
+        }
+        let endpoints = endpoints(&low, env)?;
+        Ok(SnapshotConfig { etcd: etcd(&low)?, endpoints, require_all_endpoints: low.require_all_endpoints })
+    }
+}
+
+fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
+    let e = &low.etcd;
+    if e.username.is_some() != e.password.is_some() {
+        return Err(UsageError("--etcd-username and --etcd-password must be given together".into()));
+    }
+    if e.cert.is_some() != e.key.is_some() {
+        return Err(UsageError("--cert and --key must be given together".into()));
+    }
+    if e.snapshot_timeout < e.connection_timeout {
+        return Err(UsageError("--etcd-snapshot-timeout must not be shorter than --etcd-connection-timeout".into()));
+    }
+    Ok(EtcdConfig {
+        endpoints: e.endpoints.clone(),
+        ca_file: e.cacert.clone(),
+        cert_file: e.cert.clone(),
+        key_file: e.key.clone(),
+        insecure_transport: e.insecure_transport,
+        insecure_skip_tls_verify: e.insecure_skip_tls_verify,
+        username: e.username.clone(),
+        password: e.password.clone(),
+        connection_timeout: e.connection_timeout,
+        snapshot_timeout: e.snapshot_timeout,
+    })
+}
+
+/// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.
+fn endpoints(low: &LowArgs, env: Env) -> Result<Vec<EndpointConfig>, UsageError> {
+    let primary_creds = credentials::load("", env)?;
+    let mut out = vec![endpoint(&low.stores[0], Role::Primary, primary_creds.clone())?];
+    if low.stores[1].provider.is_some() {
+        // Spec "Credential Fallback": no SECONDARY_* credentials means the primary's.
+        let creds = credentials::load(Role::Secondary.env_prefix(), env)?.or(primary_creds);
+        out.push(endpoint(&low.stores[1], Role::Secondary, creds)?);
+    } else if let Some(flag) = low.secondary_flags_given.first() {
+        return Err(UsageError(format!("{flag} needs --secondary-storage-provider")));
+    }
+    Ok(out)
+}
+
+fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<EndpointConfig, UsageError> {
+    let flag = |name: &str| format!("--{}{name}", role.flag_prefix());
+    let provider = s.provider.as_deref().ok_or_else(|| format!("{} is required (S3)", flag("storage-provider")))?;
+    match provider.to_ascii_lowercase().as_str() {
+        "s3" => {}
+        "local" => return Err(UsageError(format!("{} Local is not supported yet; use S3", flag("storage-provider")))),
+        _ => {
+            return Err(UsageError(format!(
+                "unsupported storage provider {provider:?} for {}: supported is S3",
+                flag("storage-provider")
+            )));
+        }
+    }
+    let bucket = s.container.clone().ok_or_else(|| {
+        format!("{} (or {}STORAGE_CONTAINER) is required", flag("store-container"), role.env_prefix())
+    })?;
+    let creds = creds.ok_or_else(|| {
+        let p = role.env_prefix();
+        format!(
+            "no credentials for the {} endpoint: set {p}AWS_APPLICATION_CREDENTIALS, \
+             {p}AWS_APPLICATION_CREDENTIALS_JSON or {p}AWS_ACCESS_KEY_ID and {p}AWS_SECRET_ACCESS_KEY",
+            role.name()
+        )
+    })?;
+    let endpoint = match (&s.endpoint_override, &creds.endpoint) {
+        (Some(url), _) => Some(check_url(url, &flag("store-endpoint-override"))?),
+        (None, Some(url)) => Some(check_url(url, &format!("endpoint in {}", creds.source))?),
+        (None, None) => None,
+    };
+    let initial = s.chunk_upload_backoff;
+    Ok(EndpointConfig {
+        role,
+        s3: S3Config {
+            // Path style is what S3-compatible servers expect; AWS itself gets virtual hosts.
+            path_style: creds.force_path_style.unwrap_or(endpoint.is_some()),
+            endpoint,
+            bucket,
+            prefix: s.prefix.clone(),
+            region: creds.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: creds.access_key_id,
+            secret_access_key: creds.secret_access_key,
+            session_token: creds.session_token,
+            trusted_ca_pem: creds.trusted_ca_cert.map(String::into_bytes),
+            insecure_skip_verify: creds.insecure_skip_verify,
+            sse_customer: creds.sse_customer_algorithm.zip(creds.sse_customer_key),
+            connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),
+            request_timeout: s.chunk_upload_timeout,
+        },
+        max_parallel_uploads: s.max_parallel_chunk_uploads,
+        min_part_size: s.min_chunk_size,
+        retry: RetryPolicy { attempts: s.chunk_upload_attempts, initial_backoff: initial, max_backoff: initial * 16 },
+    })
+}
+
+/// An S3 endpoint must be an http(s) URL with a host.
+fn check_url(url: &str, what: &str) -> Result<String, UsageError> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(url.trim_end_matches('/').to_string()),
+        _ => Err(UsageError(format!("invalid {what} {url:?}: expected an http:// or https:// URL"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::{Parsed, parse};
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<SnapshotConfig, UsageError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |k: &str| env.get(k).cloned();
+        let mut argv = vec!["snapshot", "--once"];
+        argv.extend_from_slice(args);
+        let Parsed::Run(_, low) = parse(argv.iter().map(std::ffi::OsString::from), &env)? else { panic!() };
+        SnapshotConfig::new(*low, &env)
+    }
+
+    const KEYS: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "pk"), ("AWS_SECRET_ACCESS_KEY", "ps")];
+    const BASE: &[&str] =
+        &["--storage-provider=S3", "--store-container=b1", "--store-endpoint-override=http://127.0.0.1:9"];
+
+    #[test]
+    fn single_endpoint_mode() {
+        let c = config(BASE, KEYS).unwrap();
+        assert_eq!(c.endpoints.len(), 1);
+        let p = &c.endpoints[0].s3;
+        assert_eq!((p.bucket.as_str(), p.endpoint.as_deref(), p.path_style), ("b1", Some("http://127.0.0.1:9"), true));
+        assert_eq!(p.region, "us-east-1");
+        assert_eq!(c.endpoints[0].retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn secondary_falls_back_to_primary_credentials_or_uses_its_own() {
+        let mut args = BASE.to_vec();
+        args.extend(["--secondary-storage-provider=S3", "--secondary-store-container=b2"]);
+        let c = config(&args, KEYS).unwrap();
+        assert_eq!(c.endpoints[1].s3.access_key_id, "pk");
+        assert_eq!(c.endpoints[1].s3.endpoint, None, "the endpoint override is per endpoint");
+        let mut env = KEYS.to_vec();
+        env.extend([("SECONDARY_AWS_ACCESS_KEY_ID", "sk"), ("SECONDARY_AWS_SECRET_ACCESS_KEY", "ss")]);
+        let c = config(&args, &env).unwrap();
+        assert_eq!((c.endpoints[0].s3.access_key_id.as_str(), c.endpoints[1].s3.access_key_id.as_str()), ("pk", "sk"));
+        assert_eq!(c.endpoints[1].s3.bucket, "b2");
+    }
+
+    #[test]
+    fn configuration_mistakes_are_one_line_and_name_the_culprit() {
+        let with = |extra: &[&'static str]| {
+            let mut v = BASE.to_vec();
+            v.extend_from_slice(extra);
+            v
+        };
+        for (args, env, want) in [
+            (
+                with(&["--secondary-store-container=b2"]),
+                KEYS,
+                "--secondary-store-container needs --secondary-storage-provider",
+            ),
+            (
+                with(&["--secondary-storage-provider=GCS"]),
+                KEYS,
+                "unsupported storage provider \"GCS\" for --secondary-storage-provider",
+            ),
+            (
+                with(&["--secondary-storage-provider=S3"]),
+                KEYS,
+                "--secondary-store-container (or SECONDARY_STORAGE_CONTAINER) is required",
+            ),
+            (vec!["--store-container=b"], KEYS, "--storage-provider is required"),
+            (BASE.to_vec(), &[][..], "no credentials for the primary endpoint"),
+            (
+                vec!["--storage-provider=S3", "--store-container=b", "--store-endpoint-override=127.0.0.1:9"],
+                KEYS,
+                "--store-endpoint-override",
+            ),
+            (with(&["--etcd-username=u"]), KEYS, "--etcd-password"),
+        ] {
+            let err = config(&args, env).unwrap_err().0;
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn without_once_is_refused_for_now() {
+        let env: HashMap<String, String> = HashMap::new();
+        let env = move |k: &str| env.get(k).cloned();
+        let Parsed::Run(_, low) = parse(["snapshot"].map(std::ffi::OsString::from), &env).unwrap() else { panic!() };
+        assert!(SnapshotConfig::new(*low, &env).unwrap_err().0.contains("--once"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Low-level arguments: what the command line (and the few environment
+//! fallbacks) said, typed but not yet combined or checked against each other.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+    /// Prefix of the generated flag (`--secondary-<name>`) and of its
+    /// environment variables (`SECONDARY_<VAR>`).
+    pub fn flag_prefix(self) -> &'static str {
+        match self {
+            Role::Primary => "",
+            Role::Secondary => "secondary-",
+        }
+    }
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            Role::Primary => "",
+            Role::Secondary => "SECONDARY_",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LowArgs {
+    pub log_level: Option<log::LevelFilter>,
+    pub etcd: EtcdArgs,
+    pub stores: [StoreArgs; 2],
+    pub once: bool,
+    pub require_all_endpoints: bool,
+    /// Secondary store flags given on the command line, by flag name, to
+    /// refuse them when `--secondary-storage-provider` is missing.
+    pub secondary_flags_given: Vec<String>,
+}
+
+impl LowArgs {
+    pub fn store(&mut self, role: Role) -> &mut StoreArgs {
+        &mut self.stores[role as usize]
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct EtcdArgs {
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub insecure_transport: bool,
+    pub insecure_skip_tls_verify: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub connection_timeout: Duration,
+    pub snapshot_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct StoreArgs {
+    pub provider: Option<String>,
+    pub container: Option<String>,
+    pub prefix: String,
+    pub endpoint_override: Option<String>,
+    pub max_parallel_chunk_uploads: usize,
+    pub min_chunk_size: u64,
+    pub chunk_upload_timeout: Duration,
+    pub chunk_upload_attempts: u32,
+    pub chunk_upload_backoff: Duration,
+}
+
+/// Go's `strconv.ParseBool`, which upstream's flags accept.
+pub fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Go-style durations as upstream takes them: `30s`, `15m`, `1h30m`, `500ms`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let bad = || "expected a duration such as 30s, 15m or 1h30m".to_string();
+    if v == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = v;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(digits);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(n * secs).map_err(|_| bad())?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+/// A byte count: a plain number, or one with a `Ki`/`Mi`/`Gi` suffix.
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let (num, mult) = match v {
+        _ if v.ends_with("Ki") => (&v[..v.len() - 2], 1u64 << 10),
+        _ if v.ends_with("Mi") => (&v[..v.len() - 2], 1 << 20),
+        _ if v.ends_with("Gi") => (&v[..v.len() - 2], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| "expected a number of bytes, e.g. 5242880 or 5Mi".into())
+}
+
+pub fn parse_positive(v: &str) -> Result<u64, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number greater than 0".into()),
+    }
+}
+
+pub fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err("expected error, warn, info, debug or trace".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_go() {
+        for (s, ms) in
+            [("30s", 30_000), ("15m", 900_000), ("1h30m", 5_400_000), ("500ms", 500), ("1.5s", 1500), ("0", 0)]
+        {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_millis(ms), "{s}");
+        }
+        for s in ["", "30", "s", "10x", "1h-5m", "-1s"] {
+            assert!(parse_duration(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_and_counts() {
+        assert_eq!(parse_bytes("5242880").unwrap(), 5 << 20);
+        assert_eq!(parse_bytes("64Mi").unwrap(), 64 << 20);
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("5MB").is_err());
+        assert!(parse_bytes("99999999999Gi").is_err());
+        assert!(parse_positive("0").is_err());
+        assert_eq!(parse_positive("3").unwrap(), 3);
+    }
+
+    #[test]
+    fn bools_like_go() {
+        assert!(parse_bool("True").unwrap());
+        assert!(!parse_bool("0").unwrap());
+        assert!(parse_bool("yes").is_err());
+    }
+}

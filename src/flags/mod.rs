@@ -1,0 +1,12 @@
+//! Command-line flags in the style of ripgrep: every flag is defined once in
+//! `defs`; `parse` turns argv into low-level arguments (`lowargs`), and
+//! `hiargs` turns those into ready-to-use configuration.
+
+mod defs;
+pub mod hiargs;
+pub mod lowargs;
+mod parse;
+
+pub use defs::MIN_PART_SIZE;
+pub use lowargs::Role;
+pub use parse::{Command, Parsed, UsageError, command_help, parse, top_help};

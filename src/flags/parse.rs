@@ -1,0 +1,361 @@
+//! argv → command + low-level arguments, and the help text, both driven by
+//! the one flag table in `defs`.
+
+use super::defs::{FLAGS, Flag, Group};
+use super::lowargs::{LowArgs, Role};
+use crate::credentials::Env;
+use std::ffi::OsString;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Snapshot,
+}
+
+impl Command {
+    fn groups(self) -> &'static [Group] {
+        match self {
+            Command::Snapshot => &[Group::Global, Group::Etcd, Group::Store, Group::Snapshot],
+        }
+    }
+    fn words(self) -> &'static str {
+        match self {
+            Command::Snapshot => "snapshot",
+        }
+    }
+    fn about(self) -> &'static str {
+        match self {
+            Command::Snapshot => {
+                "Take a full snapshot of etcd and stream it to the primary and, when configured, the secondary \
+                 S3 endpoint at the same time. Only --once is available so far."
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Command, Box<LowArgs>),
+    Help(String),
+    Version,
+}
+
+/// A command-line or configuration mistake: one line, exit code 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl From<String> for UsageError {
+    fn from(s: String) -> Self {
+        UsageError(s)
+    }
+}
+
+/// A flag occurrence on the command line.
+struct Given {
+    flag: &'static Flag,
+    role: Role,
+    shown: String,
+    value: String,
+}
+
+fn lookup(name: &str) -> Option<(&'static Flag, Role)> {
+    if let Some(base) = name.strip_prefix("secondary-") {
+        FLAGS.iter().find(|f| f.name == base && f.group == Group::Store).map(|f| (f, Role::Secondary))
+    } else {
+        FLAGS.iter().find(|f| f.name == name).map(|f| (f, Role::Primary))
+    }
+}
+
+fn utf8(v: OsString, what: &str) -> Result<String, UsageError> {
+    v.into_string().map_err(|v| UsageError(format!("{what} is not valid UTF-8: {v:?}")))
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parsed, UsageError> {
+    use lexopt::Arg::{Long, Short, Value};
+    let mut p = lexopt::Parser::from_args(args);
+    let (mut words, mut given, mut help, mut version) = (Vec::new(), Vec::new(), false, false);
+    let lex = |e: lexopt::Error| UsageError(e.to_string());
+    while let Some(arg) = p.next().map_err(lex)? {
+        let (flag, role, shown) = match arg {
+            Short('h') | Long("help") => {
+                help = true;
+                continue;
+            }
+            Short('v') | Long("version") => {
+                version = true;
+                continue;
+            }
+            Value(w) => {
+                words.push(utf8(w, "argument")?);
+                continue;
+            }
+            Short(c) => match FLAGS.iter().find(|f| f.short == Some(c)) {
+                Some(f) => (f, Role::Primary, format!("-{c}")),
+                None => return Err(UsageError(format!("unknown flag -{c} (see --help)"))),
+            },
+            Long(name) => match lookup(name) {
+                Some((f, role)) => (f, role, format!("--{name}")),
+                None => return Err(UsageError(format!("unknown flag --{name} (see --help)"))),
+            },
+        };
+        let value = if flag.value.is_some() {
+            let v = p.value().map_err(|_| UsageError(format!("{shown} needs a value")))?;
+            utf8(v, &shown)?
+        } else {
+            match p.optional_value() {
+                Some(v) => utf8(v, &shown)?,
+                None => "true".to_string(),
+            }
+        };
+        given.push(Given { flag, role, shown, value });
+    }
+    if version {
+        return Ok(Parsed::Version);
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (command, help) = match words.as_slice() {
+        [] | ["help"] => {
+            return if help || !words.is_empty() {
+                Ok(Parsed::Help(top_help()))
+            } else {
+                Err(UsageError("missing command (see --help)".into()))
+            };
+        }
+        ["help", rest @ ..] => (command_of(rest)?, true),
+        rest => (command_of(rest)?, help),
+    };
+    if help {
+        return Ok(Parsed::Help(command_help(command)));
+    }
+    Ok(Parsed::Run(command, Box::new(low_args(command, given, env)?)))
+}
+
+fn command_of(words: &[&str]) -> Result<Command, UsageError> {
+    match words {
+        ["snapshot"] => Ok(Command::Snapshot),
+        _ => Err(UsageError(format!("unknown command `{}` (see --help)", words.join(" ")))),
+    }
+}
+
+/// The roles a flag exists for.
+fn roles(f: &Flag) -> &'static [Role] {
+    if f.group == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
+}
+
+/// Defaults, then environment fallbacks, then the command line.
+fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, UsageError> {
+    let mut low = LowArgs::default();
+    for f in FLAGS.iter().filter(|f| command.groups().contains(&f.group)) {
+        for &role in roles(f) {
+            if let Some(d) = f.default {
+                (f.set)(&mut low, role, d).unwrap_or_else(|e| panic!("default of --{}: {e}", f.name));
+            }
+            if let Some(var) = f.env {
+                let var = format!("{}{var}", role.env_prefix());
+                if let Some(v) = env(&var).filter(|v| !v.is_empty()) {
+                    (f.set)(&mut low, role, &v)
+                        .map_err(|e| UsageError(format!("invalid value {v:?} in {var}: {e}")))?;
+                }
+            }
+        }
+    }
+    for g in given {
+        if !command.groups().contains(&g.flag.group) {
+            return Err(UsageError(format!("{} is not a flag of `{}` (see --help)", g.shown, command.words())));
+        }
+        (g.flag.set)(&mut low, g.role, &g.value)
+            .map_err(|e| UsageError(format!("invalid value {:?} for {}: {e}", g.value, g.shown)))?;
+        if g.role == Role::Secondary {
+            low.secondary_flags_given.push(g.shown);
+        }
+    }
+    Ok(low)
+}
+
+pub fn top_help() -> String {
+    format!(
+        "etcd-backup-restore {}
+Back up etcd to two S3-compatible endpoints in one streaming pass.
+
+Usage: etcd-backup-restore <COMMAND> [FLAGS]
+
+Commands:
+  snapshot --once   Take one full snapshot and store it on both endpoints
+  help [COMMAND]    Show the flags of a command
+
+{}",
+        env!("CARGO_PKG_VERSION"),
+        FOOTER
+    )
+}
+
+const FOOTER: &str = "Credentials (primary; the secondary reads the same names with a SECONDARY_ prefix
+and falls back to the primary's when it has none):
+  AWS_APPLICATION_CREDENTIALS_JSON  path of a JSON file
+  AWS_APPLICATION_CREDENTIALS       path of a JSON file, or of a directory with a *.json file or one file per field
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_SESSION_TOKEN
+
+Exit codes: 0 success, 1 failure, 2 usage or configuration error,
+            3 stored on one endpoint only (with --require-all-endpoints)";
+
+pub fn command_help(command: Command) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut out = format!("Usage: etcd-backup-restore {} [FLAGS]\n\n{}\n", command.words(), command.about());
+    let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for &group in command.groups() {
+        for &role in roles_of_group(group) {
+            let title = match (group, role) {
+                (Group::Store, Role::Primary) => "Primary store".to_string(),
+                (Group::Store, Role::Secondary) => {
+                    "Secondary store (optional; needs --secondary-storage-provider)".to_string()
+                }
+                _ => group.title().to_string(),
+            };
+            let flags = FLAGS.iter().filter(|f| f.group == group).map(|f| help_row(f, role)).collect();
+            sections.push((title, flags));
+        }
+    }
+    for (_, r) in &sections {
+        rows.extend(r.iter().cloned());
+    }
+    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 2;
+    for (title, flags) in sections {
+        out.push_str(&format!("\n{title}:\n"));
+        for (left, right) in flags {
+            out.push_str(&format!("  {left:width$}{right}\n"));
+        }
+    }
+    out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{FOOTER}\n", "", w = width.saturating_sub(8)));
+    out
+}
+
+fn roles_of_group(g: Group) -> &'static [Role] {
+    if g == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
+}
+
+fn help_row(f: &Flag, role: Role) -> (String, String) {
+    let short = match f.short {
+        Some(c) if role == Role::Primary => format!("-{c}, "),
+        _ => "    ".to_string(),
+    };
+    let value = f.value.map(|v| format!(" {v}")).unwrap_or_default();
+    let left = format!("{short}--{}{}{value}", role.flag_prefix(), f.name);
+    let mut right = f.help.to_string();
+    match f.default {
+        Some(d) => right.push_str(&format!(" [default: {d}]")),
+        None => right.push_str(" [default: none]"),
+    }
+    if let Some(var) = f.env {
+        right.push_str(&format!(" [env: {}{var}]", role.env_prefix()));
+    }
+    (left, right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn run(args: &[&str]) -> Result<LowArgs, UsageError> {
+        match parse(args.iter().map(OsString::from), &no_env)? {
+            Parsed::Run(Command::Snapshot, low) => Ok(*low),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_table() {
+        let low = run(&["snapshot"]).unwrap();
+        assert_eq!(low.etcd.endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(low.etcd.connection_timeout.as_secs(), 30);
+        assert_eq!(low.etcd.snapshot_timeout.as_secs(), 900);
+        assert!(low.etcd.insecure_transport && !low.etcd.insecure_skip_tls_verify);
+        for s in &low.stores {
+            assert_eq!((s.max_parallel_chunk_uploads, s.min_chunk_size), (5, 5 << 20));
+        }
+        assert_eq!(low.log_level, Some(log::LevelFilter::Info));
+    }
+
+    #[test]
+    fn both_value_forms_and_generated_secondary_flags() {
+        let low = run(&[
+            "snapshot",
+            "--once",
+            "--min-chunk-size=8Mi",
+            "--secondary-min-chunk-size",
+            "6291456",
+            "--secondary-max-parallel-chunk-uploads=3",
+            "-e",
+            "a:1,b:2",
+            "--insecure-transport=false",
+        ])
+        .unwrap();
+        assert!(low.once);
+        assert_eq!(low.stores[0].min_chunk_size, 8 << 20);
+        assert_eq!(low.stores[1].min_chunk_size, 6 << 20);
+        assert_eq!(low.stores[1].max_parallel_chunk_uploads, 3);
+        assert_eq!(low.stores[0].max_parallel_chunk_uploads, 5);
+        assert_eq!(low.etcd.endpoints, vec!["a:1", "b:2"]);
+        assert!(!low.etcd.insecure_transport);
+        assert_eq!(
+            low.secondary_flags_given,
+            vec!["--secondary-min-chunk-size", "--secondary-max-parallel-chunk-uploads"]
+        );
+    }
+
+    #[test]
+    fn env_fallback_per_role_and_flag_wins() {
+        let env = |k: &str| match k {
+            "STORAGE_CONTAINER" => Some("from-env".to_string()),
+            "SECONDARY_STORAGE_CONTAINER" => Some("second-env".to_string()),
+            _ => None,
+        };
+        let Parsed::Run(_, low) = parse(["snapshot"].map(OsString::from), &env).unwrap() else { panic!() };
+        assert_eq!(low.stores[0].container.as_deref(), Some("from-env"));
+        assert_eq!(low.stores[1].container.as_deref(), Some("second-env"));
+        assert!(low.secondary_flags_given.is_empty());
+        let Parsed::Run(_, low) = parse(["snapshot", "--store-container=flag"].map(OsString::from), &env).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(low.stores[0].container.as_deref(), Some("flag"));
+    }
+
+    #[test]
+    fn one_line_errors_name_the_flag() {
+        for (args, want) in [
+            (&["snapshot", "--bogus"][..], "unknown flag --bogus"),
+            (&["snapshot", "--secondary-endpoints=x"], "unknown flag --secondary-endpoints"),
+            (&["snapshot", "--min-chunk-size=1"], "--min-chunk-size: must be at least 5242880"),
+            (&["snapshot", "--secondary-min-chunk-size=1"], "--secondary-min-chunk-size"),
+            (&["snapshot", "--max-parallel-chunk-uploads=0"], "--max-parallel-chunk-uploads"),
+            (&["snapshot", "--etcd-connection-timeout=soon"], "--etcd-connection-timeout"),
+            (&["snapshot", "--log-level=loud"], "--log-level"),
+            (&["snapshot", "--once=maybe"], "--once"),
+            (&["snapshot", "--store-prefix"], "--store-prefix needs a value"),
+            (&["restoration"], "unknown command `restoration`"),
+            (&[], "missing command"),
+        ] {
+            let err = parse(args.iter().map(OsString::from), &no_env).unwrap_err().0;
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_flag_for_both_roles_with_defaults() {
+        let Parsed::Help(h) = parse(["snapshot", "--help"].map(OsString::from), &no_env).unwrap() else { panic!() };
+        for f in FLAGS {
+            assert!(h.contains(&format!("--{} ", f.name)) || h.contains(&format!("--{}  ", f.name)), "--{}", f.name);
+            if f.group == Group::Store {
+                assert!(h.contains(&format!("--secondary-{}", f.name)), "--secondary-{}", f.name);
+            }
+        }
+        assert!(h.contains("[default: 5242880]"));
+        assert!(h.contains("[env: SECONDARY_STORAGE_CONTAINER]"));
+        let Parsed::Help(top) = parse(["help"].map(OsString::from), &no_env).unwrap() else { panic!() };
+        assert!(top.contains("snapshot --once"));
+    }
+}

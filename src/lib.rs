@@ -1,0 +1,22 @@
+//! etcd-backup-restore: back up etcd to two S3-compatible endpoints in one
+//! streaming pass, and restore from whichever endpoint has the data.
+
+pub mod backup;
+pub mod credentials;
+pub mod etcd;
+pub mod flags;
+pub mod logging;
+pub mod snapshot;
+pub mod store;
+
+/// Process exit codes, distinct so that systemd units and scripts can tell
+/// a degraded backup from a failed one.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Nothing usable was stored (or etcd could not be read).
+    pub const FAILED: i32 = 1;
+    /// Bad flags or configuration; nothing was attempted.
+    pub const USAGE: i32 = 2;
+    /// Stored on one endpoint only, with `--require-all-endpoints`.
+    pub const DEGRADED: i32 = 3;
+}

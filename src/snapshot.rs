@@ -1,0 +1,245 @@
+//! Snapshot objects: upstream's names (`Full-%08d-%08d-<unix>[.gz][.final]`)
+//! and etcd's SHA-256 trailer, checked while the bytes stream past.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Full,
+    Incr,
+}
+
+/// A parsed snapshot object name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotName {
+    pub kind: Kind,
+    pub start_revision: u64,
+    pub last_revision: u64,
+    /// Unix seconds when the snapshot was taken.
+    pub created: u64,
+    /// Compression suffix including its dot (`.gz`, `.Z`, `.zlib`, `.zst`), or empty.
+    pub compression: String,
+    pub is_final: bool,
+}
+
+const COMPRESSION_SUFFIXES: [&str; 4] = [".gz", ".Z", ".zlib", ".zst"];
+
+impl SnapshotName {
+    /// A full snapshot of everything up to `last_revision`.
+    pub fn full(last_revision: u64, created: u64) -> SnapshotName {
+        SnapshotName {
+            kind: Kind::Full,
+            start_revision: 0,
+            last_revision,
+            created,
+            compression: String::new(),
+            is_final: false,
+        }
+    }
+
+    /// Parse an object name as upstream does: `Kind-Start-Last-Unix[.ext][.final]`
+    /// with `Kind` Full or Incr and `Start <= Last`. Anything else is `None`.
+    pub fn parse(name: &str) -> Option<SnapshotName> {
+        let mut it = name.split('-');
+        let (kind, start, last, rest) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() {
+            return None;
+        }
+        let kind = match kind {
+            "Full" => Kind::Full,
+            "Incr" => Kind::Incr,
+            _ => return None,
+        };
+        let digits = |s: &str| -> Option<u64> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (start_revision, last_revision) = (digits(start)?, digits(last)?);
+        if start_revision > last_revision {
+            return None;
+        }
+        let mut parts = rest.splitn(2, '.');
+        let created = digits(parts.next()?)?;
+        let mut tail = parts.next().map(|t| format!(".{t}")).unwrap_or_default();
+        let is_final = tail.ends_with(".final");
+        if is_final {
+            tail.truncate(tail.len() - ".final".len());
+        }
+        if !tail.is_empty() && !COMPRESSION_SUFFIXES.contains(&tail.as_str()) {
+            return None;
+        }
+        Some(SnapshotName { kind, start_revision, last_revision, created, compression: tail, is_final })
+    }
+}
+
+impl fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Full => "Full",
+            Kind::Incr => "Incr",
+        };
+        write!(f, "{kind}-{:08}-{:08}-{}{}", self.start_revision, self.last_revision, self.created, self.compression)?;
+        if self.is_final {
+            f.write_str(".final")?;
+        }
+        Ok(())
+    }
+}
+
+/// Size of etcd's SHA-256 trailer after the bbolt bytes of a snapshot.
+pub const TRAILER_LEN: usize = 32;
+
+/// Checks etcd's snapshot trailer while the bytes stream through: every byte
+/// but the last 32 is hashed, and the last 32 must equal that hash.
+pub struct TrailerCheck {
+    hasher: Sha256,
+    tail: Vec<u8>,
+    total: u64,
+}
+
+impl Default for TrailerCheck {
+    fn default() -> Self {
+        TrailerCheck { hasher: Sha256::new(), tail: Vec::with_capacity(2 * TRAILER_LEN), total: 0 }
+    }
+}
+
+impl TrailerCheck {
+    pub fn update(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        if data.len() >= TRAILER_LEN {
+            // The held-back tail is now known not to be the trailer.
+            self.hasher.update(&self.tail);
+            let split = data.len() - TRAILER_LEN;
+            self.hasher.update(&data[..split]);
+            self.tail.clear();
+            self.tail.extend_from_slice(&data[split..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            if self.tail.len() > TRAILER_LEN {
+                let excess = self.tail.len() - TRAILER_LEN;
+                self.hasher.update(&self.tail[..excess]);
+                self.tail.drain(..excess);
+            }
+        }
+    }
+
+    /// Bytes seen so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Verify the stream that ended: a whole number of 512-byte blocks plus
+    /// the trailer (etcd's own `hasChecksum` rule), and a matching digest.
+    pub fn finish(self) -> Result<(), String> {
+        if self.total % 512 != TRAILER_LEN as u64 {
+            return Err(format!("snapshot of {} bytes has no SHA-256 trailer (size % 512 must be 32)", self.total));
+        }
+        let digest = self.hasher.finalize();
+        if digest.as_slice() != self.tail.as_slice() {
+            return Err(format!(
+                "SHA-256 trailer mismatch: the data hashes to {} but the trailer says {}",
+                hex::encode(digest),
+                hex::encode(&self.tail)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_upstream_names() {
+        assert_eq!(SnapshotName::full(10, 1640995200).to_string(), "Full-00000000-00000010-1640995200");
+        let mut n = SnapshotName::full(13002039293, 7);
+        n.compression = ".gz".into();
+        n.is_final = true;
+        assert_eq!(n.to_string(), "Full-00000000-13002039293-7.gz.final");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_upstream_variants() {
+        for s in [
+            "Full-00000000-00000010-1640995200",
+            "Incr-00000011-00000020-1640995300.gz",
+            "Incr-13002039293-13002039300-1.Z",
+            "Full-00000000-00000042-1700000000.zlib.final",
+            "Full-00000000-00000042-1700000000.final",
+            "Full-00000000-00000042-1700000000.zst",
+        ] {
+            let n = SnapshotName::parse(s).unwrap_or_else(|| panic!("{s} should parse"));
+            assert_eq!(n.to_string(), s);
+        }
+        let n = SnapshotName::parse("Incr-00000011-00000020-1640995300.gz").unwrap();
+        assert_eq!((n.kind, n.start_revision, n.last_revision, n.created), (Kind::Incr, 11, 20, 1640995300));
+        assert_eq!(n.compression, ".gz");
+    }
+
+    #[test]
+    fn rejects_what_upstream_rejects() {
+        for s in [
+            "",
+            "Full-00000000-00000010",
+            "Part-00000000-00000010-1",
+            "Full-00000020-00000010-1",
+            "Full-0000000a-00000010-1",
+            "Full-00000000-00000010-1.bz2",
+            "Full-00000000-00000010-1-2",
+            "Full--00000010-1",
+            "Full-00000000-00000010-",
+            "notes.txt",
+        ] {
+            assert_eq!(SnapshotName::parse(s), None, "{s:?} must not parse");
+        }
+    }
+
+    fn with_trailer(db: &[u8]) -> Vec<u8> {
+        let mut v = db.to_vec();
+        v.extend_from_slice(&Sha256::digest(db));
+        v
+    }
+
+    fn check_in_pieces(bytes: &[u8], piece: usize) -> Result<(), String> {
+        let mut c = TrailerCheck::default();
+        for p in bytes.chunks(piece.max(1)) {
+            c.update(p);
+        }
+        assert_eq!(c.total(), bytes.len() as u64);
+        c.finish()
+    }
+
+    #[test]
+    fn trailer_verifies_for_any_piece_size() {
+        let db: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
+        let snap = with_trailer(&db);
+        for piece in [1, 7, 31, 32, 33, 512, 4096, 32768, snap.len()] {
+            check_in_pieces(&snap, piece).unwrap_or_else(|e| panic!("piece {piece}: {e}"));
+        }
+    }
+
+    #[test]
+    fn one_flipped_byte_anywhere_is_detected() {
+        let db = vec![7u8; 4096];
+        let snap = with_trailer(&db);
+        for at in [0, 100, 4095, 4096, snap.len() - 1] {
+            let mut bad = snap.clone();
+            bad[at] ^= 1;
+            let err = check_in_pieces(&bad, 1000).unwrap_err();
+            assert!(err.contains("mismatch"), "{err}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_trailerless_streams_are_rejected() {
+        let snap = with_trailer(&vec![1u8; 4096]);
+        let err = check_in_pieces(&snap[..snap.len() - 100], 4096).unwrap_err();
+        assert!(err.contains("no SHA-256 trailer"), "{err}");
+        let err = check_in_pieces(&vec![1u8; 4096], 4096).unwrap_err();
+        assert!(err.contains("no SHA-256 trailer"), "{err}");
+    }
+}
