@@ -213,6 +213,9 @@ fn read_and_broadcast(
         if live.is_empty() {
             return Ended::NobodyListening;
         }
+        if crate::signals::interrupted() {
+            break Some("interrupted by a signal".to_string());
+        }
         match stream.next() {
             Ok(Some(m)) => blob = m.blob,
             Ok(None) => break None,
@@ -398,16 +401,16 @@ impl Pool {
 pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
     let mut targets = Vec::new();
     for ep in &cfg.endpoints {
-        match crate::store::s3::S3Store::new(ep.s3.clone()) {
+        match ep.open() {
             Ok(store) => targets.push(Target {
                 role: ep.role,
-                store: Arc::new(store),
+                store,
                 max_parallel_uploads: ep.max_parallel_uploads,
                 min_part_size: ep.min_part_size,
                 retry: ep.retry,
             }),
             Err(e) => {
-                error!("{} endpoint: {e}", ep.role.name());
+                error!("{}", e.0);
                 return crate::exit::USAGE;
             }
         }

@@ -2,12 +2,19 @@
 //! streaming pass, and restore from whichever endpoint has the data.
 
 pub mod backup;
+pub mod bbolt;
+pub mod catalog;
 pub mod credentials;
 pub mod etcd;
 pub mod flags;
 pub mod logging;
+pub mod member;
+// pub mod restore; (re-enabled when bbolt, wal, snap and member land)
+pub mod signals;
+pub mod snap;
 pub mod snapshot;
 pub mod store;
+pub mod wal;
 
 /// Process exit codes, distinct so that systemd units and scripts can tell
 /// a degraded backup from a failed one.

@@ -1,7 +1,8 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
-use etcd_backup_restore::flags::{self, Command, Parsed, hiargs::SnapshotConfig};
-use etcd_backup_restore::{backup, exit, logging};
+use etcd_backup_restore::flags::hiargs::{ListConfig, RestoreConfig, SnapshotConfig};
+use etcd_backup_restore::flags::{self, Command, Parsed};
+use etcd_backup_restore::{backup, catalog, exit, logging, signals};
 
 fn main() {
     let env = |k: &str| std::env::var(k).ok();
@@ -14,12 +15,15 @@ fn main() {
             println!("etcd-backup-restore {}", env!("CARGO_PKG_VERSION"));
             exit::OK
         }
-        Ok(Parsed::Run(Command::Snapshot, low)) => {
+        Ok(Parsed::Run(command, low)) => {
             logging::init(low.log_level.unwrap_or(log::LevelFilter::Info));
-            match SnapshotConfig::new(*low, &env) {
-                Ok(cfg) => backup::run(&cfg),
-                Err(e) => usage(&e.0),
-            }
+            signals::install();
+            let code = match command {
+                Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| backup::run(&c)),
+                Command::Restore => RestoreConfig::new(*low, &env).map(|_c| exit::USAGE),
+                Command::List => ListConfig::new(*low, &env).map(|c| catalog::command(&c)),
+            };
+            code.unwrap_or_else(|e| usage(&e.0))
         }
         Err(e) => usage(&e.0),
     };

@@ -15,6 +15,8 @@ pub enum Group {
     /// Exists once per store endpoint.
     Store,
     Snapshot,
+    Restore,
+    List,
 }
 
 impl Group {
@@ -24,6 +26,8 @@ impl Group {
             Group::Etcd => "etcd connection",
             Group::Store => "store",
             Group::Snapshot => "Snapshot",
+            Group::Restore => "Restore",
+            Group::List => "Output",
         }
     }
 }
@@ -341,6 +345,142 @@ pub static FLAGS: &[Flag] = &[
         help: "Exit 3 when the snapshot reached only one of two endpoints.",
         set: |a, _, v| {
             a.require_all_endpoints = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    // Restore
+    Flag {
+        name: "data-dir",
+        short: Some('d'),
+        value: Some("DIR"),
+        default: Some("default.etcd"),
+        env: None,
+        group: Group::Restore,
+        help: "etcd data directory to create; must not exist or be empty.",
+        set: |a, _, v| {
+            a.restore.data_dir = v.into();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "name",
+        short: None,
+        value: Some("NAME"),
+        default: Some("default"),
+        env: None,
+        group: Group::Restore,
+        help: "Member name of the restored etcd (its entry in --initial-cluster).",
+        set: |a, _, v| {
+            a.restore.name = v.to_string();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "initial-cluster",
+        short: None,
+        value: Some("NAME=URL,..."),
+        default: Some("default=http://localhost:2380"),
+        env: None,
+        group: Group::Restore,
+        help: "Every member of the restored cluster with its peer URLs.",
+        set: |a, _, v| {
+            a.restore.initial_cluster = v.to_string();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "initial-cluster-token",
+        short: None,
+        value: Some("TOKEN"),
+        default: Some("etcd-cluster"),
+        env: None,
+        group: Group::Restore,
+        help: "Cluster token; member and cluster IDs are derived from it.",
+        set: |a, _, v| {
+            a.restore.initial_cluster_token = v.to_string();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "initial-advertise-peer-urls",
+        short: None,
+        value: Some("URLS"),
+        default: Some("http://localhost:2380"),
+        env: None,
+        group: Group::Restore,
+        help: "Peer URLs of this member, comma separated; must match its --initial-cluster entry.",
+        set: |a, _, v| {
+            a.restore.initial_advertise_peer_urls = v.split(',').map(|u| u.trim().to_string()).collect();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "skip-hash-check",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::Restore,
+        help: "Do not verify the snapshot's SHA-256 trailer (for a db copied out of a data directory).",
+        set: |a, _, v| {
+            a.restore.skip_hash_check = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "bump-revision",
+        short: None,
+        value: Some("N"),
+        default: Some("0"),
+        env: None,
+        group: Group::Restore,
+        help: "Add N to the restored revision (with --mark-compacted), so watchers see a compaction.",
+        set: |a, _, v| {
+            a.restore.bump_revision = v.parse().map_err(|_| "expected a whole number".to_string())?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "mark-compacted",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::Restore,
+        help: "Mark the bumped revision as compacted (with --bump-revision).",
+        set: |a, _, v| {
+            a.restore.mark_compacted = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "snapshot",
+        short: None,
+        value: Some("NAME"),
+        default: None,
+        env: None,
+        group: Group::Restore,
+        help: "Restore this full snapshot instead of the latest one.",
+        set: |a, _, v| {
+            a.restore.snapshot = Some(v.to_string()).filter(|s| !s.is_empty());
+            Ok(())
+        },
+    },
+    // snapshot list
+    Flag {
+        name: "output",
+        short: Some('o'),
+        value: Some("FORMAT"),
+        default: Some("text"),
+        env: None,
+        group: Group::List,
+        help: "text (one line per snapshot) or json.",
+        set: |a, _, v| {
+            a.json = match v {
+                "text" => false,
+                "json" => true,
+                _ => return Err("expected text or json".into()),
+            };
             Ok(())
         },
     },

@@ -18,6 +18,21 @@ pub struct EndpointConfig {
     pub retry: RetryPolicy,
 }
 
+impl EndpointConfig {
+    /// Open the store; an error names the endpoint.
+    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::store::Store>, UsageError> {
+        match crate::store::s3::S3Store::new(self.s3.clone()) {
+            Ok(s) => Ok(std::sync::Arc::new(s)),
+            Err(e) => Err(UsageError(format!("{} endpoint: {e}", self.role.name()))),
+        }
+    }
+
+    /// Open the store as a source to read snapshots from.
+    pub fn source(&self) -> Result<crate::catalog::Source, UsageError> {
+        Ok(crate::catalog::Source { role: self.role, store: self.open()?, retry: self.retry })
+    }
+}
+
 #[derive(Debug)]
 pub struct SnapshotConfig {
     pub etcd: EtcdConfig,
@@ -33,8 +48,63 @@ impl SnapshotConfig {
                 "scheduled snapshots are not implemented yet: pass --once to take one full snapshot".into(),
             ));
         }
-        let endpoints = endpoints(&low, env)?;
+        let endpoints = endpoints(&low.stores, &low.secondary_flags_given, env)?;
         Ok(SnapshotConfig { etcd: etcd(&low)?, endpoints, require_all_endpoints: low.require_all_endpoints })
+    }
+}
+
+/// `restore`: where to find the snapshot, and the data directory to write.
+#[derive(Debug)]
+pub struct RestoreConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    pub data_dir: std::path::PathBuf,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub skip_hash_check: bool,
+    /// `--bump-revision` with `--mark-compacted`.
+    pub bump_revision: Option<u64>,
+    pub snapshot: Option<String>,
+}
+
+impl RestoreConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<RestoreConfig, UsageError> {
+        let r = low.restore;
+        let bump_revision = match (r.bump_revision, r.mark_compacted) {
+            (0, false) => None,
+            (n, true) if n > 0 => Some(n),
+            _ => {
+                return Err(UsageError("--bump-revision N (N > 0) and --mark-compacted must be given together".into()));
+            }
+        };
+        if r.data_dir.as_os_str().is_empty() {
+            return Err(UsageError("--data-dir must not be empty".into()));
+        }
+        Ok(RestoreConfig {
+            endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
+            data_dir: r.data_dir,
+            name: r.name,
+            initial_cluster: r.initial_cluster,
+            initial_cluster_token: r.initial_cluster_token,
+            initial_advertise_peer_urls: r.initial_advertise_peer_urls,
+            skip_hash_check: r.skip_hash_check,
+            bump_revision,
+            snapshot: r.snapshot,
+        })
+    }
+}
+
+/// `snapshot list`.
+#[derive(Debug)]
+pub struct ListConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    pub json: bool,
+}
+
+impl ListConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<ListConfig, UsageError> {
+        Ok(ListConfig { endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?, json: low.json })
     }
 }
 
@@ -64,14 +134,14 @@ fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
 }
 
 /// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.
-fn endpoints(low: &LowArgs, env: Env) -> Result<Vec<EndpointConfig>, UsageError> {
+fn endpoints(stores: &[StoreArgs; 2], secondary_flags: &[String], env: Env) -> Result<Vec<EndpointConfig>, UsageError> {
     let primary_creds = credentials::load("", env)?;
-    let mut out = vec![endpoint(&low.stores[0], Role::Primary, primary_creds.clone())?];
-    if low.stores[1].provider.is_some() {
+    let mut out = vec![endpoint(&stores[0], Role::Primary, primary_creds.clone())?];
+    if stores[1].provider.is_some() {
         // Spec "Credential Fallback": no SECONDARY_* credentials means the primary's.
         let creds = credentials::load(Role::Secondary.env_prefix(), env)?.or(primary_creds);
-        out.push(endpoint(&low.stores[1], Role::Secondary, creds)?);
-    } else if let Some(flag) = low.secondary_flags_given.first() {
+        out.push(endpoint(&stores[1], Role::Secondary, creds)?);
+    } else if let Some(flag) = secondary_flags.first() {
         return Err(UsageError(format!("{flag} needs --secondary-storage-provider")));
     }
     Ok(out)

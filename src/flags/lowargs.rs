@@ -40,6 +40,9 @@ pub struct LowArgs {
     pub stores: [StoreArgs; 2],
     pub once: bool,
     pub require_all_endpoints: bool,
+    pub restore: RestoreArgs,
+    /// `snapshot list --output json`.
+    pub json: bool,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,
@@ -63,6 +66,19 @@ pub struct EtcdArgs {
     pub password: Option<String>,
     pub connection_timeout: Duration,
     pub snapshot_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreArgs {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub skip_hash_check: bool,
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Default)]

@@ -9,17 +9,23 @@ use std::ffi::OsString;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Snapshot,
+    Restore,
+    List,
 }
 
 impl Command {
     fn groups(self) -> &'static [Group] {
         match self {
             Command::Snapshot => &[Group::Global, Group::Etcd, Group::Store, Group::Snapshot],
+            Command::Restore => &[Group::Global, Group::Store, Group::Restore],
+            Command::List => &[Group::Global, Group::Store, Group::List],
         }
     }
     fn words(self) -> &'static str {
         match self {
             Command::Snapshot => "snapshot",
+            Command::Restore => "restore",
+            Command::List => "snapshot list",
         }
     }
     fn about(self) -> &'static str {
@@ -28,6 +34,11 @@ impl Command {
                 "Take a full snapshot of etcd and stream it to the primary and, when configured, the secondary \
                  S3 endpoint at the same time. Only --once is available so far."
             }
+            Command::Restore => {
+                "Find the latest full snapshot on either endpoint (the primary's copy preferred), fetch it with \
+                 failover to the other endpoint, verify it, and write an etcd data directory from it."
+            }
+            Command::List => "List the snapshots on both endpoints, merged, with where each one is stored.",
         }
     }
 }
@@ -132,6 +143,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
 fn command_of(words: &[&str]) -> Result<Command, UsageError> {
     match words {
         ["snapshot"] => Ok(Command::Snapshot),
+        ["snapshot", "list"] => Ok(Command::List),
+        ["restore"] => Ok(Command::Restore),
         _ => Err(UsageError(format!("unknown command `{}` (see --help)", words.join(" ")))),
     }
 }
@@ -180,6 +193,8 @@ Usage: etcd-backup-restore <COMMAND> [FLAGS]
 
 Commands:
   snapshot --once   Take one full snapshot and store it on both endpoints
+  snapshot list     List the snapshots on both endpoints, merged
+  restore           Write an etcd data directory from the latest snapshot on either endpoint
   help [COMMAND]    Show the flags of a command
 
 {}",
@@ -345,17 +360,29 @@ mod tests {
     }
 
     #[test]
-    fn help_lists_every_flag_for_both_roles_with_defaults() {
-        let Parsed::Help(h) = parse(["snapshot", "--help"].map(OsString::from), &no_env).unwrap() else { panic!() };
-        for f in FLAGS {
-            assert!(h.contains(&format!("--{} ", f.name)) || h.contains(&format!("--{}  ", f.name)), "--{}", f.name);
-            if f.group == Group::Store {
-                assert!(h.contains(&format!("--secondary-{}", f.name)), "--secondary-{}", f.name);
+    fn help_lists_every_flag_of_each_command_for_both_roles_with_defaults() {
+        for (words, command) in [
+            (&["snapshot"][..], Command::Snapshot),
+            (&["restore"], Command::Restore),
+            (&["snapshot", "list"], Command::List),
+        ] {
+            let mut args: Vec<&str> = words.to_vec();
+            args.push("--help");
+            let Parsed::Help(h) = parse(args.iter().map(OsString::from), &no_env).unwrap() else { panic!() };
+            for f in FLAGS.iter().filter(|f| command.groups().contains(&f.group)) {
+                let row = h.lines().find(|l| l.starts_with("  ") && l.contains(&format!("--{} ", f.name)));
+                let row = row.unwrap_or_else(|| panic!("{words:?}: --{} missing", f.name));
+                assert!(row.contains("[default: "), "{row}");
+                if f.group == Group::Store {
+                    assert!(h.contains(&format!("--secondary-{}", f.name)), "--secondary-{}", f.name);
+                }
             }
         }
+        let Parsed::Help(h) = parse(["snapshot", "--help"].map(OsString::from), &no_env).unwrap() else { panic!() };
         assert!(h.contains("[default: 5242880]"));
         assert!(h.contains("[env: SECONDARY_STORAGE_CONTAINER]"));
+        assert!(!h.contains("--data-dir"), "restore flags are not snapshot flags");
         let Parsed::Help(top) = parse(["help"].map(OsString::from), &no_env).unwrap() else { panic!() };
-        assert!(top.contains("snapshot --once"));
+        assert!(top.contains("snapshot --once") && top.contains("restore"));
     }
 }

@@ -134,7 +134,7 @@ impl RetryPolicy {
         let mut attempt = 1;
         loop {
             match op() {
-                Err(e) if e.is_transient() && attempt < self.attempts.max(1) => {
+                Err(e) if e.is_transient() && attempt < self.attempts.max(1) && !crate::signals::interrupted() => {
                     on_retry(attempt, &e, wait);
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(self.max_backoff);

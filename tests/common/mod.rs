@@ -2,6 +2,8 @@
 //! `scripts/env up` starts; `scripts/test` exports their addresses.
 #![allow(dead_code)]
 
+pub mod cli;
+
 /// A variable that `scripts/env up` exports; a missing one fails the test
 /// with a hint instead of silently skipping it.
 pub fn env(name: &str) -> String {
@@ -54,4 +56,145 @@ pub fn s3_config(server: Server, prefix: &str) -> S3Config {
 
 pub fn s3_store(server: Server, prefix: &str) -> S3Store {
     S3Store::new(s3_config(server, prefix)).unwrap()
+}
+
+/// A port that was free a moment ago, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `etcdctl` with the v3 API against `endpoint`; stdout, or a panic with stderr.
+pub fn etcdctl(ctl: &str, endpoint: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(ctl)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout", "20s"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl {args:?} at {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn etcdctl_json(ctl: &str, endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-w", "json"]);
+    serde_json::from_str(&etcdctl(ctl, endpoint, &a)).unwrap()
+}
+
+/// An etcd server started by a test on a data directory, stopped (by PID)
+/// when dropped.
+pub struct Etcd {
+    child: std::process::Child,
+    pub client_url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Etcd {
+    /// Start `bin` as member `name` with `peer_url` on `data_dir`, and wait
+    /// (bounded) until it answers `endpoint health` through `ctl`.
+    pub fn start(bin: &str, ctl: &str, data_dir: &std::path::Path, name: &str, peer_url: &str, cluster: &str) -> Etcd {
+        Self::start_with(bin, ctl, data_dir, name, peer_url, cluster, true)
+    }
+
+    pub fn start_with(
+        bin: &str,
+        ctl: &str,
+        data_dir: &std::path::Path,
+        name: &str,
+        peer_url: &str,
+        cluster: &str,
+        wait: bool,
+    ) -> Etcd {
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let log = data_dir.with_extension("log");
+        let child = std::process::Command::new(bin)
+            .args(["--name", name, "--data-dir", data_dir.to_str().unwrap()])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+            .args(["--initial-cluster", cluster, "--initial-cluster-token", "ignored-when-data-exists"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let e = Etcd { child, client_url, log };
+        if wait {
+            e.wait_healthy(ctl);
+        }
+        e
+    }
+
+    pub fn wait_healthy(&self, ctl: &str) {
+        for _ in 0..300 {
+            let ok = std::process::Command::new(ctl)
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.client_url, "--command-timeout", "1s", "endpoint", "health"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "etcd at {} did not become healthy; log:\n{}",
+            self.client_url,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of `target` that closes each connection once it
+/// has passed `limit` bytes from the server to the client (a server
+/// dropping the connection mid-download). Stops with the test process.
+pub struct CutProxy {
+    pub url: String,
+}
+
+impl CutProxy {
+    pub fn start(target: &str, limit: usize) -> CutProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&target) else { continue };
+                let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut passed = 0;
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n.min(limit - passed),
+                        };
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        passed += n;
+                        if passed >= limit {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        CutProxy { url }
+    }
 }

@@ -1,0 +1,1 @@
+//! bbolt (etcd backend) files: a page reader and a sequential bulk writer.

@@ -1,0 +1,270 @@
+//! The snapshots on both endpoints: listed in parallel, parsed, merged by
+//! name, ordered as upstream orders them (last revision, then creation).
+
+use crate::flags::Role;
+use crate::snapshot::{Kind, SnapshotName};
+use crate::store::Store;
+use log::{debug, error, info};
+use std::sync::Arc;
+
+/// One opened endpoint to read snapshots from.
+pub struct Source {
+    pub role: Role,
+    pub store: Arc<dyn Store>,
+    pub retry: crate::store::RetryPolicy,
+}
+
+/// One snapshot, with its size on each endpoint that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub snapshot: SnapshotName,
+    /// The object name under `<prefix>/v2/`.
+    pub name: String,
+    pub primary_size: Option<u64>,
+    pub secondary_size: Option<u64>,
+}
+
+impl Entry {
+    pub fn size_on(&self, role: Role) -> Option<u64> {
+        match role {
+            Role::Primary => self.primary_size,
+            Role::Secondary => self.secondary_size,
+        }
+    }
+
+    /// `primary`, `secondary` or `both`.
+    pub fn location(&self) -> &'static str {
+        match (self.primary_size, self.secondary_size) {
+            (Some(_), Some(_)) => "both",
+            (Some(_), None) => "primary",
+            _ => "secondary",
+        }
+    }
+}
+
+/// The merged list, oldest first.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+    /// Endpoints whose listing failed, with the cause.
+    pub failures: Vec<(Role, String)>,
+}
+
+impl Catalog {
+    /// List every source in parallel and merge. `Err` only when no
+    /// endpoint could be listed; it names each endpoint's cause.
+    pub fn list(sources: &[Source]) -> Result<Catalog, String> {
+        let listed: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = sources
+                .iter()
+                .map(|src| {
+                    s.spawn(move || {
+                        src.retry.run(
+                            || src.store.list(),
+                            |n, e, w| {
+                                log::warn!(
+                                    "{} endpoint: listing failed (attempt {n}), retrying in {w:?}: {e}",
+                                    src.role.name()
+                                )
+                            },
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("list thread panicked")).collect()
+        });
+        let mut catalog = Catalog::default();
+        let mut counts = Vec::new();
+        for (src, result) in sources.iter().zip(listed) {
+            let role = src.role.name();
+            match result {
+                Ok(objects) => {
+                    let mut n = 0;
+                    for o in objects {
+                        let Some(snapshot) = SnapshotName::parse(&o.name) else {
+                            debug!("{role} endpoint: skipping {}: not a snapshot name", o.name);
+                            continue;
+                        };
+                        debug!("{role} endpoint: {} ({} bytes)", o.name, o.size);
+                        n += 1;
+                        catalog.add(src.role, snapshot, o.name, o.size);
+                    }
+                    info!("Listed {n} snapshots from {role} endpoint");
+                    counts.push((src.role, n));
+                }
+                Err(e) => {
+                    error!("Failed to list snapshots from {role} endpoint: {e}");
+                    catalog.failures.push((src.role, format!("{role}: {e}")));
+                }
+            }
+        }
+        if counts.is_empty() {
+            let causes: Vec<_> = catalog.failures.iter().map(|(_, e)| e.as_str()).collect();
+            return Err(format!("cannot list snapshots on any endpoint - {}", causes.join("; ")));
+        }
+        catalog.entries.sort_by(|a, b| {
+            let key = |e: &Entry| (e.snapshot.last_revision, e.snapshot.created, e.name.clone());
+            key(a).cmp(&key(b))
+        });
+        if sources.len() > 1 {
+            let count = |r: Role| counts.iter().find(|(role, _)| *role == r).map_or(0, |(_, n)| *n);
+            info!(
+                "Merged snapshot list: {} snapshots total (Primary: {}, Secondary: {})",
+                catalog.entries.len(),
+                count(Role::Primary),
+                count(Role::Secondary)
+            );
+        }
+        Ok(catalog)
+    }
+
+    fn add(&mut self, role: Role, snapshot: SnapshotName, name: String, size: u64) {
+        let i = match self.entries.iter().position(|e| e.name == name) {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry { snapshot, name, primary_size: None, secondary_size: None });
+                self.entries.len() - 1
+            }
+        };
+        match role {
+            Role::Primary => self.entries[i].primary_size = Some(size),
+            Role::Secondary => self.entries[i].secondary_size = Some(size),
+        }
+    }
+
+    /// The newest full snapshot and the delta snapshots after it.
+    pub fn latest_full(&self) -> Option<(&Entry, Vec<&Entry>)> {
+        let i = self.entries.iter().rposition(|e| e.snapshot.kind == Kind::Full)?;
+        Some((&self.entries[i], self.entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect()))
+    }
+}
+
+/// The `snapshot list` command: print the merged list on standard output,
+/// one line per snapshot (or a JSON array with `--output json`).
+pub fn command(cfg: &crate::flags::hiargs::ListConfig) -> i32 {
+    let sources: Result<Vec<Source>, _> = cfg.endpoints.iter().map(|e| e.source()).collect();
+    let sources = match sources {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{}", e.0);
+            return crate::exit::USAGE;
+        }
+    };
+    let catalog = match Catalog::list(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return crate::exit::FAILED;
+        }
+    };
+    let out = if cfg.json { catalog.to_json() } else { catalog.to_text() };
+    print!("{out}");
+    if catalog.failures.is_empty() { crate::exit::OK } else { crate::exit::DEGRADED }
+}
+
+impl Catalog {
+    fn to_text(&self) -> String {
+        let mut out = format!(
+            "{:<44} {:<4} {:>12} {:>12} {:<20} {:>14} {}\n",
+            "NAME", "KIND", "START", "LAST", "CREATED", "SIZE", "ON"
+        );
+        for e in &self.entries {
+            let s = &e.snapshot;
+            let size = e.primary_size.or(e.secondary_size).unwrap_or(0);
+            out.push_str(&format!(
+                "{:<44} {:<4} {:>12} {:>12} {:<20} {:>14} {}\n",
+                e.name,
+                kind_name(s.kind),
+                s.start_revision,
+                s.last_revision,
+                crate::logging::utc_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created)),
+                size,
+                e.location()
+            ));
+        }
+        out
+    }
+
+    fn to_json(&self) -> String {
+        let rows: Vec<serde_json::Value> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let s = &e.snapshot;
+                serde_json::json!({
+                    "name": e.name,
+                    "kind": kind_name(s.kind),
+                    "startRevision": s.start_revision,
+                    "lastRevision": s.last_revision,
+                    "createdOn": s.created,
+                    "compression": s.compression,
+                    "isFinal": s.is_final,
+                    "location": e.location(),
+                    "sizes": { "primary": e.primary_size, "secondary": e.secondary_size },
+                })
+            })
+            .collect();
+        let mut out = serde_json::to_string_pretty(&rows).expect("plain JSON values");
+        out.push('\n');
+        out
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Full => "Full",
+        Kind::Incr => "Incr",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(objects: &[(Role, &str, u64)]) -> Catalog {
+        let mut c = Catalog::default();
+        for &(role, name, size) in objects {
+            c.add(role, SnapshotName::parse(name).unwrap(), name.to_string(), size);
+        }
+        c.entries.sort_by_key(|e| (e.snapshot.last_revision, e.snapshot.created));
+        c
+    }
+
+    #[test]
+    fn merges_by_name_and_picks_the_latest_full_across_endpoints() {
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000010-100", 5),
+            (Role::Secondary, "Full-00000000-00000010-100", 5),
+            (Role::Secondary, "Full-00000000-00000020-200", 7),
+            (Role::Primary, "Incr-00000011-00000015-150", 1),
+        ]);
+        assert_eq!(c.entries.len(), 3);
+        assert_eq!(c.entries[0].location(), "both");
+        let (latest, deltas) = c.latest_full().unwrap();
+        assert_eq!(latest.name, "Full-00000000-00000020-200");
+        assert_eq!(latest.location(), "secondary");
+        assert!(deltas.is_empty());
+    }
+
+    #[test]
+    fn deltas_after_the_latest_full_are_reported() {
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000010-100", 5),
+            (Role::Primary, "Incr-00000011-00000015-150", 1),
+            (Role::Secondary, "Incr-00000016-00000020-160", 1),
+        ]);
+        let (latest, deltas) = c.latest_full().unwrap();
+        assert_eq!(latest.snapshot.last_revision, 10);
+        assert_eq!(deltas.len(), 2);
+        assert!(catalog(&[(Role::Primary, "Incr-00000011-00000015-150", 1)]).latest_full().is_none());
+    }
+
+    #[test]
+    fn same_revision_orders_by_creation_time() {
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000010-300", 5),
+            (Role::Secondary, "Full-00000000-00000010-200", 5),
+        ]);
+        assert_eq!(c.latest_full().unwrap().0.name, "Full-00000000-00000010-300");
+    }
+}
