@@ -1,0 +1,551 @@
+//! Writing a fresh bbolt file from sorted input, one page run at a time.
+
+use super::page::{
+    BUCKET_HEADER_SIZE, ELEMENT_SIZE, FLAG_FREELIST, HEADER_SIZE, LEAF_BUCKET, LeafElem, MAX_ELEMENTS, MAX_KEY_SIZE,
+    MAX_VALUE_SIZE, Meta, PageHeader, encode_branch_prefix, encode_leaf_prefix, pages_for, valid_page_size,
+};
+use super::{Error, show_key};
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Pages 0 and 1 are the metas, page 2 the (empty) free list.
+const FIRST_DATA_PAGE: u64 = 3;
+const FREELIST_PAGE: u64 = 2;
+
+/// Builds a bbolt file from buckets and keys given in ascending order.
+///
+/// Memory per open bucket is its current leaf plus one (first key, page id)
+/// per leaf already written, so a bucket of any size streams through.
+pub struct Writer {
+    out: BufWriter<File>,
+    path: PathBuf,
+    page_size: u32,
+    /// Leaves and branches are packed up to this many bytes, as etcd's
+    /// defrag does with bbolt's FillPercent 0.9.
+    fill: usize,
+    next_pgid: u64,
+    /// Open buckets; `stack[0]` is the root bucket holding the top-level ones.
+    stack: Vec<OpenBucket>,
+    scratch: Vec<u8>,
+    /// Set after a failed write: the file is then in an unknown state.
+    failed: bool,
+}
+
+struct OpenBucket {
+    name: Vec<u8>,
+    /// Key of the last element added (data key or sub-bucket name).
+    last_key: Vec<u8>,
+    has_sub_buckets: bool,
+    leaf: Node,
+    /// (first key, page id) of each page written at the current level.
+    children: Children,
+}
+
+/// A leaf being filled: element headers and their keys and values back to back.
+#[derive(Default)]
+struct Node {
+    elems: Vec<LeafElem>,
+    data: Vec<u8>,
+}
+
+impl Node {
+    fn size(&self) -> usize {
+        HEADER_SIZE + self.elems.len() * ELEMENT_SIZE + self.data.len()
+    }
+}
+
+/// Page references in key order, with the keys packed in one buffer.
+#[derive(Default)]
+struct Children {
+    keys: Vec<u8>,
+    refs: Vec<(u32, u64)>,
+}
+
+impl Children {
+    fn push(&mut self, key: &[u8], pgid: u64) {
+        self.keys.extend_from_slice(key);
+        self.refs.push((key.len() as u32, pgid));
+    }
+}
+
+impl Writer {
+    /// Creates `path` (which must not exist) with mode 0600.
+    pub fn create(path: &Path, page_size: u32) -> Result<Writer, Error> {
+        if !valid_page_size(page_size) {
+            return Err(Error::new(format!(
+                "{}: page size {page_size} is not a power of two from 1024 to 65536",
+                path.display()
+            )));
+        }
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(ctx("creating"), e))?;
+        file.seek(SeekFrom::Start(FIRST_DATA_PAGE * u64::from(page_size)))
+            .map_err(|e| Error::io(ctx("seeking in"), e))?;
+        Ok(Writer {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            page_size,
+            fill: page_size as usize * 9 / 10,
+            next_pgid: FIRST_DATA_PAGE,
+            stack: vec![OpenBucket::new(Vec::new())],
+            scratch: Vec::new(),
+            failed: false,
+        })
+    }
+
+    /// Opens bucket `name` inside the innermost open bucket (the top level
+    /// at first).
+    pub fn begin_bucket(&mut self, name: &[u8]) -> Result<(), Error> {
+        self.check_key(name)?;
+        let parent = self.stack.last_mut().unwrap();
+        parent.last_key.clear();
+        parent.last_key.extend_from_slice(name);
+        parent.has_sub_buckets = true;
+        self.stack.push(OpenBucket::new(name.to_vec()));
+        Ok(())
+    }
+
+    /// Adds a key to the innermost open bucket.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        if self.stack.len() < 2 {
+            return Err(self.err(format!("put {} outside any bucket", show_key(key))));
+        }
+        if value.len() > MAX_VALUE_SIZE {
+            return Err(self.err(format!("value of {} is {} bytes, over bbolt's limit", show_key(key), value.len())));
+        }
+        self.check_key(key)?;
+        let b = self.stack.last_mut().unwrap();
+        b.last_key.clear();
+        b.last_key.extend_from_slice(key);
+        self.add(0, key, value)
+    }
+
+    /// Closes the innermost open bucket and adds it to its parent, inline
+    /// when bbolt would inline it.
+    pub fn end_bucket(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        if self.stack.len() < 2 {
+            return Err(self.err("end_bucket without an open bucket".into()));
+        }
+        let mut b = self.stack.pop().unwrap();
+        let ps = self.page_size as usize;
+        let mut value = Vec::with_capacity(BUCKET_HEADER_SIZE);
+        // bbolt's inlineable(): one leaf, no sub-buckets, at most a quarter page.
+        if b.children.refs.is_empty() && !b.has_sub_buckets && b.leaf.size() <= ps / 4 {
+            value.extend_from_slice(&[0; BUCKET_HEADER_SIZE]);
+            encode_leaf_prefix(&mut value, 0, 0, &b.leaf.elems);
+            value.extend_from_slice(&b.leaf.data);
+        } else {
+            let root = self.write_tree(&mut b)?;
+            value.extend_from_slice(&root.to_le_bytes());
+            value.extend_from_slice(&0u64.to_le_bytes());
+        }
+        self.add(LEAF_BUCKET, &b.name, &value)
+    }
+
+    /// Writes the root bucket, the free list page and both meta pages
+    /// (txids `txid` and `txid - 1`), and syncs the file.
+    pub fn finish(mut self, txid: u64) -> Result<(), Error> {
+        self.check_usable()?;
+        if self.stack.len() > 1 {
+            let open: Vec<String> = self.stack[1..].iter().map(|b| show_key(&b.name)).collect();
+            return Err(self.err(format!("finish with bucket {} still open", open.join("/"))));
+        }
+        if txid == 0 {
+            return Err(self.err("finish needs a txid of at least 1 (the other meta gets txid - 1)".into()));
+        }
+        let mut root = self.stack.pop().unwrap();
+        let root_pgid = self.write_tree(&mut root)?;
+        let ps = self.page_size as usize;
+        let hwm = self.next_pgid;
+        let path = self.path.clone();
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        self.out.flush().map_err(|e| Error::io(ctx("writing"), e))?;
+        let file = self.out.get_ref();
+        // Data first, then the metas that point at it.
+        file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
+        let mut head = vec![0u8; 3 * ps];
+        let mut freelist = Vec::with_capacity(HEADER_SIZE);
+        PageHeader { id: FREELIST_PAGE, flags: FLAG_FREELIST, count: 0, overflow: 0 }.encode(&mut freelist);
+        head[2 * ps..2 * ps + HEADER_SIZE].copy_from_slice(&freelist);
+        for t in [txid, txid - 1] {
+            let meta = Meta {
+                page_size: self.page_size,
+                flags: 0,
+                root: root_pgid,
+                sequence: 0,
+                freelist: FREELIST_PAGE,
+                pgid: hwm,
+                txid: t,
+            };
+            let at = (t % 2) as usize * ps;
+            head[at..at + super::page::META_SIZE].copy_from_slice(&meta.encode());
+        }
+        file.write_all_at(&head, 0).map_err(|e| Error::io(ctx("writing the meta pages of"), e))?;
+        file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+        let len = file.metadata().map_err(|e| Error::io(ctx("checking"), e))?.len();
+        if len != hwm * ps as u64 {
+            return Err(self.err(format!("file is {len} bytes after writing {hwm} pages of {ps}")));
+        }
+        Ok(())
+    }
+
+    fn err(&self, msg: String) -> Error {
+        Error::new(format!("{}: {msg}", self.path.display()))
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        if self.failed {
+            return Err(self.err("an earlier write failed".into()));
+        }
+        Ok(())
+    }
+
+    /// A key must be non-empty, within bbolt's limit, and above the
+    /// previous key of the innermost bucket.
+    fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        self.check_usable()?;
+        let b = self.stack.last().unwrap();
+        let bucket =
+            || if self.stack.len() > 1 { format!("bucket {}", show_key(&b.name)) } else { "the top level".into() };
+        if key.is_empty() {
+            return Err(self.err(format!("empty key in {}", bucket())));
+        }
+        if key.len() > MAX_KEY_SIZE {
+            return Err(self.err(format!(
+                "key {} in {} over bbolt's limit of {MAX_KEY_SIZE}",
+                show_key(key),
+                bucket()
+            )));
+        }
+        if !b.last_key.is_empty() && key <= b.last_key.as_slice() {
+            return Err(self.err(format!(
+                "key {} in {} is not above the previous key {}",
+                show_key(key),
+                bucket(),
+                show_key(&b.last_key)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends an element to the innermost bucket's leaf, writing the leaf
+    /// out first if the element would take it past the fill size.
+    fn add(&mut self, flags: u32, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        let size = ELEMENT_SIZE + key.len() + value.len();
+        let leaf = &self.stack.last().unwrap().leaf;
+        if !leaf.elems.is_empty() && (leaf.size() + size > self.fill || leaf.elems.len() == MAX_ELEMENTS) {
+            let mut b = self.stack.pop().unwrap();
+            let r = self.flush_leaf(&mut b);
+            self.stack.push(b);
+            r?;
+        }
+        let leaf = &mut self.stack.last_mut().unwrap().leaf;
+        leaf.elems.push(LeafElem { flags, ksize: key.len() as u32, vsize: value.len() as u32 });
+        leaf.data.extend_from_slice(key);
+        leaf.data.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn flush_leaf(&mut self, b: &mut OpenBucket) -> Result<(), Error> {
+        let leaf = &b.leaf;
+        let (id, overflow) = self.allocate(leaf.size());
+        let mut prefix = std::mem::take(&mut self.scratch);
+        prefix.clear();
+        encode_leaf_prefix(&mut prefix, id, overflow, &leaf.elems);
+        let r = self.write_page(&prefix, &leaf.data);
+        self.scratch = prefix;
+        r?;
+        let first_key = leaf.elems.first().map_or(&[][..], |e| &leaf.data[..e.ksize as usize]);
+        b.children.push(first_key, id);
+        b.leaf.elems.clear();
+        b.leaf.data.clear();
+        Ok(())
+    }
+
+    /// Writes the bucket's last leaf and its branch levels; returns the root
+    /// page id.
+    fn write_tree(&mut self, b: &mut OpenBucket) -> Result<u64, Error> {
+        // An empty leaf is written only as the root of an empty tree.
+        if !b.leaf.elems.is_empty() || b.children.refs.is_empty() {
+            self.flush_leaf(b)?;
+        }
+        let mut level = std::mem::take(&mut b.children);
+        while level.refs.len() > 1 {
+            let mut up = Children::default();
+            let (mut start, mut key_start) = (0, 0);
+            let mut size = HEADER_SIZE;
+            let mut key_off = 0;
+            for (i, &(ksize, _)) in level.refs.iter().enumerate() {
+                let elem = ELEMENT_SIZE + ksize as usize;
+                let n = i - start;
+                // At least two children per branch so that every level shrinks.
+                if n >= 2 && (size + elem > self.fill || n == MAX_ELEMENTS) {
+                    self.write_branch(&level, start..i, key_start..key_off, &mut up)?;
+                    (start, key_start, size) = (i, key_off, HEADER_SIZE);
+                }
+                size += elem;
+                key_off += ksize as usize;
+            }
+            self.write_branch(&level, start..level.refs.len(), key_start..key_off, &mut up)?;
+            level = up;
+        }
+        Ok(level.refs[0].1)
+    }
+
+    fn write_branch(
+        &mut self,
+        level: &Children,
+        refs: std::ops::Range<usize>,
+        keys: std::ops::Range<usize>,
+        up: &mut Children,
+    ) -> Result<(), Error> {
+        let elems = &level.refs[refs];
+        let keys = &level.keys[keys];
+        let (id, overflow) = self.allocate(HEADER_SIZE + elems.len() * ELEMENT_SIZE + keys.len());
+        let mut prefix = std::mem::take(&mut self.scratch);
+        prefix.clear();
+        encode_branch_prefix(&mut prefix, id, overflow, elems);
+        let r = self.write_page(&prefix, keys);
+        self.scratch = prefix;
+        r?;
+        up.push(&keys[..elems[0].0 as usize], id);
+        Ok(())
+    }
+
+    /// Page id and overflow count for a node of `size` bytes.
+    fn allocate(&mut self, size: usize) -> (u64, u32) {
+        let pages = pages_for(size as u64, self.page_size);
+        let id = self.next_pgid;
+        self.next_pgid += pages;
+        (id, (pages - 1) as u32)
+    }
+
+    /// Writes one page run: `prefix` (header and elements), `data`, then
+    /// zeros up to the page boundary.
+    fn write_page(&mut self, prefix: &[u8], data: &[u8]) -> Result<(), Error> {
+        static ZEROS: [u8; 4096] = [0; 4096];
+        let len = prefix.len() + data.len();
+        let mut pad = pages_for(len as u64, self.page_size) as usize * self.page_size as usize - len;
+        let mut r = self.out.write_all(prefix).and_then(|_| self.out.write_all(data));
+        while r.is_ok() && pad > 0 {
+            let n = pad.min(ZEROS.len());
+            r = self.out.write_all(&ZEROS[..n]);
+            pad -= n;
+        }
+        r.map_err(|e| {
+            self.failed = true;
+            Error::io(format!("writing {}", self.path.display()), e)
+        })
+    }
+}
+
+impl OpenBucket {
+    fn new(name: Vec<u8>) -> OpenBucket {
+        OpenBucket {
+            name,
+            last_key: Vec::new(),
+            has_sub_buckets: false,
+            leaf: Node::default(),
+            children: Children::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::page::{FLAG_BRANCH, FLAG_LEAF, u16_at, u32_at, u64_at};
+    use super::*;
+
+    /// A scratch file, removed when dropped (also when the test fails).
+    pub(crate) struct TempFile(PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempFile {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    pub(crate) fn temp_path(tag: &str) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!("bbolt-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempFile(dir.join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed))))
+    }
+
+    fn page(file: &[u8], ps: usize, id: usize) -> &[u8] {
+        &file[id * ps..(id + 1) * ps]
+    }
+
+    #[test]
+    fn empty_db_layout() {
+        let path = temp_path("empty");
+        Writer::create(&path, 4096).unwrap().finish(7).unwrap();
+        let f = std::fs::read(&path).unwrap();
+        assert_eq!(f.len(), 4 * 4096);
+        // txid 7 on page 1, txid 6 on page 0, otherwise identical.
+        let m1 = Meta::decode(page(&f, 4096, 1)).unwrap();
+        let m0 = Meta::decode(page(&f, 4096, 0)).unwrap();
+        assert_eq!((m0.txid, m1.txid), (6, 7));
+        assert_eq!(m1, Meta { page_size: 4096, flags: 0, root: 3, sequence: 0, freelist: 2, pgid: 4, txid: 7 });
+        assert_eq!(u64_at(&f, 0), 0);
+        assert_eq!(u64_at(&f, 4096), 1);
+        // Free list page: id 2, flags 0x10, count 0; then the empty root leaf.
+        assert_eq!(&page(&f, 4096, 2)[..16], &[2, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&page(&f, 4096, 3)[..16], &[3, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(f[80..4096].iter().all(|&b| b == 0));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(Writer::create(&path, 4096).is_err(), "create_new");
+    }
+
+    #[test]
+    fn inline_bucket_bytes() {
+        let path = temp_path("inline");
+        let mut w = Writer::create(&path, 4096).unwrap();
+        w.begin_bucket(b"b").unwrap();
+        w.put(b"k", b"v").unwrap();
+        w.end_bucket().unwrap();
+        w.finish(2).unwrap();
+        let f = std::fs::read(&path).unwrap();
+        assert_eq!(f.len(), 4 * 4096);
+        let root = page(&f, 4096, 3);
+        assert_eq!(PageHeader::decode(root), PageHeader { id: 3, flags: FLAG_LEAF, count: 1, overflow: 0 });
+        // Element: bucket flag, pos 16, ksize 1, vsize 16 + 16 + 16 + 2.
+        assert_eq!(&root[16..32], &[1, 0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 50, 0, 0, 0]);
+        assert_eq!(root[32], b'b');
+        #[rustfmt::skip]
+        let value: Vec<u8> = [
+            &[0u8; 16][..],                                   // root 0, sequence 0: inline
+            &[0; 8], &[2, 0], &[1, 0], &[0; 4],               // page image header: id 0, leaf, 1 element
+            &[0, 0, 0, 0], &[16, 0, 0, 0], &[1, 0, 0, 0], &[1, 0, 0, 0],
+            b"kv",
+        ].concat();
+        assert_eq!(&root[33..33 + 50], &value[..]);
+    }
+
+    /// A bucket holding one key whose leaf is `size` bytes.
+    fn one_key_bucket(size: usize, ps: u32) -> Vec<u8> {
+        let path = temp_path("threshold");
+        let mut w = Writer::create(&path, ps).unwrap();
+        w.begin_bucket(b"b").unwrap();
+        w.put(b"k", &vec![7; size - 16 - 16 - 1]).unwrap();
+        w.end_bucket().unwrap();
+        w.finish(1).unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn inline_threshold_is_a_quarter_page() {
+        for ps in [4096usize, 16384] {
+            let f = one_key_bucket(ps / 4, ps as u32);
+            assert_eq!(f.len(), 4 * ps, "at ps/4 the bucket is inline");
+            let f = one_key_bucket(ps / 4 + 1, ps as u32);
+            assert_eq!(f.len(), 5 * ps, "one byte more and it gets its own page");
+            // Page 3 is the bucket's leaf, page 4 the root leaf pointing at it.
+            let root = page(&f, ps, 4);
+            assert_eq!(u32_at(root, 28), 16, "vsize: InBucket header only");
+            assert_eq!(u64_at(root, 33), 3);
+            assert_eq!(u16_at(page(&f, ps, 3), 8), FLAG_LEAF);
+        }
+    }
+
+    #[test]
+    fn overflow_pages() {
+        let path = temp_path("overflow");
+        let mut w = Writer::create(&path, 4096).unwrap();
+        w.begin_bucket(b"b").unwrap();
+        w.put(b"a", b"small").unwrap();
+        w.put(b"big", &vec![0xAB; 5000]).unwrap();
+        w.put(b"c", b"small").unwrap();
+        w.end_bucket().unwrap();
+        w.finish(1).unwrap();
+        let f = std::fs::read(&path).unwrap();
+        // 3: leaf [a], 4-5: leaf [big] (16+16+3+5000 bytes = 2 pages), 6: leaf [c], 7: branch, 8: root.
+        assert_eq!(f.len(), 9 * 4096);
+        assert_eq!(
+            PageHeader::decode(page(&f, 4096, 4)),
+            PageHeader { id: 4, flags: FLAG_LEAF, count: 1, overflow: 1 }
+        );
+        assert_eq!(&f[4 * 4096 + 35..4 * 4096 + 35 + 5000], &[0xAB; 5000][..]);
+        assert!(f[4 * 4096 + 35 + 5000..6 * 4096].iter().all(|&b| b == 0));
+        let branch = page(&f, 4096, 7);
+        assert_eq!(PageHeader::decode(branch), PageHeader { id: 7, flags: FLAG_BRANCH, count: 3, overflow: 0 });
+        let kids: Vec<(Vec<u8>, u64)> = (0..3)
+            .map(|i| {
+                let (k, p) = super::super::page::branch_element(branch, i).unwrap();
+                (k.to_vec(), p)
+            })
+            .collect();
+        assert_eq!(kids, vec![(b"a".to_vec(), 3), (b"big".to_vec(), 4), (b"c".to_vec(), 6)]);
+        assert_eq!(Meta::decode(page(&f, 4096, 1)).unwrap().root, 8);
+    }
+
+    #[test]
+    fn leaves_fill_to_ninety_percent() {
+        let path = temp_path("fill");
+        let mut w = Writer::create(&path, 4096).unwrap();
+        w.begin_bucket(b"b").unwrap();
+        // 16 + 4 + 80 = 100 bytes per element: 36 fit in 16 + 3600 <= 3686.
+        for i in 0..100u32 {
+            w.put(&i.to_be_bytes(), &[1; 80]).unwrap();
+        }
+        w.end_bucket().unwrap();
+        w.finish(1).unwrap();
+        let f = std::fs::read(&path).unwrap();
+        let counts: Vec<u16> = (3..6).map(|p| PageHeader::decode(page(&f, 4096, p)).count).collect();
+        assert_eq!(counts, vec![36, 36, 28]);
+    }
+
+    #[test]
+    fn misuse_is_an_error() {
+        let mut w = Writer::create(&temp_path("misuse"), 4096).unwrap();
+        assert!(w.put(b"k", b"v").unwrap_err().to_string().contains("outside any bucket"));
+        assert!(w.end_bucket().unwrap_err().to_string().contains("without an open bucket"));
+        w.begin_bucket(b"m").unwrap();
+        assert!(w.put(b"", b"v").unwrap_err().to_string().contains("empty key"));
+        assert!(w.put(&vec![1; MAX_KEY_SIZE + 1], b"v").unwrap_err().to_string().contains("limit"));
+        w.put(&vec![1; MAX_KEY_SIZE], b"v").unwrap();
+        assert!(w.put(&vec![1; MAX_KEY_SIZE], b"v").unwrap_err().to_string().contains("not above"));
+        assert!(w.put(b"\x00", b"v").unwrap_err().to_string().contains("not above"));
+        w.put(b"\x02", b"v").unwrap();
+        // Sub-bucket names share the key order of their parent.
+        assert!(w.begin_bucket(b"\x02").is_err());
+        w.begin_bucket(b"\x03").unwrap();
+        w.end_bucket().unwrap();
+        assert!(w.put(b"\x03", b"v").is_err());
+        w.end_bucket().unwrap();
+        assert!(w.begin_bucket(b"a").unwrap_err().to_string().contains("the top level"));
+        w.begin_bucket(b"n").unwrap();
+        assert!(w.finish(5).unwrap_err().to_string().contains("still open"));
+        let w = Writer::create(&temp_path("txid0"), 4096).unwrap();
+        assert!(w.finish(0).is_err());
+        for ps in [512, 3000, 1 << 17] {
+            assert!(Writer::create(&temp_path("ps"), ps).is_err());
+        }
+    }
+}
