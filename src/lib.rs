@@ -9,7 +9,8 @@ pub mod etcd;
 pub mod flags;
 pub mod logging;
 pub mod member;
-// pub mod restore; (re-enabled when bbolt, wal, snap and member land)
+pub(crate) mod pb;
+// pub mod restore; (lands with the restore command)
 pub mod signals;
 pub mod snap;
 pub mod snapshot;
