@@ -10,7 +10,7 @@ pub mod flags;
 pub mod logging;
 pub mod member;
 pub(crate) mod pb;
-// pub mod restore; (lands with the restore command)
+pub mod restore;
 pub mod signals;
 pub mod snap;
 pub mod snapshot;

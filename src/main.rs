@@ -2,7 +2,7 @@
 
 use etcd_backup_restore::flags::hiargs::{ListConfig, RestoreConfig, SnapshotConfig};
 use etcd_backup_restore::flags::{self, Command, Parsed};
-use etcd_backup_restore::{backup, catalog, exit, logging, signals};
+use etcd_backup_restore::{backup, catalog, exit, logging, restore, signals};
 
 fn main() {
     let env = |k: &str| std::env::var(k).ok();
@@ -20,7 +20,7 @@ fn main() {
             signals::install();
             let code = match command {
                 Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| backup::run(&c)),
-                Command::Restore => RestoreConfig::new(*low, &env).map(|_c| exit::USAGE),
+                Command::Restore => RestoreConfig::new(*low, &env).map(|c| restore::command(&c)),
                 Command::List => ListConfig::new(*low, &env).map(|c| catalog::command(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))

@@ -4,8 +4,8 @@
 mod common;
 
 use common::cli::*;
-use etcd_backup_restore::store::Store;
 use common::{env, unique};
+use etcd_backup_restore::store::Store;
 use std::process::Command;
 
 fn both_endpoints_up(etcd_var: &str, ctl_var: &str) {

@@ -159,7 +159,18 @@ pub struct CutProxy {
 }
 
 impl CutProxy {
+    /// Passes `limit` bytes of each server response, then closes the connection.
     pub fn start(target: &str, limit: usize) -> CutProxy {
+        Self::spawn(target, limit, false)
+    }
+
+    /// Passes `limit` bytes of each server response, then holds the
+    /// connection open without sending anything more.
+    pub fn stalling(target: &str, limit: usize) -> CutProxy {
+        Self::spawn(target, limit, true)
+    }
+
+    fn spawn(target: &str, limit: usize, stall: bool) -> CutProxy {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         let target = target.trim_start_matches("http://").to_string();
@@ -189,6 +200,9 @@ impl CutProxy {
                         if passed >= limit {
                             break;
                         }
+                    }
+                    if stall {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
                     }
                     let _ = c_out.shutdown(Shutdown::Both);
                     let _ = s_in.shutdown(Shutdown::Both);

@@ -1,0 +1,448 @@
+//! `restore`: pick the latest full snapshot on either endpoint, fetch it with
+//! failover (and ranged resume) to the other endpoint, verify it, and write
+//! an etcd data directory from it natively: the bbolt db rewritten with the
+//! new membership, the WAL and the `.snap` file, exactly as etcdutl does.
+//!
+//! Everything is built in a staging directory next to the target and
+//! renamed into place only when complete; an error or a signal removes it.
+
+use crate::catalog::{Catalog, Entry, Source};
+use crate::flags::Role;
+use crate::flags::hiargs::RestoreConfig;
+use crate::member::{self, Member};
+use crate::snapshot::{TRAILER_LEN, TrailerCheck};
+use crate::{bbolt, signals, snap, wal};
+use anyhow::{Context, anyhow, bail};
+use log::{info, warn};
+use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A restore failure, and whether it was the caller's input (exit 2).
+pub enum Failure {
+    Usage(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+/// The `restore` command: open the endpoints, restore, return the exit code.
+pub fn command(cfg: &RestoreConfig) -> i32 {
+    let sources: Result<Vec<Source>, _> = cfg.endpoints.iter().map(|e| e.source()).collect();
+    let result = match sources {
+        Ok(sources) => run(cfg, &sources),
+        Err(e) => Err(Failure::Usage(e.0)),
+    };
+    match result {
+        Ok(()) => crate::exit::OK,
+        Err(Failure::Usage(msg)) => {
+            log::error!("{msg}");
+            crate::exit::USAGE
+        }
+        Err(Failure::Failed(e)) => {
+            log::error!("Failed to restore: {e:#}");
+            crate::exit::FAILED
+        }
+    }
+}
+
+pub fn run(cfg: &RestoreConfig, sources: &[Source]) -> Result<(), Failure> {
+    // Everything that can be checked without the network first.
+    let members = member::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
+        .map_err(|e| Failure::Usage(format!("--initial-cluster: {e}")))?;
+    let local = member::local_member(&members, &cfg.name, &cfg.initial_advertise_peer_urls.join(","))
+        .map_err(Failure::Usage)?
+        .clone();
+    check_target(&cfg.data_dir).map_err(Failure::Usage)?;
+    // Created first, so that an unwritable target fails before any download.
+    let staging = Staging::create(&cfg.data_dir)
+        .map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
+
+    let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
+    let entry = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
+    if !entry.snapshot.compression.is_empty() {
+        return Err(Failure::Failed(anyhow!(
+            "snapshot {} is compressed ({}); compressed snapshots cannot be restored by this version yet",
+            entry.name,
+            entry.snapshot.compression
+        )));
+    }
+
+    let download = staging.path.join("snapshot.download");
+    fetch(entry, sources, &download, !cfg.skip_hash_check)?;
+    let snap_dir = staging.path.join("member/snap");
+    let revision = rewrite_db(&download, &snap_dir.join("db"), &members, cfg.bump_revision)
+        .with_context(|| format!("snapshot {} is not a valid etcd database", entry.name))?;
+    fs::remove_file(&download).ok();
+    signals::check()?;
+    let cluster_id = member::cluster_id(&members);
+    wal::write_restore_wal(&staging.path.join("member/wal"), &local, cluster_id, &members)
+        .context("writing the WAL")?;
+    snap::write_restore_snap(&snap_dir, &members).context("writing the .snap file")?;
+    signals::check()?;
+    staging.commit(&cfg.data_dir)?;
+    info!(
+        "Restored {} (revision {revision}) for member {} ({:x}) of cluster {cluster_id:x} into {}",
+        entry.name,
+        local.name,
+        local.id,
+        cfg.data_dir.display()
+    );
+    info!("Successfully restored the etcd data directory.");
+    Ok(())
+}
+
+/// The target must not exist, or be an empty directory.
+fn check_target(dir: &Path) -> Result<(), String> {
+    match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => Err(format!("--data-dir {} is not empty; refusing to restore over existing data", dir.display())),
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("--data-dir {}: {e}", dir.display())),
+    }
+}
+
+/// The latest full snapshot (or the named one), refusing to silently drop
+/// delta snapshots that follow it.
+fn choose<'a>(catalog: &'a Catalog, wanted: Option<&str>, sources: &[Source]) -> Result<&'a Entry, Failure> {
+    if let Some(name) = wanted {
+        return catalog
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| Failure::Failed(anyhow!("snapshot {name} was not found on {}", where_(sources))));
+    }
+    let Some((latest, deltas)) = catalog.latest_full() else {
+        let failed = if catalog.failures.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (could not list: {})",
+                catalog.failures.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
+            )
+        };
+        return Err(Failure::Failed(anyhow!("no full snapshot found on {}{failed}", where_(sources))));
+    };
+    if let Some(last) = deltas.last() {
+        return Err(Failure::Failed(anyhow!(
+            "the latest full snapshot {} is followed by {} delta snapshots up to {}, which this version cannot apply \
+             yet; to restore the full snapshot alone, pass --snapshot {}",
+            latest.name,
+            deltas.len(),
+            last.name,
+            latest.name
+        )));
+    }
+    Ok(latest)
+}
+
+/// "primary endpoint s3://... and secondary endpoint s3://..."
+fn where_(sources: &[Source]) -> String {
+    let each: Vec<String> =
+        sources.iter().map(|s| format!("{} endpoint {}", s.role.name(), s.store.location())).collect();
+    each.join(" or ")
+}
+
+/// Download `entry` into `dest`, primary first. A failure mid-stream
+/// continues from the other endpoint at the byte reached when both copies
+/// have the same size; the SHA-256 trailer still covers the whole result.
+fn fetch(entry: &Entry, sources: &[Source], dest: &Path, verify: bool) -> anyhow::Result<Role> {
+    let name = &entry.name;
+    let mut plan: Vec<(usize, bool)> =
+        (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
+    let sizes: Vec<u64> = plan.iter().filter_map(|&(i, _)| entry.size_on(sources[i].role)).collect();
+    let resumable = sizes.windows(2).all(|w| w[0] == w[1]);
+    let mut file = File::options().write(true).create(true).truncate(true).mode(0o600).open(dest)?;
+    let mut check = TrailerCheck::default();
+    let mut written = 0u64;
+    let mut causes = Vec::new();
+    let mut step = 0;
+    while step < plan.len() {
+        let (i, may_resume) = plan[step];
+        step += 1;
+        let src = &sources[i];
+        let role = src.role.name();
+        let size = entry.size_on(src.role).unwrap_or(0);
+        let resume_at = if may_resume && resumable && written < size { written } else { 0 };
+        if resume_at > 0 {
+            info!("Resuming snapshot {name} from {role} endpoint at byte {resume_at}");
+        } else if written > 0 {
+            truncate(&mut file)?;
+            check = TrailerCheck::default();
+            written = 0;
+        }
+        // A broken stream keeps its bytes for a resume; a complete but wrong
+        // object (size or hash) means none of the bytes can be trusted.
+        let result = match copy_from(src, name, resume_at, &mut file, &mut check, &mut written) {
+            Err(e) => Err((e, false)),
+            Ok(()) if written != size => Err((anyhow!("got {written} bytes but the listing says {size}"), true)),
+            Ok(()) if verify => std::mem::take(&mut check).finish().map_err(|e| (anyhow!(e), true)),
+            Ok(()) => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                file.sync_all()?;
+                info!("Successfully fetched snapshot {name} from {role} endpoint");
+                return Ok(src.role);
+            }
+            Err((e, discard)) => {
+                let e = format!("{e:#}");
+                warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
+                causes.push(format!("{role}: {e}"));
+                if signals::interrupted() {
+                    break;
+                }
+                if discard {
+                    truncate(&mut file)?;
+                    check = TrailerCheck::default();
+                    written = 0;
+                    // The bad bytes may be the first endpoint's: fetch this one whole.
+                    if resume_at > 0 {
+                        plan.push((i, false));
+                    }
+                }
+            }
+        }
+    }
+    signals::check()?;
+    bail!("could not fetch snapshot {name} from any endpoint - {}", causes.join("; "))
+}
+
+/// Empty the download file and write from its start again.
+fn truncate(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()
+}
+
+/// Append `name` from byte `offset` on to `file`, counting into `written`.
+fn copy_from(
+    src: &Source,
+    name: &str,
+    offset: u64,
+    file: &mut File,
+    check: &mut TrailerCheck,
+    written: &mut u64,
+) -> anyhow::Result<()> {
+    let mut reader = src.retry.run(
+        || src.store.load(name, offset),
+        |n, e, w| warn!("{} endpoint: fetching {name} failed (attempt {n}), retrying in {w:?}: {e}", src.role.name()),
+    )?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        signals::check()?;
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => bail!("broken after {} bytes: {e}", *written),
+        };
+        file.write_all(&buf[..n]).context("writing the downloaded snapshot")?;
+        check.update(&buf[..n]);
+        *written += n as u64;
+    }
+}
+
+/// etcd's mvcc revision key: 8-byte big-endian main, `_`, 8-byte sub.
+fn revision_key(main: u64, sub: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&sub.to_be_bytes());
+    k
+}
+
+/// Rewrite the snapshot db into `dst` as etcdutl 3.5 leaves it after a
+/// restore: `members` replaced, `members_removed` emptied, `meta`
+/// consistent_index = member count and term = 1, and optionally the revision
+/// bumped and marked compacted. Returns the (possibly bumped) revision.
+fn rewrite_db(src: &Path, dst: &Path, members: &[Member], bump: Option<u64>) -> anyhow::Result<u64> {
+    // The downloaded file still ends in the 32-byte trailer when it had one.
+    let len = fs::metadata(src)?.len();
+    if len % 512 == TRAILER_LEN as u64 {
+        File::options().write(true).open(src)?.set_len(len - TRAILER_LEN as u64)?;
+    }
+    let db = bbolt::Db::open(src)?;
+    let latest = match db.last(b"key")? {
+        Some((k, _)) if k.len() >= 8 => u64::from_be_bytes(k[..8].try_into().unwrap()),
+        _ => 0,
+    };
+    let revision = latest + bump.unwrap_or(0);
+    let mut names = db.buckets()?;
+    for required in [&b"members"[..], b"members_removed", b"meta"] {
+        if !names.iter().any(|n| n == required) {
+            names.push(required.to_vec());
+        }
+    }
+    names.sort();
+    let mut w = bbolt::Writer::create(dst, db.page_size())?;
+    for name in &names {
+        signals::check()?;
+        w.begin_bucket(name)?;
+        match name.as_slice() {
+            b"members" => {
+                let mut rows: Vec<(String, String)> =
+                    members.iter().map(|m| (format!("{:x}", m.id), member::member_json(m))).collect();
+                rows.sort();
+                for (k, v) in rows {
+                    w.put(k.as_bytes(), v.as_bytes())?;
+                }
+            }
+            b"members_removed" => {}
+            b"meta" => {
+                let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                copy_bucket(&db, name, &mut |k, v| {
+                    rows.push((k.to_vec(), v.to_vec()));
+                    Ok(())
+                })?;
+                let mut set = |k: &[u8], v: Vec<u8>| {
+                    rows.retain(|(rk, _)| rk != k);
+                    rows.push((k.to_vec(), v));
+                };
+                set(b"consistent_index", (members.len() as u64).to_be_bytes().to_vec());
+                set(b"term", 1u64.to_be_bytes().to_vec());
+                if bump.is_some() {
+                    set(b"scheduledCompactRev", revision_key(revision, 0));
+                }
+                rows.sort();
+                for (k, v) in rows {
+                    w.put(&k, &v)?;
+                }
+            }
+            _ => {
+                copy_bucket(&db, name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
+                if name == b"key" && bump.is_some() {
+                    // An empty entry at the bumped revision makes it the latest.
+                    w.put(&revision_key(revision, 0), b"")?;
+                }
+            }
+        }
+        w.end_bucket()?;
+    }
+    w.finish(db.txid() + 1)?;
+    Ok(revision)
+}
+
+fn copy_bucket<F>(db: &bbolt::Db, bucket: &[u8], f: &mut F) -> anyhow::Result<()>
+where
+    F: FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
+{
+    let mut err = None;
+    db.for_each(bucket, &mut |k, v| match v {
+        bbolt::Value::Data(v) => match f(k, v) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                err = Some(e);
+                Err(bbolt::Error::stop())
+            }
+        },
+        bbolt::Value::Bucket(_) => {
+            err = Some(anyhow!("nested bucket {:?} in {:?}: etcd databases have none", k, bucket));
+            Err(bbolt::Error::stop())
+        }
+    })
+    .map_err(|e| err.take().unwrap_or_else(|| e.into()))
+}
+
+/// `<parent>/.<name>.restore-<pid>`: built here, renamed onto the target
+/// when complete, removed on any error or signal.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(target: &Path) -> anyhow::Result<Staging> {
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = target.file_name().ok_or_else(|| anyhow!("--data-dir {} has no name", target.display()))?;
+        let stem = format!(".{}.restore-", base.to_string_lossy());
+        fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        for leftover in fs::read_dir(&parent)?.flatten() {
+            if leftover.file_name().to_string_lossy().starts_with(&stem) {
+                warn!("Removing {}, left over from an interrupted restore", leftover.path().display());
+                fs::remove_dir_all(leftover.path()).ok();
+            }
+        }
+        let path = parent.join(format!("{stem}{}", std::process::id()));
+        signals::remove_on_signal(&path);
+        let staging = Staging { path, committed: false };
+        let mut dirs = fs::DirBuilder::new();
+        dirs.recursive(true).mode(0o700);
+        dirs.create(staging.path.join("member/snap"))
+            .with_context(|| format!("creating {}", staging.path.display()))?;
+        Ok(staging)
+    }
+
+    fn commit(mut self, target: &Path) -> anyhow::Result<()> {
+        for d in ["member/snap", "member/wal", "member", ""] {
+            File::open(self.path.join(d))?.sync_all()?;
+        }
+        let mut on_signal = signals::cleanup_list();
+        // rename(2) replaces an empty directory; check_target allowed only that.
+        fs::rename(&self.path, target)
+            .with_context(|| format!("moving the restored data into {}", target.display()))?;
+        on_signal.retain(|d| d != &self.path);
+        drop(on_signal);
+        self.committed = true;
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+            signals::cleanup_list().retain(|d| d != &self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_keys_are_etcds() {
+        assert_eq!(revision_key(0x0102, 3), b"\0\0\0\0\0\0\x01\x02_\0\0\0\0\0\0\0\x03".to_vec());
+    }
+
+    #[test]
+    fn target_must_be_missing_or_empty() {
+        let d = std::env::temp_dir().join(format!("ebr-target-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        assert!(check_target(&d).is_ok());
+        fs::create_dir_all(&d).unwrap();
+        assert!(check_target(&d).is_ok());
+        fs::write(d.join("x"), "").unwrap();
+        let e = check_target(&d).unwrap_err();
+        assert!(e.contains("is not empty") && e.contains(d.to_str().unwrap()), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn staging_is_removed_unless_committed() {
+        let d = std::env::temp_dir().join(format!("ebr-staging-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let target = d.join("data");
+        let s = Staging::create(&target).unwrap();
+        let path = s.path.clone();
+        assert!(path.join("member/snap").is_dir());
+        drop(s);
+        assert!(!path.exists());
+        let s = Staging::create(&target).unwrap();
+        fs::create_dir_all(s.path.join("member/wal")).unwrap();
+        s.commit(&target).unwrap();
+        assert!(target.join("member/snap").is_dir());
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,438 @@
+//! `restore` and `snapshot list` end to end: back up real etcd 3.4/3.5 with
+//! the binary, restore with the binary, start real etcd on the result.
+
+mod common;
+
+use common::cli::*;
+use common::{CutProxy, Etcd, env, etcdctl, etcdctl_json, free_port, unique};
+use etcd_backup_restore::store::Store;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Tests that start etcd on the fixed peer port of the reference vector.
+static FIXED_PORT: Mutex<()> = Mutex::new(());
+
+struct Version {
+    endpoint: String,
+    etcd: String,
+    ctl: String,
+}
+
+fn v34() -> Version {
+    Version { endpoint: env("EBR_ETCD34_ENDPOINT"), etcd: env("EBR_ETCD34_BIN"), ctl: env("EBR_ETCDCTL34_BIN") }
+}
+
+fn v35() -> Version {
+    Version { endpoint: env("EBR_ETCD35_ENDPOINT"), etcd: env("EBR_ETCD35_BIN"), ctl: env("EBR_ETCDCTL35_BIN") }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Keys under a fresh prefix: small ones, and two of 200 KB (overflow pages).
+fn write_keys(v: &Version) -> String {
+    let p = format!("/{}/", unique("restore"));
+    for i in 0..40 {
+        etcdctl_put(&v.ctl, &v.endpoint, &format!("{p}small/{i:03}"), &format!("value {i}"));
+    }
+    etcdctl_put(&v.ctl, &v.endpoint, &format!("{p}small/007"), "overwritten");
+    etcdctl(&v.ctl, &v.endpoint, &["del", &format!("{p}small/013")]);
+    for i in 0..2 {
+        etcdctl_put(&v.ctl, &v.endpoint, &format!("{p}big/{i}"), &format!("{i}").repeat(200 << 10));
+    }
+    p
+}
+
+fn kvs(v: &Version, endpoint: &str, prefix: &str) -> Value {
+    etcdctl_json(&v.ctl, endpoint, &["get", "--prefix", prefix])["kvs"].clone()
+}
+
+fn revision(v: &Version, endpoint: &str) -> u64 {
+    etcdctl_json(&v.ctl, endpoint, &["endpoint", "status"])[0]["Status"]["header"]["revision"].as_u64().unwrap()
+}
+
+/// Back up `v` to both endpoints under a fresh prefix: (prefix, object name).
+fn backup(v: &Version) -> (String, String) {
+    let prefix = unique("rs");
+    let r = run(&refs(&dual_args(&v.endpoint, &prefix)), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let name = only_snapshot(&primary(&prefix)).0;
+    (prefix, name)
+}
+
+/// The revision inside a stored snapshot, by etcd's own etcdutl.
+fn etcdutl_revision(bytes: &[u8], dir: &Path) -> u64 {
+    let f = dir.join("snapshot.db");
+    std::fs::write(&f, &bytes[..bytes.len() - 32]).unwrap();
+    let out = std::process::Command::new(env("EBR_ETCDUTL35_BIN"))
+        .args(["snapshot", "status", f.to_str().unwrap(), "-w", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["revision"].as_u64().unwrap()
+}
+
+fn restore(prefix: &str, data_dir: &Path, extra: &[&str], envs: &[(String, String)]) -> Run {
+    let mut args = vec!["restore".to_string(), format!("--data-dir={}", data_dir.display())];
+    args.extend(store_args(prefix));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&refs(&args), &as_refs(envs))
+}
+
+/// Backup → restore → etcd `v` on the result: same keys and revision,
+/// the member ID etcd computes, writes work, and survive a restart.
+fn round_trip(v: Version) {
+    let keys = write_keys(&v);
+    let (prefix, name) = backup(&v);
+    let dir = scratch("rt");
+    let data = dir.join("data");
+    let _port = FIXED_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    // The reference vector: this URL and token give member c340e2006ae8e270 in cluster 482a263d31c02ea0.
+    let peer = "http://127.0.0.1:24480";
+    let cluster = format!("r1={peer}");
+    let r = restore(
+        &prefix,
+        &data,
+        &[
+            "--name=r1",
+            &format!("--initial-cluster={cluster}"),
+            &format!("--initial-advertise-peer-urls={peer}"),
+            "--initial-cluster-token=tok-single",
+        ],
+        &creds(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in [
+        "INFO Listed 1 snapshots from primary endpoint".to_string(),
+        "INFO Listed 1 snapshots from secondary endpoint".to_string(),
+        "INFO Merged snapshot list: 1 snapshots total (Primary: 1, Secondary: 1)".to_string(),
+        format!("INFO Successfully fetched snapshot {name} from primary endpoint"),
+        "INFO Successfully restored the etcd data directory.".to_string(),
+    ] {
+        assert!(r.stderr.contains(&line), "missing {line:?}");
+    }
+    assert!(!dir.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".restore-")));
+
+    let want_rev = etcdutl_revision(&load(&primary(&prefix), &name), &dir);
+    let e = Etcd::start(&v.etcd, &v.ctl, &data, "r1", peer, &cluster);
+    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys), "every key and value as in the source");
+    assert_eq!(revision(&v, &e.client_url), want_rev, "revision as in the snapshot");
+    let members = etcdctl_json(&v.ctl, &e.client_url, &["member", "list"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
+    assert_eq!(members["members"][0]["ID"].as_u64().unwrap(), 0xc340e2006ae8e270);
+    assert_eq!(members["members"][0]["name"], "r1");
+    assert_eq!(members["header"]["cluster_id"].as_u64().unwrap(), 0x482a263d31c02ea0);
+    etcdctl(&v.ctl, &e.client_url, &["put", &format!("{keys}after"), "restore"]);
+    assert_eq!(revision(&v, &e.client_url), want_rev + 1);
+    drop(e);
+    let e = Etcd::start(&v.etcd, &v.ctl, &data, "r1", peer, &cluster);
+    assert_eq!(kvs(&v, &e.client_url, &format!("{keys}after"))[0]["mod_revision"].as_u64(), Some(want_rev + 1));
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn round_trip_etcd34() {
+    round_trip(v34());
+}
+
+#[test]
+fn round_trip_etcd35() {
+    round_trip(v35());
+}
+
+#[test]
+fn bump_revision_marks_compacted() {
+    let v = v35();
+    let keys = write_keys(&v);
+    let (prefix, name) = backup(&v);
+    let dir = scratch("bump");
+    let want = etcdutl_revision(&load(&primary(&prefix), &name), &dir);
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("b1={peer}");
+    let data = dir.join("data");
+    let r = restore(
+        &prefix,
+        &data,
+        &[
+            "--name=b1",
+            &format!("--initial-cluster={cluster}"),
+            &format!("--initial-advertise-peer-urls={peer}"),
+            "--bump-revision=1000000",
+            "--mark-compacted",
+        ],
+        &creds(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let e = Etcd::start(&v.etcd, &v.ctl, &data, "b1", &peer, &cluster);
+    assert_eq!(revision(&v, &e.client_url), want + 1_000_000);
+    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
+    let old = std::process::Command::new(&v.ctl)
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &e.client_url, "get", "--rev", &want.to_string(), &keys])
+        .output()
+        .unwrap();
+    assert!(!old.status.success() && String::from_utf8_lossy(&old.stderr).contains("compacted"), "{old:?}");
+    etcdctl(&v.ctl, &e.client_url, &["put", "after-bump", "x"]);
+    assert_eq!(revision(&v, &e.client_url), want + 1_000_001);
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn three_member_cluster_has_quorum() {
+    let v = v35();
+    let keys = write_keys(&v);
+    let (prefix, _) = backup(&v);
+    let dir = scratch("three");
+    let peers: Vec<String> = (0..3).map(|_| format!("http://127.0.0.1:{}", free_port())).collect();
+    let cluster = peers.iter().enumerate().map(|(i, p)| format!("m{i}={p}")).collect::<Vec<_>>().join(",");
+    for (i, peer) in peers.iter().enumerate() {
+        let r = restore(
+            &prefix,
+            &dir.join(format!("m{i}")),
+            &[
+                &format!("--name=m{i}"),
+                &format!("--initial-cluster={cluster}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+                "--initial-cluster-token=three",
+            ],
+            &creds(),
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    // No member is healthy alone: start all three, then wait.
+    let nodes: Vec<Etcd> = (0..3)
+        .map(|i| {
+            Etcd::start_with(&v.etcd, &v.ctl, &dir.join(format!("m{i}")), &format!("m{i}"), &peers[i], &cluster, false)
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_healthy(&v.ctl);
+    }
+    etcdctl(&v.ctl, &nodes[0].client_url, &["put", &format!("{keys}quorum"), "yes"]);
+    let got = kvs(&v, &nodes[2].client_url, &format!("{keys}quorum"));
+    assert_eq!(got[0]["value"], "eWVz", "written on m0, read on m2");
+    assert_eq!(
+        kvs(&v, &nodes[1].client_url, &keys).as_array().unwrap().len(),
+        42,
+        "40 small - 1 deleted + 2 big + quorum"
+    );
+    let members = etcdctl_json(&v.ctl, &nodes[1].client_url, &["member", "list"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A restore that must come from the secondary; checks the data directory.
+fn restore_from_secondary(prefix: &str, name: &str, extra: &[&str], want_log: &[&str]) {
+    let dir = scratch("failover");
+    let data = dir.join("data");
+    let r = restore(prefix, &data, extra, &creds());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("INFO Successfully fetched snapshot {name} from secondary endpoint")),
+        "{}",
+        r.stderr
+    );
+    for l in want_log {
+        assert!(r.stderr.contains(l), "missing {l:?}");
+    }
+    assert!(data.join("member/snap/db").is_file() && data.join("member/wal").is_dir());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn failover_primary_down() {
+    let (prefix, name) = backup(&v34());
+    restore_from_secondary(
+        &prefix,
+        &name,
+        &["--store-endpoint-override=http://127.0.0.1:1"],
+        &["ERRO Failed to list snapshots from primary endpoint", "INFO Listed 1 snapshots from secondary endpoint"],
+    );
+}
+
+#[test]
+fn failover_primary_object_deleted() {
+    let (prefix, name) = backup(&v34());
+    primary(&prefix).delete(&name).unwrap();
+    restore_from_secondary(
+        &prefix,
+        &name,
+        &[],
+        &["Merged snapshot list: 1 snapshots total (Primary: 0, Secondary: 1)"],
+    );
+}
+
+#[test]
+fn failover_primary_object_corrupted() {
+    let (prefix, name) = backup(&v34());
+    // s3s-fs keeps objects as plain files: change one byte behind its back.
+    let file = Path::new(&env("EBR_S3A_ROOT")).join(env("EBR_S3A_BUCKET")).join(&prefix).join("v2").join(&name);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[5000] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    restore_from_secondary(&prefix, &name, &[], &["Failed to fetch snapshot", "SHA-256 trailer mismatch"]);
+}
+
+#[test]
+fn failover_primary_drops_mid_download_resumes_on_secondary() {
+    let v = v34();
+    etcdctl_put(&v.ctl, &v.endpoint, &unique("/filler"), &"f".repeat(1 << 20));
+    let (prefix, name) = backup(&v);
+    let proxy = CutProxy::start(&env("EBR_S3A_ENDPOINT"), 600_000);
+    restore_from_secondary(
+        &prefix,
+        &name,
+        &[&format!("--store-endpoint-override={}", proxy.url)],
+        &["Failed to fetch snapshot", "Resuming snapshot", "from secondary endpoint at byte"],
+    );
+}
+
+#[test]
+fn both_endpoints_down_names_both_causes() {
+    let dir = scratch("bothdown");
+    let r = restore(
+        &unique("x"),
+        &dir.join("data"),
+        &["--store-endpoint-override=http://127.0.0.1:1", "--secondary-store-endpoint-override=http://127.0.0.1:2"],
+        &creds(),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(last.contains("primary: ") && last.contains("127.0.0.1:1"), "{last}");
+    assert!(last.contains("secondary: ") && last.contains("127.0.0.1:2"), "{last}");
+    assert!(!dir.join("data").exists());
+    assert_eq!(dir.read_dir().unwrap().count(), 0, "nothing left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nothing_found_names_both_locations() {
+    let dir = scratch("nothing");
+    let prefix = unique("empty");
+    let r = restore(&prefix, &dir.join("data"), &[], &creds());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap();
+    assert!(last.contains("no full snapshot found"), "{last}");
+    assert!(last.contains(&format!("s3://{}/{prefix}/v2/", env("EBR_S3A_BUCKET"))), "{last}");
+    assert!(last.contains(&format!("s3://{}/{prefix}/v2/", env("EBR_S3B_BUCKET"))), "{last}");
+    assert_eq!(dir.read_dir().unwrap().count(), 0, "nothing left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refuses_a_non_empty_data_dir_and_leaves_it_alone() {
+    let dir = scratch("nonempty");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("precious"), "keep me").unwrap();
+    let r = restore(&unique("x"), &data, &[], &creds());
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not empty") && r.stderr.contains(data.to_str().unwrap()), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(data.join("precious")).unwrap(), "keep me");
+    assert_eq!(dir.read_dir().unwrap().count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn snapshot_list_merges_both_endpoints() {
+    let v = v34();
+    let (prefix, both) = backup(&v);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/list"), "x"]);
+    // A second snapshot on the primary only (single-endpoint mode).
+    let args: Vec<String> = dual_args(&v.endpoint, &prefix).into_iter().take(7).collect();
+    assert_eq!(run(&refs(&args), &as_refs(&creds())).code, 0);
+    let mut list = vec!["snapshot".to_string(), "list".into()];
+    list.extend(store_args(&prefix));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
+        .args(&list)
+        .args(["--output", "json"])
+        .env_clear()
+        .envs(creds())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["name"], both.as_str());
+    assert_eq!(rows[0]["location"], "both");
+    assert_eq!(rows[1]["location"], "primary");
+    assert_eq!(rows[1]["kind"], "Full");
+    assert!(rows[1]["lastRevision"].as_u64() > rows[0]["lastRevision"].as_u64());
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
+        .args(&list)
+        .env_clear()
+        .envs(creds())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].starts_with(&both) && lines[1].ends_with(" both"), "{text}");
+    assert!(lines[2].ends_with(" primary"), "{text}");
+}
+
+#[test]
+fn sigterm_while_stalled_leaves_nothing_behind() {
+    let v = v34();
+    etcdctl_put(&v.ctl, &v.endpoint, &unique("/filler"), &"f".repeat(1 << 20));
+    let (prefix, _) = backup(&v);
+    let proxy = CutProxy::stalling(&env("EBR_S3A_ENDPOINT"), 600_000);
+    let dir = scratch("sigterm");
+    let data = dir.join("data");
+    // Primary only, through a proxy that stops sending mid-download.
+    let mut args = vec!["restore".to_string(), format!("--data-dir={}", data.display())];
+    args.extend(store_args(&prefix).into_iter().filter(|a| !a.starts_with("--secondary")));
+    args.push(format!("--store-endpoint-override={}", proxy.url));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
+        .args(&args)
+        .env_clear()
+        .envs(creds())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staged = || {
+        dir.read_dir()
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("snapshot.download"))
+            .find(|p| p.metadata().is_ok_and(|m| m.len() > 0))
+    };
+    // Wait until the download stalls: some bytes, then no growth for 500 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (mut last, mut since) = (0, std::time::Instant::now());
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the restore never stalled");
+        let len = staged().map_or(0, |p| p.metadata().map_or(0, |m| m.len()));
+        if len != last {
+            (last, since) = (len, std::time::Instant::now());
+        } else if len > 0 && since.elapsed() > std::time::Duration::from_millis(500) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    // SAFETY: sends SIGTERM to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    eprintln!("{stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(stderr.contains("WARN Received SIGTERM"), "{stderr}");
+    // Stuck in a read, the restore cannot notice the flag: the watcher
+    // cleans up after the grace period.
+    assert!(stderr.contains("Still running 10s after the signal"), "{stderr}");
+    assert!(stderr.contains("Removed the unfinished"), "{stderr}");
+    assert_eq!(dir.read_dir().unwrap().count(), 0, "no staging directory, no data directory");
+    let _ = std::fs::remove_dir_all(&dir);
+}
