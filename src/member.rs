@@ -32,6 +32,12 @@ pub fn parse_initial_cluster(initial_cluster: &str, token: &str) -> Result<Vec<M
     if named.is_empty() {
         return Err("no members given".into());
     }
+    // etcd's VerifyBootstrap: one peer URL cannot belong to two places.
+    let mut all: Vec<&String> = named.iter().flat_map(|(_, urls)| urls).collect();
+    all.sort();
+    if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("peer URL {} is given more than once", w[0]));
+    }
     let mut members = Vec::with_capacity(named.len());
     for (name, mut peer_urls) in named {
         peer_urls.sort();
@@ -131,37 +137,33 @@ pub fn go_json_string(s: &str) -> String {
 }
 
 /// A peer URL as etcd's types.NewURLs accepts it: scheme http, https, unix
-/// or unixs (lower-cased, as Go's url.Parse does); http(s) need host:port
-/// and no path.
+/// or unixs (lower-cased, as Go's url.Parse does), host:port and no path;
+/// etcdctl 3.4 and etcdutl 3.5 require host:port for unix URLs too.
 fn parse_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     let Some((scheme, rest)) = raw.split_once("://") else {
         return Err(format!("{raw:?} is not a URL (scheme://host:port)"));
     };
     let scheme = scheme.to_ascii_lowercase();
-    match scheme.as_str() {
-        "http" | "https" => {
-            let (host, path) = rest.find(['/', '?', '#']).map_or((rest, ""), |i| rest.split_at(i));
-            if !path.is_empty() {
-                return Err(format!("{raw:?}: a peer URL must not contain a path"));
-            }
-            if host.contains('@') {
-                return Err(format!("{raw:?}: a peer URL must not contain user information"));
-            }
-            let port = if let Some(v6) = host.strip_prefix('[') {
-                v6.split_once("]:").map(|(_, p)| p)
-            } else {
-                host.rsplit_once(':').filter(|(h, _)| !h.contains(':')).map(|(_, p)| p)
-            };
-            match port {
-                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {}
-                _ => return Err(format!("{raw:?}: the address is not of the form host:port")),
-            }
-            Ok(format!("{scheme}://{host}"))
-        }
-        "unix" | "unixs" if !rest.is_empty() => Ok(format!("{scheme}://{rest}")),
-        _ => Err(format!("{raw:?}: the scheme must be http, https, unix or unixs")),
+    if !matches!(scheme.as_str(), "http" | "https" | "unix" | "unixs") {
+        return Err(format!("{raw:?}: the scheme must be http, https, unix or unixs"));
     }
+    let (host, path) = rest.find(['/', '?', '#']).map_or((rest, ""), |i| rest.split_at(i));
+    if !path.is_empty() {
+        return Err(format!("{raw:?}: a peer URL must not contain a path"));
+    }
+    if host.contains('@') {
+        return Err(format!("{raw:?}: a peer URL must not contain user information"));
+    }
+    let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+        v6.split_once("]:").unwrap_or((v6, ""))
+    } else {
+        host.rsplit_once(':').filter(|(h, _)| !h.contains(':')).unwrap_or((host, ""))
+    };
+    if name.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{raw:?}: the address is not of the form host:port"));
+    }
+    Ok(format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]
@@ -217,13 +219,17 @@ mod tests {
             ("s1=http://127.0.0.1:1/p", "path"),
             ("s1=http://127.0.0.1:1/", "path"),
             ("s1=http://u:pw@127.0.0.1:1", "user information"),
-            ("a=http://127.0.0.1:1,b=http://127.0.0.1:1", "same peer URLs"),
+            ("s1=http://:1", "host:port"),
+            ("s1=unix:///tmp/x.sock", "path"),
+            ("s1=unixs://h", "host:port"),
+            ("a=http://127.0.0.1:1,b=http://127.0.0.1:1", "more than once"),
+            ("a=http://127.0.0.1:1,a=http://127.0.0.1:2,b=http://127.0.0.1:1", "more than once"),
         ] {
             let e = parse_initial_cluster(ic, "t").unwrap_err();
             assert!(e.contains(want) && !e.contains('\n'), "{ic:?}: {e}");
         }
         assert!(parse_initial_cluster("s1=http://[::1]:2380", "t").is_ok());
-        assert!(parse_initial_cluster("s1=unix://sock", "t").is_ok());
+        assert!(parse_initial_cluster("s1=unix://sock:1", "t").is_ok());
     }
 
     #[test]

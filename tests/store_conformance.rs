@@ -46,9 +46,13 @@ fn sha256(data: &[u8]) -> String {
 }
 
 fn read_all(store: &dyn Store, name: &str, offset: u64) -> Vec<u8> {
+    read_range(store, name, offset, None)
+}
+
+fn read_range(store: &dyn Store, name: &str, offset: u64, length: Option<u64>) -> Vec<u8> {
     let mut out = Vec::new();
     store
-        .load(name, offset)
+        .load(name, offset, length)
         .unwrap_or_else(|e| panic!("load {name} from {offset} at {}: {e}", store.location()))
         .read_to_end(&mut out)
         .unwrap_or_else(|e| panic!("reading {name} at {}: {e}", store.location()));
@@ -65,7 +69,7 @@ fn listed(store: &dyn Store) -> Vec<(String, u64)> {
 }
 
 fn assert_not_found(store: &dyn Store, name: &str) {
-    match store.load(name, 0) {
+    match store.load(name, 0, None) {
         Err(e) => assert_eq!(e.kind, ErrorKind::NotFound, "load of missing {name}: {e}"),
         Ok(_) => panic!("{name} is visible at {}", store.location()),
     }
@@ -115,6 +119,10 @@ fn check_multipart_round_trip(make: Make) {
     let offset = PART as u64 + 17;
     let tail = read_all(store, name, offset);
     assert_eq!(sha256(&tail), sha256(&data[offset as usize..]));
+    // A range across the boundary of parts 1 and 2, as a parallel restore reads it.
+    let (from, len) = (PART as u64 - 1000, 5000u64);
+    let range = read_range(store, name, from, Some(len));
+    assert_eq!(range, &data[from as usize..(from + len) as usize]);
 
     store.delete(name).unwrap();
 }
@@ -166,6 +174,10 @@ fn check_save_round_trips(make: Make) {
     assert_eq!(read_all(store, "small", 0), data);
     assert_eq!(read_all(store, "small", 10), &data[10..]);
     assert_eq!(read_all(store, "small", 999), &data[999..]);
+    assert_eq!(read_range(store, "small", 0, Some(10)), &data[..10]);
+    assert_eq!(read_range(store, "small", 10, Some(1)), &data[10..11]);
+    assert_eq!(read_range(store, "small", 990, Some(100)), &data[990..], "a range past the end stops at the end");
+    assert_eq!(read_range(store, "small", 5, Some(0)), b"");
     assert_eq!(read_all(store, "empty", 0), b"");
     assert_eq!(listed(store), vec![("empty".to_string(), 0), ("small".to_string(), 1000)]);
 
@@ -180,9 +192,9 @@ fn check_save_round_trips(make: Make) {
 
 fn check_missing_is_not_found(make: Make) {
     let store = make(&common::unique("missing"));
-    let e = store.load("never-written", 0).err().expect("load of a missing object succeeded");
+    let e = store.load("never-written", 0, None).err().expect("load of a missing object succeeded");
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
-    let e = store.load("never-written", 5).err().expect("ranged load of a missing object succeeded");
+    let e = store.load("never-written", 5, None).err().expect("ranged load of a missing object succeeded");
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
@@ -288,7 +300,7 @@ fn wrong_secret_is_permanent_and_redacted(server: Server) {
     let store = S3Store::new(cfg).unwrap();
 
     let list = store.list().unwrap_err();
-    let load = store.load("x", 0).err().unwrap();
+    let load = store.load("x", 0, None).err().unwrap();
     let begin = store.begin("x").err().unwrap();
     for e in [list, load, begin] {
         assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
@@ -309,7 +321,7 @@ fn missing_bucket_is_permanent(server: Server) {
     let e = store.list().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
     assert!(e.msg.contains("NoSuchBucket") && e.msg.contains(&bucket), "{e}");
-    let e = store.load("x", 0).err().unwrap();
+    let e = store.load("x", 0, None).err().unwrap();
     if server == Server::A {
         // s3s-fs answers GetObject in a missing bucket with 404 NoSuchKey.
         assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
@@ -331,7 +343,7 @@ fn nothing_listening_is_transient() {
     let mut cfg = s3_config(Server::A, "p");
     cfg.endpoint = Some("http://127.0.0.1:1".to_string());
     let store = S3Store::new(cfg).unwrap();
-    let errors = [store.list().unwrap_err(), store.load("x", 0).err().unwrap(), store.begin("x").err().unwrap()];
+    let errors = [store.list().unwrap_err(), store.load("x", 0, None).err().unwrap(), store.begin("x").err().unwrap()];
     for e in errors {
         assert_eq!(e.kind, ErrorKind::Transient, "{e}");
         assert!(e.msg.contains("connection refused") && e.msg.contains("http://127.0.0.1:1"), "{e}");
@@ -541,7 +553,7 @@ mod faults {
             read_head(&mut conn);
             drop(conn);
         });
-        let e = store(endpoint).load("x", 0).err().unwrap();
+        let e = store(endpoint).load("x", 0, None).err().unwrap();
         assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     }
 
@@ -565,7 +577,7 @@ mod faults {
             let _ = conn.write_all(head.as_bytes());
             let _ = conn.write_all(body.as_bytes());
         });
-        let e = store(endpoint).load("x", 0).err().unwrap();
+        let e = store(endpoint).load("x", 0, None).err().unwrap();
         assert_eq!(e.kind, ErrorKind::Transient, "{e}");
         assert!(e.msg.contains("HTTP 503 SlowDown: Please reduce your request rate."), "{e}");
     }
@@ -579,7 +591,7 @@ mod faults {
             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789");
             std::thread::sleep(Duration::from_secs(5));
         });
-        let mut reader = store(endpoint).load("x", 0).unwrap();
+        let mut reader = store(endpoint).load("x", 0, None).unwrap();
         let mut got = Vec::new();
         let e = reader.read_to_end(&mut got).unwrap_err();
         assert_eq!(got, b"0123456789");
@@ -598,7 +610,7 @@ mod faults {
             }
         });
         let mut got = Vec::new();
-        store(endpoint).load("x", 0).unwrap().read_to_end(&mut got).unwrap();
+        store(endpoint).load("x", 0, None).unwrap().read_to_end(&mut got).unwrap();
         assert_eq!(got, b"steadily");
     }
 }
@@ -744,7 +756,7 @@ mod tls {
         // Another CA only.
         let mut cfg = config(&server);
         cfg.trusted_ca_pem = Some(other_ca);
-        let e = S3Store::new(cfg).unwrap().load("x", 0).err().unwrap();
+        let e = S3Store::new(cfg).unwrap().load("x", 0, None).err().unwrap();
         assert_eq!(e.kind, ErrorKind::Permanent, "{e}");
         assert!(e.msg.contains("certificate"), "{e}");
 

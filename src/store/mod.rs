@@ -66,8 +66,9 @@ pub trait Store: Send + Sync {
     /// until [`Upload::complete`] succeeds.
     fn begin(&self, name: &str) -> Result<Box<dyn Upload>>;
 
-    /// Stream object `name` from byte `offset` to its end.
-    fn load(&self, name: &str, offset: u64) -> Result<Box<dyn Read + Send>>;
+    /// Stream object `name` from byte `offset`: `length` bytes, or to its
+    /// end when `None`. The reader may end early if the object is shorter.
+    fn load(&self, name: &str, offset: u64, length: Option<u64>) -> Result<Box<dyn Read + Send>>;
 
     /// Every object directly under `<prefix>/v2/`, in no particular order.
     fn list(&self) -> Result<Vec<ObjectInfo>>;

@@ -339,20 +339,25 @@ impl Store for S3Store {
         Ok(Box::new(S3Upload { inner: self.inner.clone(), key, upload_id, etags: Mutex::new(BTreeMap::new()) }))
     }
 
-    fn load(&self, name: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+    fn load(&self, name: &str, offset: u64, length: Option<u64>) -> Result<Box<dyn Read + Send>> {
         let inner = &self.inner;
         let key = self.key(name);
-        let ctx = if offset > 0 {
-            inner.ctx(&format!("GetObject from byte {offset}"), &key)
-        } else {
-            inner.ctx("GetObject", &key)
+        let range = match length {
+            Some(0) => return Ok(Box::new(io::empty())),
+            Some(n) => format!("bytes={offset}-{}", offset + n - 1),
+            None if offset > 0 => format!("bytes={offset}-"),
+            None => String::new(),
+        };
+        let ctx = match length {
+            Some(n) => inner.ctx(&format!("GetObject of bytes {offset}..{}", offset + n), &key),
+            None if offset > 0 => inner.ctx(&format!("GetObject from byte {offset}"), &key),
+            None => inner.ctx("GetObject", &key),
         };
         let mut action = inner.bucket.get_object(Some(&inner.credentials), &key);
         inner.add_sse(&mut action);
         let url = action.sign(PRESIGN_EXPIRY);
-        let range = format!("bytes={offset}-");
         let mut headers = inner.sse_refs();
-        if offset > 0 {
+        if !range.is_empty() {
             headers.push(("range", range.as_str()));
         }
         let resp = inner.exec(&ctx, http::Method::GET, url.as_str(), &headers, None, Kind::Download)?;
@@ -360,7 +365,7 @@ impl Store for S3Store {
         // A 200 to a ranged GET is either the range anyway (rclone answers
         // 200 with a Content-Range) or the whole object (the range was
         // ignored), whose first `offset` bytes are then skipped.
-        let skip = if offset > 0 && status == 200 {
+        let skip = if !range.is_empty() && status == 200 {
             match header(&resp, "content-range") {
                 Some(cr) if cr.starts_with(&format!("bytes {offset}-")) => 0,
                 Some(_) => {
@@ -383,7 +388,11 @@ impl Store for S3Store {
                 ));
             }
         }
-        Ok(Box::new(reader))
+        // Also bounds a server that ignored the end of the range.
+        Ok(match length {
+            Some(n) => Box::new(reader.take(n)),
+            None => Box::new(reader),
+        })
     }
 
     fn list(&self) -> Result<Vec<ObjectInfo>> {

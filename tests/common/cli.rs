@@ -34,7 +34,7 @@ pub fn secondary(prefix: &str) -> S3Store {
 
 pub fn load(s: &dyn Store, name: &str) -> Vec<u8> {
     let mut v = Vec::new();
-    s.load(name, 0).unwrap().read_to_end(&mut v).unwrap();
+    s.load(name, 0, None).unwrap().read_to_end(&mut v).unwrap();
     v
 }
 

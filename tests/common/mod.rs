@@ -159,29 +159,49 @@ pub struct CutProxy {
 }
 
 impl CutProxy {
-    /// Passes `limit` bytes of each server response, then closes the connection.
+    /// Passes `limit` bytes of each connection's responses, then closes it.
     pub fn start(target: &str, limit: usize) -> CutProxy {
-        Self::spawn(target, limit, false)
+        Self::spawn(target, limit, false, None)
     }
 
-    /// Passes `limit` bytes of each server response, then holds the
+    /// Passes `limit` bytes of each connection's responses, then holds the
     /// connection open without sending anything more.
     pub fn stalling(target: &str, limit: usize) -> CutProxy {
-        Self::spawn(target, limit, true)
+        Self::spawn(target, limit, true, None)
     }
 
-    fn spawn(target: &str, limit: usize, stall: bool) -> CutProxy {
+    /// Passes everything until a request asks for a range starting at
+    /// `offset`; closes that connection after `limit` bytes of its answer.
+    pub fn cutting_range(target: &str, offset: u64, limit: usize) -> CutProxy {
+        Self::spawn(target, limit, false, Some(format!("range: bytes={offset}-")))
+    }
+
+    fn spawn(target: &str, limit: usize, stall: bool, trigger: Option<String>) -> CutProxy {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         let target = target.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&target) else { continue };
+                let armed = Arc::new(AtomicBool::new(trigger.is_none()));
                 let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (arm, trigger) = (armed.clone(), trigger.clone());
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                        if let Some(t) = &trigger
+                            && String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase().contains(t.as_str())
+                        {
+                            arm.store(true, Ordering::SeqCst);
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = s_out.shutdown(Shutdown::Write);
                 });
                 let (mut s_in, mut c_out) = (server, client);
@@ -191,7 +211,13 @@ impl CutProxy {
                     loop {
                         let n = match s_in.read(&mut buf) {
                             Ok(0) | Err(_) => break,
-                            Ok(n) => n.min(limit - passed),
+                            Ok(n) if armed.load(Ordering::SeqCst) => n.min(limit - passed),
+                            Ok(n) => {
+                                if c_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                         };
                         if c_out.write_all(&buf[..n]).is_err() {
                             break;
