@@ -458,3 +458,44 @@ fn sigterm_while_stalled_leaves_nothing_behind() {
     assert_eq!(dir.read_dir().unwrap().count(), 0, "no staging directory, no data directory");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn local_secondary_backs_up_and_restores_when_the_primary_is_down() {
+    let v = v35();
+    let keys = write_keys(&v);
+    let dir = scratch("local");
+    let nfs = dir.join("nfs");
+    std::fs::create_dir_all(&nfs).unwrap();
+    let prefix = unique("loc");
+    let local =
+        ["--secondary-storage-provider=Local".to_string(), format!("--secondary-store-container={}", nfs.display())];
+    let local: Vec<&str> = local.iter().map(String::as_str).collect();
+    let r = run(&refs(&with(dual_args(&v.endpoint, &prefix), &local)), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let name = only_snapshot(&primary(&prefix)).0;
+    assert!(r.stderr.contains(&format!("INFO Snapshot {name} successfully saved to both endpoints")), "{}", r.stderr);
+    let stored = nfs.join(&prefix).join("v2");
+    assert_eq!(std::fs::read(stored.join(&name)).unwrap(), load(&primary(&prefix), &name), "identical bytes");
+    assert_eq!(stored.read_dir().unwrap().count(), 1, "no temporary file left");
+
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("l1={peer}");
+    let data = dir.join("data");
+    let mut args = vec!["restore".to_string(), format!("--data-dir={}", data.display())];
+    args.extend(with(
+        store_args(&prefix),
+        &[&local[..], &["--store-endpoint-override=http://127.0.0.1:1", "--name=l1"]].concat(),
+    ));
+    args.extend([format!("--initial-cluster={cluster}"), format!("--initial-advertise-peer-urls={peer}")]);
+    let r = run(&refs(&args), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("INFO Successfully fetched snapshot {name} from secondary endpoint")),
+        "{}",
+        r.stderr
+    );
+    let e = Etcd::start(&v.etcd, &v.ctl, &data, "l1", &peer, &cluster);
+    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}

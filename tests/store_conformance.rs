@@ -13,6 +13,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use common::{Server, s3_config, s3_store};
+use etcd_backup_restore::store::local::LocalStore;
 use etcd_backup_restore::store::s3::{S3Config, S3Store};
 use etcd_backup_restore::store::{self, ErrorKind, ObjectInfo, Store};
 use sha2::{Digest, Sha256};
@@ -286,6 +287,49 @@ macro_rules! conformance {
 
 conformance!(s3a, |p: &str| -> Box<dyn Store> { Box::new(s3_store(Server::A, p)) });
 conformance!(s3b, |p: &str| -> Box<dyn Store> { Box::new(s3_store(Server::B, p)) });
+conformance!(local, |p: &str| -> Box<dyn Store> { Box::new(LocalStore::new(&local_container(), p).unwrap()) });
+
+/// One directory for every Local store of this run (the container must exist).
+fn local_container() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebr-local-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------------------
+// Local-only
+
+#[test]
+fn local_missing_container_is_an_error_not_a_new_directory() {
+    let gone = local_container().join("not-mounted");
+    let e = LocalStore::new(&gone, "p").err().unwrap();
+    assert!(e.msg.contains("not-mounted"), "{e}");
+    assert!(!gone.exists());
+}
+
+#[test]
+fn local_upload_is_a_hidden_file_until_complete() {
+    let prefix = common::unique("hidden");
+    let store = LocalStore::new(&local_container(), &prefix).unwrap();
+    let dir = local_container().join(&prefix).join("v2");
+    let upload = store.begin("snap").unwrap();
+    upload.put_part(1, 0, &[b"abc"]).unwrap();
+    assert_eq!(listed(&store), vec![]);
+    let files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].starts_with(".snap.upload-"), "{files:?}");
+    upload.complete().unwrap();
+    assert_eq!(std::fs::read(dir.join("snap")).unwrap(), b"abc");
+    // Dropped without complete or abort: nothing left.
+    let upload = store.begin("dropped").unwrap();
+    upload.put_part(1, 0, &[b"x"]).unwrap();
+    drop(upload);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    assert!(store.begin("../escape").is_err());
+    let e = LocalStore::new(&local_container(), "a/../b").err().unwrap();
+    assert!(e.msg.contains(".."), "{e}");
+}
 
 // ---------------------------------------------------------------------------
 // S3 providers and S3-only tests

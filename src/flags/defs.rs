@@ -207,7 +207,7 @@ pub static FLAGS: &[Flag] = &[
         default: None,
         env: None,
         group: Group::Store,
-        help: "Storage provider: S3.",
+        help: "Storage provider: S3, or Local (files under the container directory, e.g. an NFS mount).",
         set: |a, r, v| {
             a.store(r).provider = text(v);
             Ok(())
@@ -220,7 +220,7 @@ pub static FLAGS: &[Flag] = &[
         default: None,
         env: Some("STORAGE_CONTAINER"),
         group: Group::Store,
-        help: "Bucket that holds the snapshots.",
+        help: "Bucket that holds the snapshots (Local: an existing directory).",
         set: |a, r, v| {
             a.store(r).container = text(v);
             Ok(())

@@ -12,7 +12,7 @@ use crate::store::s3::S3Config;
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub role: Role,
-    pub s3: S3Config,
+    pub backend: Backend,
     pub max_parallel_uploads: usize,
     pub min_part_size: u64,
     pub retry: RetryPolicy,
@@ -21,16 +21,30 @@ pub struct EndpointConfig {
 impl EndpointConfig {
     /// Open the store; an error names the endpoint.
     pub fn open(&self) -> Result<std::sync::Arc<dyn crate::store::Store>, UsageError> {
-        match crate::store::s3::S3Store::new(self.s3.clone()) {
-            Ok(s) => Ok(std::sync::Arc::new(s)),
-            Err(e) => Err(UsageError(format!("{} endpoint: {e}", self.role.name()))),
-        }
+        let opened: Result<std::sync::Arc<dyn crate::store::Store>, crate::store::Error> = match &self.backend {
+            Backend::S3(c) => crate::store::s3::S3Store::new((**c).clone()).map(|s| std::sync::Arc::new(s) as _),
+            Backend::Local { container, prefix } => {
+                crate::store::local::LocalStore::new(container, prefix).map(|s| std::sync::Arc::new(s) as _)
+            }
+        };
+        opened.map_err(|e| UsageError(format!("{} endpoint: {e}", self.role.name())))
     }
 
     /// Open the store as a source to read snapshots from.
     pub fn source(&self) -> Result<crate::catalog::Source, UsageError> {
         Ok(crate::catalog::Source { role: self.role, store: self.open()?, retry: self.retry })
     }
+}
+
+/// Where an endpoint keeps its snapshots.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    S3(Box<S3Config>),
+    /// `<container>/<prefix>/v2/` on a local or mounted file system.
+    Local {
+        container: std::path::PathBuf,
+        prefix: String,
+    },
 }
 
 #[derive(Debug)]
@@ -149,20 +163,32 @@ fn endpoints(stores: &[StoreArgs; 2], secondary_flags: &[String], env: Env) -> R
 
 fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<EndpointConfig, UsageError> {
     let flag = |name: &str| format!("--{}{name}", role.flag_prefix());
-    let provider = s.provider.as_deref().ok_or_else(|| format!("{} is required (S3)", flag("storage-provider")))?;
-    match provider.to_ascii_lowercase().as_str() {
-        "s3" => {}
-        "local" => return Err(UsageError(format!("{} Local is not supported yet; use S3", flag("storage-provider")))),
+    let provider =
+        s.provider.as_deref().ok_or_else(|| format!("{} is required (S3 or Local)", flag("storage-provider")))?;
+    let local = match provider.to_ascii_lowercase().as_str() {
+        "s3" => false,
+        "local" => true,
         _ => {
             return Err(UsageError(format!(
-                "unsupported storage provider {provider:?} for {}: supported is S3",
+                "unsupported storage provider {provider:?} for {}: supported are S3 and Local",
                 flag("storage-provider")
             )));
         }
-    }
+    };
     let bucket = s.container.clone().ok_or_else(|| {
         format!("{} (or {}STORAGE_CONTAINER) is required", flag("store-container"), role.env_prefix())
     })?;
+    let initial = s.chunk_upload_backoff;
+    let retry = RetryPolicy { attempts: s.chunk_upload_attempts, initial_backoff: initial, max_backoff: initial * 16 };
+    if local {
+        return Ok(EndpointConfig {
+            role,
+            backend: Backend::Local { container: bucket.into(), prefix: s.prefix.clone() },
+            max_parallel_uploads: s.max_parallel_chunk_uploads,
+            min_part_size: s.min_chunk_size,
+            retry,
+        });
+    }
     let creds = creds.ok_or_else(|| {
         let p = role.env_prefix();
         format!(
@@ -176,10 +202,9 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
         (None, Some(url)) => Some(check_url(url, &format!("endpoint in {}", creds.source))?),
         (None, None) => None,
     };
-    let initial = s.chunk_upload_backoff;
     Ok(EndpointConfig {
         role,
-        s3: S3Config {
+        backend: Backend::S3(Box::new(S3Config {
             // Path style is what S3-compatible servers expect; AWS itself gets virtual hosts.
             path_style: creds.force_path_style.unwrap_or(endpoint.is_some()),
             endpoint,
@@ -194,10 +219,10 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             sse_customer: creds.sse_customer_algorithm.zip(creds.sse_customer_key),
             connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),
             request_timeout: s.chunk_upload_timeout,
-        },
+        })),
         max_parallel_uploads: s.max_parallel_chunk_uploads,
         min_part_size: s.min_chunk_size,
-        retry: RetryPolicy { attempts: s.chunk_upload_attempts, initial_backoff: initial, max_backoff: initial * 16 },
+        retry,
     })
 }
 
@@ -229,11 +254,35 @@ mod tests {
     const BASE: &[&str] =
         &["--storage-provider=S3", "--store-container=b1", "--store-endpoint-override=http://127.0.0.1:9"];
 
+    fn s3(e: &EndpointConfig) -> &S3Config {
+        match &e.backend {
+            Backend::S3(c) => c,
+            other => panic!("not S3: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_needs_no_credentials_and_mixes_with_s3() {
+        let c =
+            config(&["--storage-provider=Local", "--store-container=/mnt/nfs", "--store-prefix=etcd"], &[]).unwrap();
+        match &c.endpoints[0].backend {
+            Backend::Local { container, prefix } => {
+                assert_eq!((container.to_str(), prefix.as_str()), (Some("/mnt/nfs"), "etcd"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut args = BASE.to_vec();
+        args.extend(["--secondary-storage-provider=local", "--secondary-store-container=/mnt/nfs"]);
+        let c = config(&args, KEYS).unwrap();
+        assert_eq!(s3(&c.endpoints[0]).bucket, "b1");
+        assert!(matches!(c.endpoints[1].backend, Backend::Local { .. }));
+    }
+
     #[test]
     fn single_endpoint_mode() {
         let c = config(BASE, KEYS).unwrap();
         assert_eq!(c.endpoints.len(), 1);
-        let p = &c.endpoints[0].s3;
+        let p = &s3(&c.endpoints[0]);
         assert_eq!((p.bucket.as_str(), p.endpoint.as_deref(), p.path_style), ("b1", Some("http://127.0.0.1:9"), true));
         assert_eq!(p.region, "us-east-1");
         assert_eq!(c.endpoints[0].retry, RetryPolicy::default());
@@ -244,13 +293,16 @@ mod tests {
         let mut args = BASE.to_vec();
         args.extend(["--secondary-storage-provider=S3", "--secondary-store-container=b2"]);
         let c = config(&args, KEYS).unwrap();
-        assert_eq!(c.endpoints[1].s3.access_key_id, "pk");
-        assert_eq!(c.endpoints[1].s3.endpoint, None, "the endpoint override is per endpoint");
+        assert_eq!(s3(&c.endpoints[1]).access_key_id, "pk");
+        assert_eq!(s3(&c.endpoints[1]).endpoint, None, "the endpoint override is per endpoint");
         let mut env = KEYS.to_vec();
         env.extend([("SECONDARY_AWS_ACCESS_KEY_ID", "sk"), ("SECONDARY_AWS_SECRET_ACCESS_KEY", "ss")]);
         let c = config(&args, &env).unwrap();
-        assert_eq!((c.endpoints[0].s3.access_key_id.as_str(), c.endpoints[1].s3.access_key_id.as_str()), ("pk", "sk"));
-        assert_eq!(c.endpoints[1].s3.bucket, "b2");
+        assert_eq!(
+            (s3(&c.endpoints[0]).access_key_id.as_str(), s3(&c.endpoints[1]).access_key_id.as_str()),
+            ("pk", "sk")
+        );
+        assert_eq!(s3(&c.endpoints[1]).bucket, "b2");
     }
 
     #[test]

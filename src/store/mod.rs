@@ -9,6 +9,7 @@ use std::fmt;
 use std::io::Read;
 use std::time::Duration;
 
+pub mod local;
 pub mod s3;
 
 /// One object under the store's `v2/` directory, as listed.
