@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod bbolt;
 pub mod catalog;
+pub mod compression;
 pub mod credentials;
 pub mod etcd;
 pub mod flags;

@@ -11,11 +11,11 @@ use crate::flags::Role;
 use crate::flags::hiargs::RestoreConfig;
 use crate::member::{self, Member};
 use crate::snapshot::{TRAILER_LEN, TrailerCheck};
-use crate::{bbolt, signals, snap, store, wal};
+use crate::{bbolt, compression, signals, snap, store, wal};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
 use std::fs::{self, File};
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,23 +67,21 @@ pub fn run(cfg: &RestoreConfig, sources: &[Source]) -> Result<(), Failure> {
 
     let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
     let entry = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
-    if !entry.snapshot.compression.is_empty() {
-        return Err(Failure::Failed(anyhow!(
-            "snapshot {} is compressed ({}); compressed snapshots cannot be restored by this version yet",
-            entry.name,
-            entry.snapshot.compression
-        )));
+    let suffix = &entry.snapshot.compression;
+    if let Err(e) = compression::decoder(suffix, std::io::empty()) {
+        return Err(Failure::Failed(anyhow!("snapshot {}: {e}", entry.name)));
     }
 
     let download = staging.path.join("snapshot.download");
+    let plain = staging.path.join("snapshot.db");
     let started = Instant::now();
-    fetch(entry, sources, &download, !cfg.skip_hash_check)?;
+    fetch(entry, sources, &download, &plain, !cfg.skip_hash_check)?;
     debug!("Fetched and verified in {:.2?}", started.elapsed());
     let snap_dir = staging.path.join("member/snap");
     let started = Instant::now();
-    let revision = rewrite_db(&download, &snap_dir.join("db"), &members, cfg.bump_revision)
+    let revision = rewrite_db(&plain, &snap_dir.join("db"), &members, cfg.bump_revision)
         .with_context(|| format!("snapshot {} is not a valid etcd database", entry.name))?;
-    fs::remove_file(&download).ok();
+    fs::remove_file(&plain).ok();
     debug!("Rewrote the database in {:.2?}", started.elapsed());
     signals::check()?;
     let started = Instant::now();
@@ -161,11 +159,12 @@ fn where_(sources: &[Source]) -> String {
 const PART: u64 = 8 << 20;
 const PARALLEL_PARTS: usize = 4;
 
-/// Download `entry` into `dest`, primary first, in parallel ranged parts.
-/// When an endpoint fails, the parts still missing come from the other one
-/// if both copies have the same size; the SHA-256 trailer, checked over the
-/// finished file, still covers the whole result.
-fn fetch(entry: &Entry, sources: &[Source], dest: &Path, verify: bool) -> anyhow::Result<Role> {
+/// Download `entry` into `dest`, primary first, in parallel ranged parts,
+/// and leave the plain (decompressed) snapshot in `plain`. When an endpoint
+/// fails, the parts still missing come from the other one if both copies
+/// have the same size; the SHA-256 trailer, checked over the plain
+/// snapshot, still covers the whole result.
+fn fetch(entry: &Entry, sources: &[Source], dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
     let name = &entry.name;
     let mut plan: Vec<(usize, bool)> =
         (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
@@ -193,8 +192,7 @@ fn fetch(entry: &Entry, sources: &[Source], dest: &Path, verify: bool) -> anyhow
         // a complete but wrong object means none of the bytes can be trusted.
         let result = match download(src, name, size, &file, &mut done) {
             Err(e) => Err((e, false)),
-            Ok(()) if verify => verify_file(&file).map_err(|e| (e, true)),
-            Ok(()) => Ok(()),
+            Ok(()) => unpack(&file, &entry.snapshot.compression, dest, plain, verify).map_err(|e| (e, true)),
         };
         match result {
             Ok(()) => {
@@ -312,20 +310,43 @@ fn fetch_part(src: &Source, name: &str, offset: u64, len: u64, file: &File, buf:
     Ok(())
 }
 
-/// etcd's SHA-256 trailer over the downloaded file.
-fn verify_file(file: &File) -> anyhow::Result<()> {
-    let mut check = TrailerCheck::default();
-    let mut buf = vec![0u8; 1 << 20];
+/// Decompress the download (per the name's suffix) into `plain`, checking
+/// etcd's SHA-256 trailer on the way unless `verify` is off.
+fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<()> {
     let mut reader = file;
     reader.rewind()?;
+    let mut out = if suffix.is_empty() {
+        None
+    } else {
+        Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?)
+    };
+    let mut input =
+        compression::decoder(suffix, std::io::BufReader::with_capacity(1 << 20, reader)).map_err(|e| anyhow!(e))?;
+    let mut check = TrailerCheck::default();
+    let mut buf = vec![0u8; 1 << 20];
     loop {
         signals::check()?;
-        match reader.read(&mut buf)? {
-            0 => break,
-            n => check.update(&buf[..n]),
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if suffix.is_empty() => return Err(e.into()),
+            Err(e) => bail!("cannot decompress ({suffix}): {e}"),
+        };
+        if let Some(out) = out.as_mut() {
+            out.write_all(&buf[..n]).context("writing the decompressed snapshot")?;
+        } else if !verify {
+            // Nothing to check or write: the download is the snapshot.
+            break;
         }
+        check.update(&buf[..n]);
     }
-    check.finish().map_err(|e| anyhow!(e))
+    if verify {
+        check.finish().map_err(|e| anyhow!(e))?;
+    }
+    if out.is_none() {
+        fs::rename(dest, plain)?;
+    }
+    Ok(())
 }
 
 /// etcd's mvcc revision key: 8-byte big-endian main, `_`, 8-byte sub.

@@ -499,3 +499,77 @@ fn local_secondary_backs_up_and_restores_when_the_primary_is_down() {
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Upstream compresses full snapshots by default: the same bytes gzipped,
+/// zlib'd or LZW'd (Go's compress/lzw) under `<name><suffix>` restore.
+fn restores_upstream_compressed(suffix: &str) {
+    use std::io::Write;
+    let v = v35();
+    let keys = write_keys(&v);
+    let (plain_prefix, name) = backup(&v);
+    let bytes = load(&primary(&plain_prefix), &name);
+    let packed = match suffix {
+        ".gz" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&bytes).unwrap();
+            e.finish().unwrap()
+        }
+        ".zlib" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&bytes).unwrap();
+            e.finish().unwrap()
+        }
+        ".Z" => {
+            let mut e = etcd_backup_restore::compression::LzwWriter::new(Vec::new());
+            e.write_all(&bytes).unwrap();
+            e.finish().unwrap()
+        }
+        _ => unreachable!(),
+    };
+    let prefix = unique("packed");
+    let packed_name = format!("{name}{suffix}");
+    // The primary's copy is damaged in the middle: it must fail to
+    // decompress or verify, and the secondary's copy is used.
+    let mut damaged = packed.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    etcd_backup_restore::store::save(&primary(&prefix), &packed_name, &damaged).unwrap();
+    etcd_backup_restore::store::save(&secondary(&prefix), &packed_name, &packed).unwrap();
+
+    let dir = scratch("packed");
+    let data = dir.join("data");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("z1={peer}");
+    let r = restore(
+        &prefix,
+        &data,
+        &["--name=z1", &format!("--initial-cluster={cluster}"), &format!("--initial-advertise-peer-urls={peer}")],
+        &creds(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("WARN Failed to fetch snapshot {packed_name} from primary endpoint")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(&format!("INFO Successfully fetched snapshot {packed_name} from secondary endpoint")));
+    let e = Etcd::start(&v.etcd, &v.ctl, &data, "z1", &peer, &cluster);
+    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn restores_upstream_gzip() {
+    restores_upstream_compressed(".gz");
+}
+
+#[test]
+fn restores_upstream_zlib() {
+    restores_upstream_compressed(".zlib");
+}
+
+#[test]
+fn restores_upstream_lzw() {
+    restores_upstream_compressed(".Z");
+}

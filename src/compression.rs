@@ -1,0 +1,353 @@
+//! Decompression of the snapshot formats upstream writes, chosen by the
+//! name's suffix: `.gz` (gzip; several members allowed), `.zlib`, and `.Z`
+//! (Go's compress/lzw: LSB bit order, 8-bit literals, codes up to 12 bits,
+//! no header: not the Unix `compress` format despite the suffix).
+
+use flate2::read::{MultiGzDecoder, ZlibDecoder};
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// A reader that decompresses `inner` as the suffix says ("" = as is).
+pub fn decoder<'a>(suffix: &str, inner: impl Read + 'a) -> Result<Box<dyn Read + 'a>, String> {
+    match suffix {
+        "" => Ok(Box::new(inner)),
+        ".gz" => Ok(Box::new(MultiGzDecoder::new(inner))),
+        ".zlib" => Ok(Box::new(ZlibDecoder::new(inner))),
+        ".Z" => Ok(Box::new(LzwReader::new(inner))),
+        other => Err(format!("compression {other:?} is not supported")),
+    }
+}
+
+const CLEAR: u16 = 256;
+const EOF: u16 = 257;
+const MAX_WIDTH: u32 = 12;
+const TABLE: usize = 1 << MAX_WIDTH;
+const INVALID: u16 = u16::MAX;
+
+/// Go's `lzw.NewReader(r, lzw.LSB, 8)`, code for code.
+pub struct LzwReader<R> {
+    /// Codes are taken a byte at a time.
+    inner: BufReader<R>,
+    bits: u32,
+    n_bits: u32,
+    width: u32,
+    hi: u16,
+    overflow: u16,
+    last: u16,
+    suffix: Box<[u8; TABLE]>,
+    prefix: Box<[u16; TABLE]>,
+    /// One code's expansion, written back to front; `pending` is what is
+    /// not yet handed to the caller.
+    scratch: Box<[u8; TABLE]>,
+    pending: std::ops::Range<usize>,
+    done: bool,
+}
+
+impl<R: Read> LzwReader<R> {
+    pub fn new(inner: R) -> LzwReader<R> {
+        LzwReader {
+            inner: BufReader::new(inner),
+            bits: 0,
+            n_bits: 0,
+            width: 9,
+            hi: EOF,
+            overflow: 1 << 9,
+            last: INVALID,
+            suffix: Box::new([0; TABLE]),
+            prefix: Box::new([0; TABLE]),
+            scratch: Box::new([0; TABLE]),
+            pending: 0..0,
+            done: false,
+        }
+    }
+
+    fn code(&mut self) -> io::Result<u16> {
+        while self.n_bits < self.width {
+            let byte = match self.inner.fill_buf()? {
+                [] => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "lzw: stream ends without an EOF code")),
+                [b, ..] => *b,
+            };
+            self.inner.consume(1);
+            self.bits |= u32::from(byte) << self.n_bits;
+            self.n_bits += 8;
+        }
+        let code = (self.bits & ((1 << self.width) - 1)) as u16;
+        self.bits >>= self.width;
+        self.n_bits -= self.width;
+        Ok(code)
+    }
+
+    /// Decode codes until one produces output (or the stream ends).
+    fn step(&mut self) -> io::Result<()> {
+        loop {
+            let code = self.code()?;
+            let end = TABLE;
+            let start;
+            if code < CLEAR {
+                self.scratch[end - 1] = code as u8;
+                start = end - 1;
+                if self.last != INVALID {
+                    self.suffix[self.hi as usize] = code as u8;
+                    self.prefix[self.hi as usize] = self.last;
+                }
+            } else if code == CLEAR {
+                self.width = 9;
+                self.hi = EOF;
+                self.overflow = 1 << 9;
+                self.last = INVALID;
+                continue;
+            } else if code == EOF {
+                self.done = true;
+                return Ok(());
+            } else if code <= self.hi {
+                let mut i = end - 1;
+                let mut c = code;
+                // code == hi: the last expansion followed by its own head.
+                if code == self.hi && self.last != INVALID {
+                    c = self.last;
+                    while c >= CLEAR {
+                        c = self.prefix[c as usize];
+                    }
+                    self.scratch[i] = c as u8;
+                    i -= 1;
+                    c = self.last;
+                }
+                while c >= CLEAR {
+                    self.scratch[i] = self.suffix[c as usize];
+                    // A chain longer than the table means a corrupt stream.
+                    i = i.checked_sub(1).ok_or_else(|| invalid("lzw: corrupt code chain"))?;
+                    c = self.prefix[c as usize];
+                }
+                self.scratch[i] = c as u8;
+                start = i;
+                if self.last != INVALID {
+                    self.suffix[self.hi as usize] = c as u8;
+                    self.prefix[self.hi as usize] = self.last;
+                }
+            } else {
+                return Err(invalid("lzw: invalid code"));
+            }
+            self.last = code;
+            self.hi += 1;
+            if self.hi >= self.overflow {
+                if self.width == MAX_WIDTH {
+                    self.last = INVALID;
+                    self.hi -= 1;
+                } else {
+                    self.width += 1;
+                    self.overflow = 1 << self.width;
+                }
+            }
+            self.pending = start..end;
+            return Ok(());
+        }
+    }
+}
+
+impl<R: Read> Read for LzwReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            if self.done || buf.is_empty() {
+                return Ok(0);
+            }
+            self.step()?;
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.scratch[self.pending.start..self.pending.start + n]);
+        self.pending.start += n;
+        Ok(n)
+    }
+}
+
+const MAX_CODE: u32 = (1 << MAX_WIDTH) - 1;
+const HASH_SIZE: usize = 4 << MAX_WIDTH;
+const HASH_MASK: u32 = HASH_SIZE as u32 - 1;
+
+/// Go's `lzw.NewWriter(w, lzw.LSB, 8)`, byte for byte (same hash table, so
+/// the same codes), for writing `.Z` snapshots upstream can read.
+pub struct LzwWriter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    bits: u32,
+    n_bits: u32,
+    width: u32,
+    hi: u32,
+    overflow: u32,
+    saved: Option<u32>,
+    /// (prefix code << 8 | byte) << 12 | code, open addressing; 0 = empty.
+    table: Box<[u32; HASH_SIZE]>,
+}
+
+impl<W: Write> LzwWriter<W> {
+    pub fn new(out: W) -> LzwWriter<W> {
+        LzwWriter {
+            out,
+            buf: Vec::with_capacity(64 << 10),
+            bits: 0,
+            n_bits: 0,
+            width: 9,
+            hi: u32::from(EOF),
+            overflow: 1 << 9,
+            saved: None,
+            table: Box::new([0; HASH_SIZE]),
+        }
+    }
+
+    fn put(&mut self, code: u32) {
+        self.bits |= code << self.n_bits;
+        self.n_bits += self.width;
+        while self.n_bits >= 8 {
+            self.buf.push(self.bits as u8);
+            self.bits >>= 8;
+            self.n_bits -= 8;
+        }
+    }
+
+    /// Next code; true when the table was full and has been cleared.
+    fn inc_hi(&mut self) -> bool {
+        self.hi += 1;
+        if self.hi == self.overflow {
+            self.width += 1;
+            self.overflow <<= 1;
+        }
+        if self.hi == MAX_CODE {
+            self.put(u32::from(CLEAR));
+            self.width = 9;
+            self.hi = u32::from(EOF);
+            self.overflow = 1 << 9;
+            self.table.fill(0);
+            return true;
+        }
+        false
+    }
+
+    /// Flush the last code, the EOF code and the final bits; returns the output.
+    pub fn finish(mut self) -> io::Result<W> {
+        match self.saved {
+            Some(code) => {
+                self.put(code);
+                self.inc_hi();
+            }
+            None => self.put(u32::from(CLEAR)),
+        }
+        self.put(u32::from(EOF));
+        if self.n_bits > 0 {
+            self.buf.push(self.bits as u8);
+        }
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for LzwWriter<W> {
+    fn write(&mut self, mut p: &[u8]) -> io::Result<usize> {
+        let n = p.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut code = match self.saved {
+            Some(code) => code,
+            None => {
+                self.put(u32::from(CLEAR));
+                let first = u32::from(p[0]);
+                p = &p[1..];
+                first
+            }
+        };
+        'bytes: for &x in p {
+            let literal = u32::from(x);
+            let key = (code << 8) | literal;
+            let mut hash = ((key >> 12) ^ key) & HASH_MASK;
+            let mut h = hash;
+            while self.table[h as usize] != 0 {
+                let t = self.table[h as usize];
+                if key == t >> 12 {
+                    code = t & MAX_CODE;
+                    continue 'bytes;
+                }
+                h = (h + 1) & HASH_MASK;
+            }
+            self.put(code);
+            code = literal;
+            if self.inc_hi() {
+                continue;
+            }
+            while self.table[hash as usize] != 0 {
+                hash = (hash + 1) & HASH_MASK;
+            }
+            self.table[hash as usize] = (key << 12) | self.hi;
+        }
+        self.saved = Some(code);
+        if self.buf.len() >= 32 << 10 {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unpack(suffix: &str, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decoder(suffix, data).unwrap().read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Written by Go 1.19's compress/lzw, gzip and zlib from the same input
+    /// (tests/golden/compression/README.md).
+    #[test]
+    fn go_written_streams_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/compression");
+        let want = std::fs::read(dir.join("input")).unwrap();
+        for suffix in [".Z", ".gz", ".zlib"] {
+            let packed = std::fs::read(dir.join(format!("input{suffix}"))).unwrap();
+            assert!(unpack(suffix, &packed).unwrap() == want, "{suffix}");
+        }
+        let tiny = std::fs::read(dir.join("tiny.Z")).unwrap();
+        assert_eq!(unpack(".Z", &tiny).unwrap(), b"TOBEORNOTTOBEORTOBEORNOT");
+    }
+
+    #[test]
+    fn lzw_writer_matches_go_byte_for_byte() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/compression");
+        let input = std::fs::read(dir.join("input")).unwrap();
+        let mut w = LzwWriter::new(Vec::new());
+        // Uneven writes: the saved code must carry across calls.
+        for chunk in input.chunks(7777) {
+            w.write_all(chunk).unwrap();
+        }
+        let ours = w.finish().unwrap();
+        assert!(ours == std::fs::read(dir.join("input.Z")).unwrap(), "differs from Go's compress/lzw");
+        let mut w = LzwWriter::new(Vec::new());
+        w.write_all(b"TOBEORNOTTOBEORTOBEORNOT").unwrap();
+        assert_eq!(w.finish().unwrap(), std::fs::read(dir.join("tiny.Z")).unwrap());
+        assert_eq!(unpack(".Z", &LzwWriter::new(Vec::new()).finish().unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn broken_streams_are_errors_not_panics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/compression");
+        let packed = std::fs::read(dir.join("input.Z")).unwrap();
+        assert_eq!(unpack(".Z", &packed[..packed.len() / 2]).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        // Every single-byte corruption either decodes to something or fails cleanly.
+        for i in (0..packed.len()).step_by(4999) {
+            let mut bad = packed.clone();
+            bad[i] ^= 0x5a;
+            let _ = unpack(".Z", &bad);
+        }
+        assert!(unpack(".Z", &[0xff, 0xff, 0xff]).is_err(), "a code above hi");
+        assert!(unpack(".gz", b"not gzip").is_err());
+        assert!(decoder(".zst", &b""[..]).is_err());
+    }
+}
