@@ -9,6 +9,7 @@
 //! the stream ended and etcd's SHA-256 trailer matched; otherwise they are
 //! aborted, so nothing partial ever becomes visible.
 
+use crate::compression::{Packer, Policy};
 use crate::etcd::{self, EtcdConfig};
 use crate::flags::Role;
 use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
@@ -66,10 +67,16 @@ pub fn unix_now() -> u64 {
 /// Take one full snapshot and store it on every target. `Err` means no
 /// upload was attempted (etcd unreachable) or the snapshot itself was bad;
 /// per-endpoint failures are in the `Outcome`.
-pub fn full_snapshot(etcd_cfg: &EtcdConfig, targets: &[Target]) -> anyhow::Result<Outcome> {
+pub fn full_snapshot(
+    etcd_cfg: &EtcdConfig,
+    targets: &[Target],
+    compression: Option<Policy>,
+) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
     let status = client.status()?;
-    let name = SnapshotName::full(status.revision.max(0) as u64, unix_now()).to_string();
+    let mut snapshot_name = SnapshotName::full(status.revision.max(0) as u64, unix_now());
+    snapshot_name.compression = compression.map_or("", Policy::suffix).to_string();
+    let name = snapshot_name.to_string();
     info!(
         "Taking snapshot {name} from etcd {} (version {}, revision {})",
         client.endpoint(),
@@ -108,9 +115,11 @@ pub fn full_snapshot(etcd_cfg: &EtcdConfig, targets: &[Target]) -> anyhow::Resul
             let mut senders = Vec::new();
             let mut handles = Vec::new();
             let mut cpps = Vec::new();
+            // Compressed output can exceed its input a little (stored blocks).
+            let stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
             for (i, upload) in live.drain(..) {
                 let t = &targets[i];
-                let cpp = chunks_per_part(t.min_part_size, size);
+                let cpp = chunks_per_part(t.min_part_size, stored);
                 cpps.push((t.max_parallel_uploads, cpp));
                 let (tx, rx) = bounded(cpp);
                 senders.push(tx);
@@ -118,17 +127,21 @@ pub fn full_snapshot(etcd_cfg: &EtcdConfig, targets: &[Target]) -> anyhow::Resul
                 handles.push((i, s.spawn(move || endpoint_upload(t, name, upload, rx, cpp))));
             }
             debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", memory_bound(&cpps) >> 20);
-            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&cpps)), senders);
+            let packer = compression.map(Packer::new);
+            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&cpps)), senders, packer);
             for (i, h) in handles {
                 results[i] = Some(h.join().unwrap_or_else(|_| Err("uploader thread panicked".into())));
             }
             ended
         });
         match ended {
-            Ended::Verified(total) => {
-                bytes = total;
+            Ended::Verified(total, stored) => {
+                bytes = stored;
                 let secs = started.elapsed().as_secs_f64();
-                debug!("streamed {total} bytes in {secs:.2}s ({:.1} MB/s)", total as f64 / secs.max(1e-9) / 1e6);
+                debug!(
+                    "streamed {total} bytes in {secs:.2}s ({:.1} MB/s), stored {stored} bytes",
+                    total as f64 / secs.max(1e-9) / 1e6
+                );
             }
             Ended::Bad(reason) => anyhow::bail!(
                 "snapshot {name} from etcd {}: {reason}; every upload was aborted, nothing was stored",
@@ -179,7 +192,8 @@ enum Msg {
 /// How the reading ended.
 enum Ended {
     /// The whole snapshot went out and its trailer matched.
-    Verified(u64),
+    /// etcd's bytes, and the bytes stored (compressed or not).
+    Verified(u64, u64),
     /// Broken stream, wrong size or trailer mismatch: nothing may be kept.
     Bad(String),
     /// Every endpoint failed and hung up; their own errors say why.
@@ -193,24 +207,26 @@ fn read_and_broadcast(
     first: Vec<u8>,
     size: u64,
     pool: &Arc<Pool>,
-    mut live: Vec<Sender<Msg>>,
+    live: Vec<Sender<Msg>>,
+    mut packer: Option<Packer>,
 ) -> Ended {
     let mut check = TrailerCheck::default();
-    let mut buf = pool.take();
+    let mut out = Emitter { buf: pool.take(), pool, live, stored: 0 };
     let mut blob = first;
-    let broken = loop {
+    let mut broken = loop {
+        // The trailer is checked on etcd's bytes; compression comes after.
         check.update(&blob);
-        let mut rest = &blob[..];
-        while !rest.is_empty() {
-            let n = (CHUNK - buf.len()).min(rest.len());
-            buf.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if buf.len() == CHUNK {
-                let full = std::mem::replace(&mut buf, pool.take());
-                broadcast(&mut live, Msg::Data(Chunk::new(full, pool)));
+        let packed = match packer.as_mut() {
+            Some(p) => p.push(&blob, &mut |o| out.emit(o)).map_err(|e| format!("compressing: {e}")),
+            None => {
+                out.emit(&blob);
+                Ok(())
             }
+        };
+        if let Err(e) = packed {
+            break Some(e);
         }
-        if live.is_empty() {
+        if out.live.is_empty() {
             return Ended::NobodyListening;
         }
         if crate::signals::interrupted() {
@@ -222,19 +238,52 @@ fn read_and_broadcast(
             Err(e) => break Some(format!("{e:#}")),
         }
     };
-    if !buf.is_empty() {
-        broadcast(&mut live, Msg::Data(Chunk::new(buf, pool)));
+    if let (None, Some(p)) = (&broken, packer.take())
+        && let Err(e) = p.finish(&mut |o| out.emit(o))
+    {
+        broken = Some(format!("compressing: {e}"));
     }
+    out.flush();
     let total = check.total();
     let verdict = match broken {
         Some(e) => Err(e),
         None if total != size => Err(format!("etcd announced {size} bytes but sent {total}")),
         None => check.finish(),
     };
-    broadcast(&mut live, Msg::End(verdict.clone()));
+    broadcast(&mut out.live, Msg::End(verdict.clone()));
     match verdict {
-        Ok(()) => Ended::Verified(total),
+        Ok(()) => Ended::Verified(total, out.stored),
         Err(e) => Ended::Bad(e),
+    }
+}
+
+/// Fills pool buffers with the bytes to store and broadcasts each full one.
+struct Emitter<'a> {
+    buf: Vec<u8>,
+    pool: &'a Arc<Pool>,
+    live: Vec<Sender<Msg>>,
+    stored: u64,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, mut rest: &[u8]) {
+        self.stored += rest.len() as u64;
+        while !rest.is_empty() {
+            let n = (CHUNK - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.buf.len() == CHUNK {
+                let full = std::mem::replace(&mut self.buf, self.pool.take());
+                broadcast(&mut self.live, Msg::Data(Chunk::new(full, self.pool)));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let last = std::mem::take(&mut self.buf);
+            broadcast(&mut self.live, Msg::Data(Chunk::new(last, self.pool)));
+        }
     }
 }
 
@@ -415,7 +464,7 @@ pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
             }
         }
     }
-    match full_snapshot(&cfg.etcd, &targets) {
+    match full_snapshot(&cfg.etcd, &targets, cfg.compression) {
         Ok(outcome) => report(&outcome, cfg.require_all_endpoints),
         Err(e) => {
             error!("Failed to take snapshot: {e:#}");

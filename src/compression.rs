@@ -3,7 +3,11 @@
 //! (Go's compress/lzw: LSB bit order, 8-bit literals, codes up to 12 bits,
 //! no header: not the Unix `compress` format despite the suffix).
 
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use flate2::Compression;
 use flate2::read::{MultiGzDecoder, ZlibDecoder};
+use flate2::write::{GzEncoder, ZlibEncoder};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 /// A reader that decompresses `inner` as the suffix says ("" = as is).
@@ -14,6 +18,188 @@ pub fn decoder<'a>(suffix: &str, inner: impl Read + 'a) -> Result<Box<dyn Read +
         ".zlib" => Ok(Box::new(ZlibDecoder::new(inner))),
         ".Z" => Ok(Box::new(LzwReader::new(inner))),
         other => Err(format!("compression {other:?} is not supported")),
+    }
+}
+
+/// How `snapshot` compresses (`--compression-policy`), as upstream names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    #[default]
+    Gzip,
+    Zlib,
+    Lzw,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "gzip" => Ok(Policy::Gzip),
+            "zlib" => Ok(Policy::Zlib),
+            "lzw" => Ok(Policy::Lzw),
+            "zstd" => Err("zstd is not supported yet; use gzip, zlib or lzw".into()),
+            _ => Err(format!("unknown compression policy {s:?}: use gzip, zlib or lzw")),
+        }
+    }
+
+    /// The object name suffix upstream uses.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Policy::Gzip => ".gz",
+            Policy::Zlib => ".zlib",
+            Policy::Lzw => ".Z",
+        }
+    }
+}
+
+/// Raw snapshot bytes in, compressed bytes out through a callback, in order.
+/// gzip is compressed in parallel as independent members of `BLOCK` bytes
+/// (a valid gzip file that Go's and every other multi-stream reader reads);
+/// zlib and LZW are single streams and run on the calling thread.
+pub struct Packer {
+    inner: Inner,
+}
+
+enum Inner {
+    Zlib(ZlibEncoder<Vec<u8>>),
+    Lzw(LzwWriter<Vec<u8>>),
+    Gzip(ParallelGzip),
+}
+
+/// Raw bytes per gzip member.
+pub const BLOCK: usize = 1 << 20;
+
+impl Packer {
+    pub fn new(policy: Policy) -> Packer {
+        let inner = match policy {
+            Policy::Gzip => Inner::Gzip(ParallelGzip::new()),
+            Policy::Zlib => Inner::Zlib(ZlibEncoder::new(Vec::new(), Compression::default())),
+            Policy::Lzw => Inner::Lzw(LzwWriter::new(Vec::new())),
+        };
+        Packer { inner }
+    }
+
+    /// Raw bytes held at most, whatever the snapshot size: gzip blocks
+    /// queued, being compressed and waiting to be emitted in order.
+    pub fn memory_bound() -> usize {
+        ParallelGzip::workers() * 6 * BLOCK
+    }
+
+    pub fn push(&mut self, raw: &[u8], out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Zlib(e) => {
+                e.write_all(raw)?;
+                out(e.get_ref());
+                e.get_mut().clear();
+            }
+            Inner::Lzw(e) => {
+                e.write_all(raw)?;
+                out(e.get_ref());
+                e.get_mut().clear();
+            }
+            Inner::Gzip(g) => g.push(raw, out)?,
+        }
+        Ok(())
+    }
+
+    pub fn finish(self, out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        match self.inner {
+            Inner::Zlib(e) => out(&e.finish()?),
+            Inner::Lzw(e) => out(&e.finish()?),
+            Inner::Gzip(g) => g.finish(out)?,
+        }
+        Ok(())
+    }
+}
+
+struct ParallelGzip {
+    block: Vec<u8>,
+    sent: u64,
+    emitted: u64,
+    to_workers: Option<Sender<(u64, Vec<u8>)>>,
+    from_workers: Receiver<(u64, io::Result<Vec<u8>>)>,
+    ready: BTreeMap<u64, Vec<u8>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ParallelGzip {
+    fn workers() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8)
+    }
+
+    fn new() -> ParallelGzip {
+        let n = Self::workers();
+        let (to_workers, jobs) = bounded::<(u64, Vec<u8>)>(n);
+        let (results, from_workers) = unbounded();
+        let workers = (0..n)
+            .map(|_| {
+                let (jobs, results) = (jobs.clone(), results.clone());
+                std::thread::spawn(move || {
+                    for (seq, raw) in jobs {
+                        let mut e = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::default());
+                        let member = e.write_all(&raw).and_then(|()| e.finish());
+                        if results.send((seq, member)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        ParallelGzip {
+            block: Vec::with_capacity(BLOCK),
+            sent: 0,
+            emitted: 0,
+            to_workers: Some(to_workers),
+            from_workers,
+            ready: BTreeMap::new(),
+            workers,
+        }
+    }
+
+    fn push(&mut self, mut raw: &[u8], out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        while !raw.is_empty() {
+            let n = (BLOCK - self.block.len()).min(raw.len());
+            self.block.extend_from_slice(&raw[..n]);
+            raw = &raw[n..];
+            if self.block.len() == BLOCK {
+                self.send()?;
+            }
+        }
+        while let Ok((seq, member)) = self.from_workers.try_recv() {
+            self.ready.insert(seq, member?);
+        }
+        self.emit(out);
+        Ok(())
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        let tx = self.to_workers.as_ref().expect("not finished");
+        tx.send((self.sent, block)).map_err(|_| io::Error::other("gzip worker stopped"))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn emit(&mut self, out: &mut dyn FnMut(&[u8])) {
+        while let Some(member) = self.ready.remove(&self.emitted) {
+            out(&member);
+            self.emitted += 1;
+        }
+    }
+
+    fn finish(mut self, out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        if !self.block.is_empty() || self.sent == 0 {
+            self.send()?;
+        }
+        self.to_workers = None;
+        while self.emitted < self.sent {
+            let (seq, member) = self.from_workers.recv().map_err(|_| io::Error::other("gzip worker stopped"))?;
+            self.ready.insert(seq, member?);
+            self.emit(out);
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +406,14 @@ impl<W: Write> LzwWriter<W> {
         false
     }
 
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Flush the last code, the EOF code and the final bits; returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         match self.saved {
@@ -333,6 +527,28 @@ mod tests {
         w.write_all(b"TOBEORNOTTOBEORTOBEORNOT").unwrap();
         assert_eq!(w.finish().unwrap(), std::fs::read(dir.join("tiny.Z")).unwrap());
         assert_eq!(unpack(".Z", &LzwWriter::new(Vec::new()).finish().unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn packer_round_trips_every_policy() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/compression");
+        let input: Vec<u8> = std::fs::read(dir.join("input")).unwrap().repeat(20); // 3 MB: several gzip members
+        for policy in [Policy::Gzip, Policy::Zlib, Policy::Lzw] {
+            let mut packed = Vec::new();
+            let mut p = Packer::new(policy);
+            for chunk in input.chunks(65_537) {
+                p.push(chunk, &mut |o| packed.extend_from_slice(o)).unwrap();
+            }
+            p.finish(&mut |o| packed.extend_from_slice(o)).unwrap();
+            assert!(packed.len() < input.len(), "{policy:?} did not compress");
+            assert!(unpack(policy.suffix(), &packed).unwrap() == input, "{policy:?}");
+        }
+        let mut empty = Vec::new();
+        Packer::new(Policy::Gzip).finish(&mut |o| empty.extend_from_slice(o)).unwrap();
+        assert_eq!(unpack(".gz", &empty).unwrap(), b"");
+        assert_eq!(Policy::parse("GZIP"), Ok(Policy::Gzip));
+        assert!(Policy::parse("zstd").unwrap_err().contains("not supported yet"));
+        assert!(Policy::parse("brotli").is_err());
     }
 
     #[test]

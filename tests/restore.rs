@@ -369,7 +369,7 @@ fn snapshot_list_merges_both_endpoints() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/list"), "x"]);
     // A second snapshot on the primary only (single-endpoint mode).
-    let args: Vec<String> = dual_args(&v.endpoint, &prefix).into_iter().take(7).collect();
+    let args: Vec<String> = dual_args(&v.endpoint, &prefix).into_iter().take(8).collect();
     assert_eq!(run(&refs(&args), &as_refs(&creds())).code, 0);
     let mut list = vec!["snapshot".to_string(), "list".into()];
     list.extend(store_args(&prefix));
@@ -500,6 +500,31 @@ fn local_secondary_backs_up_and_restores_when_the_primary_is_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A single-member restore of `prefix` into `<dir>/data` as member
+/// `name` on a free peer port, then etcd `v` started on it.
+struct Restored {
+    run: Run,
+    etcd: Option<Etcd>,
+}
+
+fn restore_and_start(v: &Version, prefix: &str, dir: &Path, name: &str) -> Restored {
+    let data = dir.join("data");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("{name}={peer}");
+    let run = restore(
+        prefix,
+        &data,
+        &[
+            &format!("--name={name}"),
+            &format!("--initial-cluster={cluster}"),
+            &format!("--initial-advertise-peer-urls={peer}"),
+        ],
+        &creds(),
+    );
+    let etcd = (run.code == 0).then(|| Etcd::start(&v.etcd, &v.ctl, &data, name, &peer, &cluster));
+    Restored { run, etcd }
+}
+
 /// Upstream compresses full snapshots by default: the same bytes gzipped,
 /// zlib'd or LZW'd (Go's compress/lzw) under `<name><suffix>` restore.
 fn restores_upstream_compressed(suffix: &str) {
@@ -537,15 +562,7 @@ fn restores_upstream_compressed(suffix: &str) {
     etcd_backup_restore::store::save(&secondary(&prefix), &packed_name, &packed).unwrap();
 
     let dir = scratch("packed");
-    let data = dir.join("data");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("z1={peer}");
-    let r = restore(
-        &prefix,
-        &data,
-        &["--name=z1", &format!("--initial-cluster={cluster}"), &format!("--initial-advertise-peer-urls={peer}")],
-        &creds(),
-    );
+    let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "z1");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("WARN Failed to fetch snapshot {packed_name} from primary endpoint")),
@@ -553,9 +570,7 @@ fn restores_upstream_compressed(suffix: &str) {
         r.stderr
     );
     assert!(r.stderr.contains(&format!("INFO Successfully fetched snapshot {packed_name} from secondary endpoint")));
-    let e = Etcd::start(&v.etcd, &v.ctl, &data, "z1", &peer, &cluster);
-    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
-    drop(e);
+    assert_eq!(kvs(&v, &etcd.unwrap().client_url, &keys), kvs(&v, &v.endpoint, &keys));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -572,4 +587,51 @@ fn restores_upstream_zlib() {
 #[test]
 fn restores_upstream_lzw() {
     restores_upstream_compressed(".Z");
+}
+
+/// The default: gzip, compressed in parallel members; and the other
+/// policies. Each object is the same on both endpoints and restores.
+#[test]
+fn compressed_backups_restore_for_every_policy() {
+    let v = v35();
+    let keys = write_keys(&v);
+    grow_db(&v, 3 << 20);
+    for (flags, suffix) in
+        [(&[][..], ".gz"), (&["--compression-policy=zlib"][..], ".zlib"), (&["--compression-policy=lzw"][..], ".Z")]
+    {
+        let prefix = unique("cmp");
+        let mut args = vec!["snapshot".to_string(), "--once".into(), format!("--endpoints={}", v.endpoint)];
+        args.extend(store_args(&prefix));
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let r = run(&refs(&args), &as_refs(&creds()));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let objects = listed(&primary(&prefix));
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        let name = objects[0].name.clone();
+        assert!(name.ends_with(suffix), "{name}");
+        let packed = load(&primary(&prefix), &name);
+        assert_eq!(packed.len() as u64, objects[0].size);
+        assert!(packed == load(&secondary(&prefix), &name), "identical bytes on both endpoints");
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(
+            &mut etcd_backup_restore::compression::decoder(suffix, &packed[..]).unwrap(),
+            &mut plain,
+        )
+        .unwrap();
+        assert!(packed.len() < plain.len(), "{suffix}: {} bytes packed from {}", packed.len(), plain.len());
+        let mut check = etcd_backup_restore::snapshot::TrailerCheck::default();
+        check.update(&plain);
+        check.finish().unwrap();
+        if suffix == ".gz" {
+            // Parallel compression: one gzip member per MiB.
+            let members = packed.windows(3).filter(|w| w == &[0x1f, 0x8b, 0x08]).count();
+            assert!(members as u64 >= plain.len() as u64 >> 20, "{members} members");
+        }
+
+        let dir = scratch("cmp");
+        let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "c1");
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(kvs(&v, &etcd.unwrap().client_url, &keys), kvs(&v, &v.endpoint, &keys), "{suffix}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

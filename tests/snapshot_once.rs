@@ -50,7 +50,7 @@ fn both_endpoints_up_etcd35() {
 fn single_endpoint_mode() {
     let prefix = unique("single");
     let c = creds();
-    let args: Vec<String> = dual_args(&env("EBR_ETCD34_ENDPOINT"), &prefix).into_iter().take(7).collect();
+    let args: Vec<String> = dual_args(&env("EBR_ETCD34_ENDPOINT"), &prefix).into_iter().take(8).collect();
     let r = run(&refs(&args), &as_refs(&c));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let (name, _) = only_snapshot(&primary(&prefix));

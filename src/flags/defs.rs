@@ -336,6 +336,32 @@ pub static FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "compress-snapshots",
+        short: None,
+        value: None,
+        default: Some("true"),
+        env: None,
+        group: Group::Snapshot,
+        help: "Compress snapshots before storing them (as upstream does by default); =false stores etcd's bytes as they are.",
+        set: |a, _, v| {
+            a.compress = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "compression-policy",
+        short: None,
+        value: Some("POLICY"),
+        default: Some("gzip"),
+        env: None,
+        group: Group::Snapshot,
+        help: "gzip (.gz, compressed on every core), zlib (.zlib) or lzw (.Z).",
+        set: |a, _, v| {
+            a.compression_policy = crate::compression::Policy::parse(v)?;
+            Ok(())
+        },
+    },
+    Flag {
         name: "require-all-endpoints",
         short: None,
         value: None,

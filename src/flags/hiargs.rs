@@ -53,6 +53,8 @@ pub struct SnapshotConfig {
     /// The primary, then the secondary when configured.
     pub endpoints: Vec<EndpointConfig>,
     pub require_all_endpoints: bool,
+    /// `None` with `--compress-snapshots=false`.
+    pub compression: Option<crate::compression::Policy>,
 }
 
 impl SnapshotConfig {
@@ -63,7 +65,12 @@ impl SnapshotConfig {
             ));
         }
         let endpoints = endpoints(&low.stores, &low.secondary_flags_given, env)?;
-        Ok(SnapshotConfig { etcd: etcd(&low)?, endpoints, require_all_endpoints: low.require_all_endpoints })
+        Ok(SnapshotConfig {
+            etcd: etcd(&low)?,
+            endpoints,
+            require_all_endpoints: low.require_all_endpoints,
+            compression: low.compress.then_some(low.compression_policy),
+        })
     }
 }
 

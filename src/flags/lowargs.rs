@@ -39,6 +39,8 @@ pub struct LowArgs {
     pub etcd: EtcdArgs,
     pub stores: [StoreArgs; 2],
     pub once: bool,
+    pub compress: bool,
+    pub compression_policy: crate::compression::Policy,
     pub require_all_endpoints: bool,
     pub restore: RestoreArgs,
     /// `snapshot list --output json`.
