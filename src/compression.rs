@@ -4,9 +4,9 @@
 //! no header: not the Unix `compress` format despite the suffix).
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use flate2::Compression;
 use flate2::read::{MultiGzDecoder, ZlibDecoder};
-use flate2::write::{GzEncoder, ZlibEncoder};
+use flate2::write::GzEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -52,17 +52,17 @@ impl Policy {
 }
 
 /// Raw snapshot bytes in, compressed bytes out through a callback, in order.
-/// gzip is compressed in parallel as independent members of `BLOCK` bytes
-/// (a valid gzip file that Go's and every other multi-stream reader reads);
-/// zlib and LZW are single streams and run on the calling thread.
+/// gzip and zlib are compressed in parallel, `BLOCK` bytes at a time: gzip
+/// as independent members (one valid file that Go's and every multi-stream
+/// reader reads), zlib as one stream of independently deflated segments
+/// joined with sync flushes, as pigz does. LZW runs on the calling thread.
 pub struct Packer {
     inner: Inner,
 }
 
 enum Inner {
-    Zlib(ZlibEncoder<Vec<u8>>),
     Lzw(LzwWriter<Vec<u8>>),
-    Gzip(ParallelGzip),
+    Deflate(ParallelDeflate),
 }
 
 /// Raw bytes per gzip member.
@@ -71,80 +71,84 @@ pub const BLOCK: usize = 1 << 20;
 impl Packer {
     pub fn new(policy: Policy) -> Packer {
         let inner = match policy {
-            Policy::Gzip => Inner::Gzip(ParallelGzip::new()),
-            Policy::Zlib => Inner::Zlib(ZlibEncoder::new(Vec::new(), Compression::default())),
+            Policy::Gzip => Inner::Deflate(ParallelDeflate::new(false)),
+            Policy::Zlib => Inner::Deflate(ParallelDeflate::new(true)),
             Policy::Lzw => Inner::Lzw(LzwWriter::new(Vec::new())),
         };
         Packer { inner }
     }
 
-    /// Raw bytes held at most, whatever the snapshot size: gzip blocks
-    /// queued, being compressed and waiting to be emitted in order.
+    /// Raw bytes held at most, whatever the snapshot size: blocks queued,
+    /// being compressed and waiting to be emitted in order.
     pub fn memory_bound() -> usize {
-        ParallelGzip::workers() * 6 * BLOCK
+        ParallelDeflate::workers() * 6 * BLOCK
     }
 
     pub fn push(&mut self, raw: &[u8], out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         match &mut self.inner {
-            Inner::Zlib(e) => {
-                e.write_all(raw)?;
-                out(e.get_ref());
-                e.get_mut().clear();
-            }
             Inner::Lzw(e) => {
                 e.write_all(raw)?;
                 out(e.get_ref());
                 e.get_mut().clear();
             }
-            Inner::Gzip(g) => g.push(raw, out)?,
+            Inner::Deflate(d) => d.push(raw, out)?,
         }
         Ok(())
     }
 
     pub fn finish(self, out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         match self.inner {
-            Inner::Zlib(e) => out(&e.finish()?),
             Inner::Lzw(e) => out(&e.finish()?),
-            Inner::Gzip(g) => g.finish(out)?,
+            Inner::Deflate(d) => d.finish(out)?,
         }
         Ok(())
     }
 }
 
-struct ParallelGzip {
+/// A block to compress: sequence number, bytes, whether it is the last.
+type Job = (u64, Vec<u8>, bool);
+
+struct ParallelDeflate {
+    /// zlib: the running Adler-32 of the raw bytes, and whether the header is out.
+    zlib: Option<(Adler32, bool)>,
     block: Vec<u8>,
     sent: u64,
     emitted: u64,
-    to_workers: Option<Sender<(u64, Vec<u8>)>>,
+    to_workers: Option<Sender<Job>>,
     from_workers: Receiver<(u64, io::Result<Vec<u8>>)>,
     ready: BTreeMap<u64, Vec<u8>>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl ParallelGzip {
+impl ParallelDeflate {
     fn workers() -> usize {
         std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8)
     }
 
-    fn new() -> ParallelGzip {
+    fn new(zlib: bool) -> ParallelDeflate {
         let n = Self::workers();
-        let (to_workers, jobs) = bounded::<(u64, Vec<u8>)>(n);
+        let (to_workers, jobs) = bounded::<Job>(n);
         let (results, from_workers) = unbounded();
         let workers = (0..n)
             .map(|_| {
                 let (jobs, results) = (jobs.clone(), results.clone());
                 std::thread::spawn(move || {
-                    for (seq, raw) in jobs {
-                        let mut e = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::default());
-                        let member = e.write_all(&raw).and_then(|()| e.finish());
-                        if results.send((seq, member)).is_err() {
+                    for (seq, raw, last) in jobs {
+                        let packed = if zlib {
+                            deflate_segment(&raw, last)
+                        } else {
+                            let mut e = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::default());
+                            e.write_all(&raw).and_then(|()| e.finish())
+                        };
+                        if results.send((seq, packed)).is_err() {
                             break;
                         }
                     }
                 })
             })
             .collect();
-        ParallelGzip {
+        ParallelDeflate {
+            zlib: zlib.then(|| (Adler32::default(), false)),
             block: Vec::with_capacity(BLOCK),
             sent: 0,
             emitted: 0,
@@ -161,7 +165,7 @@ impl ParallelGzip {
             self.block.extend_from_slice(&raw[..n]);
             raw = &raw[n..];
             if self.block.len() == BLOCK {
-                self.send()?;
+                self.send(false)?;
             }
         }
         while let Ok((seq, member)) = self.from_workers.try_recv() {
@@ -171,15 +175,25 @@ impl ParallelGzip {
         Ok(())
     }
 
-    fn send(&mut self) -> io::Result<()> {
+    fn send(&mut self, last: bool) -> io::Result<()> {
         let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        if let Some((adler, _)) = self.zlib.as_mut() {
+            adler.update(&block);
+        }
         let tx = self.to_workers.as_ref().expect("not finished");
-        tx.send((self.sent, block)).map_err(|_| io::Error::other("gzip worker stopped"))?;
+        tx.send((self.sent, block, last)).map_err(|_| io::Error::other("compression worker stopped"))?;
         self.sent += 1;
         Ok(())
     }
 
     fn emit(&mut self, out: &mut dyn FnMut(&[u8])) {
+        if let Some((_, header @ false)) = self.zlib.as_mut()
+            && self.ready.contains_key(&0)
+        {
+            // zlib header: deflate, 32 KiB window, default level.
+            out(&[0x78, 0x9c]);
+            *header = true;
+        }
         while let Some(member) = self.ready.remove(&self.emitted) {
             out(&member);
             self.emitted += 1;
@@ -187,19 +201,72 @@ impl ParallelGzip {
     }
 
     fn finish(mut self, out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        if !self.block.is_empty() || self.sent == 0 {
-            self.send()?;
+        // zlib always ends with a final (maybe empty) segment; gzip needs at
+        // least one member.
+        if !self.block.is_empty() || self.sent == 0 || self.zlib.is_some() {
+            self.send(true)?;
         }
         self.to_workers = None;
         while self.emitted < self.sent {
-            let (seq, member) = self.from_workers.recv().map_err(|_| io::Error::other("gzip worker stopped"))?;
+            let (seq, member) = self.from_workers.recv().map_err(|_| io::Error::other("compression worker stopped"))?;
             self.ready.insert(seq, member?);
             self.emit(out);
+        }
+        if let Some((adler, _)) = &self.zlib {
+            out(&adler.value().to_be_bytes());
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
         Ok(())
+    }
+}
+
+/// Raw deflate of one segment, no history from the segments before it:
+/// ending in a sync flush (byte-aligned, not final), or final when `last`.
+fn deflate_segment(raw: &[u8], last: bool) -> io::Result<Vec<u8>> {
+    let mut c = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(raw.len() / 2 + 1024);
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    loop {
+        let consumed = c.total_in() as usize;
+        let status = c.compress_vec(&raw[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let all_in = c.total_in() as usize == raw.len();
+        // Output space left over means the flush is complete.
+        if all_in && (status == Status::StreamEnd || (!last && out.len() < out.capacity())) {
+            return Ok(out);
+        }
+        out.reserve(out.capacity().max(4096));
+    }
+}
+
+/// Adler-32 as zlib's trailer needs it.
+struct Adler32 {
+    a: u32,
+    b: u32,
+}
+
+impl Default for Adler32 {
+    fn default() -> Adler32 {
+        Adler32 { a: 1, b: 0 }
+    }
+}
+
+impl Adler32 {
+    fn update(&mut self, data: &[u8]) {
+        // 5552 bytes is the most that cannot overflow before the modulo.
+        for chunk in data.chunks(5552) {
+            for &x in chunk {
+                self.a += u32::from(x);
+                self.b += self.a;
+            }
+            self.a %= 65521;
+            self.b %= 65521;
+        }
+    }
+
+    fn value(&self) -> u32 {
+        (self.b << 16) | self.a
     }
 }
 
@@ -549,6 +616,19 @@ mod tests {
         assert_eq!(Policy::parse("GZIP"), Ok(Policy::Gzip));
         assert!(Policy::parse("zstd").unwrap_err().contains("not supported yet"));
         assert!(Policy::parse("brotli").is_err());
+    }
+
+    #[test]
+    fn adler32_vectors() {
+        let mut a = Adler32::default();
+        a.update(b"Wikipedia");
+        assert_eq!(a.value(), 0x11E6_0398);
+        let mut big = Adler32::default();
+        big.update(&[0xff; 100_000]);
+        let mut split = Adler32::default();
+        split.update(&[0xff; 31_337]);
+        split.update(&[0xff; 68_663]);
+        assert_eq!(big.value(), split.value());
     }
 
     #[test]

@@ -355,7 +355,7 @@ pub static FLAGS: &[Flag] = &[
         default: Some("gzip"),
         env: None,
         group: Group::Snapshot,
-        help: "gzip (.gz, compressed on every core), zlib (.zlib) or lzw (.Z).",
+        help: "gzip (.gz) or zlib (.zlib), both compressed on every core, or lzw (.Z, Go's LZW).",
         set: |a, _, v| {
             a.compression_policy = crate::compression::Policy::parse(v)?;
             Ok(())
