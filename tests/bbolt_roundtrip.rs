@@ -40,9 +40,9 @@ impl Drop for TempFile {
 fn tmp(tag: &str) -> TempFile {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("bbolt-roundtrip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempFile(dir.join(format!("{tag}-{}.db", N.fetch_add(1, Ordering::Relaxed))))
+    // Cargo's scratch directory for integration tests, under target/.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    TempFile(dir.join(format!("bbolt-{tag}-{}-{}.db", std::process::id(), N.fetch_add(1, Ordering::Relaxed))))
 }
 
 fn write_tree(w: &mut Writer, tree: &Tree) -> Result<(), Error> {

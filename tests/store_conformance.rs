@@ -10,6 +10,7 @@
 mod common;
 
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use common::{Server, s3_config, s3_store};
@@ -291,7 +292,7 @@ conformance!(local, |p: &str| -> Box<dyn Store> { Box::new(LocalStore::new(&loca
 
 /// One directory for every Local store of this run (the container must exist).
 fn local_container() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ebr-local-store-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("local-store-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

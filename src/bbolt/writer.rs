@@ -389,9 +389,9 @@ pub(super) mod tests {
     pub(crate) fn temp_path(tag: &str) -> TempFile {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!("bbolt-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempFile(dir.join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed))))
+        // Files only, each removed when dropped: nothing accumulates.
+        let name = format!("ebr-bbolt-unit-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        TempFile(std::env::temp_dir().join(name))
     }
 
     fn page(file: &[u8], ps: usize, id: usize) -> &[u8] {
