@@ -126,8 +126,9 @@ pub fn full_snapshot(
                 let name = &name;
                 handles.push((i, s.spawn(move || endpoint_upload(t, name, upload, rx, cpp))));
             }
-            debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", memory_bound(&cpps) >> 20);
             let packer = compression.map(Packer::new);
+            let bound = memory_bound(&cpps) + packer.as_ref().map_or(0, Packer::memory_bound);
+            debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
             let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&cpps)), senders, packer);
             for (i, h) in handles {
                 results[i] = Some(h.join().unwrap_or_else(|_| Err("uploader thread panicked".into())));

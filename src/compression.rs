@@ -78,10 +78,14 @@ impl Packer {
         Packer { inner }
     }
 
-    /// Raw bytes held at most, whatever the snapshot size: blocks queued,
-    /// being compressed and waiting to be emitted in order.
-    pub fn memory_bound() -> usize {
-        ParallelDeflate::workers() * 6 * BLOCK
+    /// Bytes this packer holds at most, whatever the snapshot size: gzip and
+    /// zlib blocks queued, being compressed and waiting to be emitted in
+    /// order; LZW only its table and a small output buffer.
+    pub fn memory_bound(&self) -> usize {
+        match self.inner {
+            Inner::Deflate(_) => ParallelDeflate::workers() * 6 * BLOCK,
+            Inner::Lzw(_) => 1 << 20,
+        }
     }
 
     pub fn push(&mut self, raw: &[u8], out: &mut dyn FnMut(&[u8])) -> io::Result<()> {

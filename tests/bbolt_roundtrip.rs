@@ -1,10 +1,14 @@
 //! bbolt Writer -> Db round trips, corrupt inputs, and real etcd snapshots
 //! rewritten and checked with `etcdutl snapshot status` (bbolt's tx.Check).
 
+#[path = "../src/bbolt/temp_file.rs"]
+mod temp_file;
+
 use etcd_backup_restore::bbolt::{Db, Error, Value, Writer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+use temp_file::TempFile;
 
 /// A bucket's contents in key order.
 type Tree = Vec<(Vec<u8>, Item)>;
@@ -13,28 +17,6 @@ type Tree = Vec<(Vec<u8>, Item)>;
 enum Item {
     Data(Vec<u8>),
     Bucket(Tree),
-}
-
-/// A scratch file, removed when dropped (also when the test fails).
-struct TempFile(PathBuf);
-
-impl std::ops::Deref for TempFile {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for TempFile {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn tmp(tag: &str) -> TempFile {

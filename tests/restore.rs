@@ -97,6 +97,29 @@ fn restore(prefix: &str, data_dir: &Path, extra: &[&str], envs: &[(String, Strin
     run(&refs(&args), &as_refs(envs))
 }
 
+/// A single-member restore of `prefix` into `<dir>/data` as member
+/// `name` on a free peer port (plus `extra` flags, which win), then etcd
+/// `v` started on it when the restore succeeded.
+struct Restored {
+    run: Run,
+    etcd: Option<Etcd>,
+}
+
+fn restore_and_start(v: &Version, prefix: &str, dir: &Path, name: &str, extra: &[&str]) -> Restored {
+    let data = dir.join("data");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let cluster = format!("{name}={peer}");
+    let mut flags = vec![
+        format!("--name={name}"),
+        format!("--initial-cluster={cluster}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+    ];
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let run = restore(prefix, &data, &refs(&flags), &creds());
+    let etcd = (run.code == 0).then(|| Etcd::start(&v.etcd, &v.ctl, &data, name, &peer, &cluster));
+    Restored { run, etcd }
+}
+
 /// Backup → restore → etcd `v` on the result: same keys and revision,
 /// the member ID etcd computes, writes work, and survive a restart.
 fn round_trip(v: Version) {
@@ -166,23 +189,10 @@ fn bump_revision_marks_compacted() {
     let (prefix, name) = backup(&v);
     let dir = scratch("bump");
     let want = etcdutl_revision(&load(&primary(&prefix), &name), &dir);
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("b1={peer}");
-    let data = dir.join("data");
-    let r = restore(
-        &prefix,
-        &data,
-        &[
-            "--name=b1",
-            &format!("--initial-cluster={cluster}"),
-            &format!("--initial-advertise-peer-urls={peer}"),
-            "--bump-revision=1000000",
-            "--mark-compacted",
-        ],
-        &creds(),
-    );
+    let Restored { run: r, etcd } =
+        restore_and_start(&v, &prefix, &dir, "b1", &["--bump-revision=1000000", "--mark-compacted"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let e = Etcd::start(&v.etcd, &v.ctl, &data, "b1", &peer, &cluster);
+    let e = etcd.unwrap();
     assert_eq!(revision(&v, &e.client_url), want + 1_000_000);
     assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
     let old = std::process::Command::new(&v.ctl)
@@ -478,51 +488,16 @@ fn local_secondary_backs_up_and_restores_when_the_primary_is_down() {
     assert_eq!(std::fs::read(stored.join(&name)).unwrap(), load(&primary(&prefix), &name), "identical bytes");
     assert_eq!(stored.read_dir().unwrap().count(), 1, "no temporary file left");
 
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("l1={peer}");
-    let data = dir.join("data");
-    let mut args = vec!["restore".to_string(), format!("--data-dir={}", data.display())];
-    args.extend(with(
-        store_args(&prefix),
-        &[&local[..], &["--store-endpoint-override=http://127.0.0.1:1", "--name=l1"]].concat(),
-    ));
-    args.extend([format!("--initial-cluster={cluster}"), format!("--initial-advertise-peer-urls={peer}")]);
-    let r = run(&refs(&args), &as_refs(&creds()));
+    let primary_down = [&local[..], &["--store-endpoint-override=http://127.0.0.1:1"]].concat();
+    let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "l1", &primary_down);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("INFO Successfully fetched snapshot {name} from secondary endpoint")),
         "{}",
         r.stderr
     );
-    let e = Etcd::start(&v.etcd, &v.ctl, &data, "l1", &peer, &cluster);
-    assert_eq!(kvs(&v, &e.client_url, &keys), kvs(&v, &v.endpoint, &keys));
-    drop(e);
+    assert_eq!(kvs(&v, &etcd.unwrap().client_url, &keys), kvs(&v, &v.endpoint, &keys));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A single-member restore of `prefix` into `<dir>/data` as member
-/// `name` on a free peer port, then etcd `v` started on it.
-struct Restored {
-    run: Run,
-    etcd: Option<Etcd>,
-}
-
-fn restore_and_start(v: &Version, prefix: &str, dir: &Path, name: &str) -> Restored {
-    let data = dir.join("data");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("{name}={peer}");
-    let run = restore(
-        prefix,
-        &data,
-        &[
-            &format!("--name={name}"),
-            &format!("--initial-cluster={cluster}"),
-            &format!("--initial-advertise-peer-urls={peer}"),
-        ],
-        &creds(),
-    );
-    let etcd = (run.code == 0).then(|| Etcd::start(&v.etcd, &v.ctl, &data, name, &peer, &cluster));
-    Restored { run, etcd }
 }
 
 /// Upstream compresses full snapshots by default: the same bytes gzipped,
@@ -562,7 +537,7 @@ fn restores_upstream_compressed(suffix: &str) {
     etcd_backup_restore::store::save(&secondary(&prefix), &packed_name, &packed).unwrap();
 
     let dir = scratch("packed");
-    let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "z1");
+    let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "z1", &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("WARN Failed to fetch snapshot {packed_name} from primary endpoint")),
@@ -629,7 +604,7 @@ fn compressed_backups_restore_for_every_policy() {
         }
 
         let dir = scratch("cmp");
-        let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "c1");
+        let Restored { run: r, etcd } = restore_and_start(&v, &prefix, &dir, "c1", &[]);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(kvs(&v, &etcd.unwrap().client_url, &keys), kvs(&v, &v.endpoint, &keys), "{suffix}");
         let _ = std::fs::remove_dir_all(&dir);

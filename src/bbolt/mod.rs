@@ -13,6 +13,8 @@
 
 mod page;
 mod reader;
+#[cfg(test)]
+mod temp_file;
 mod writer;
 
 pub use reader::Db;

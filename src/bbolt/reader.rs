@@ -429,7 +429,7 @@ mod tests {
 
     /// A file with bucket "b" of `n` keys of 200 bytes (several leaves
     /// under one branch at page size 4096), and its bytes.
-    fn sample(n: u32) -> (super::super::writer::tests::TempFile, Vec<u8>) {
+    fn sample(n: u32) -> (super::super::temp_file::TempFile, Vec<u8>) {
         let path = temp_path("reader");
         let mut w = Writer::create(&path, 4096).unwrap();
         w.begin_bucket(b"b").unwrap();

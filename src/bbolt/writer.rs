@@ -364,27 +364,7 @@ pub(super) mod tests {
     use super::super::page::{FLAG_BRANCH, FLAG_LEAF, u16_at, u32_at, u64_at};
     use super::*;
 
-    /// A scratch file, removed when dropped (also when the test fails).
-    pub(crate) struct TempFile(PathBuf);
-
-    impl std::ops::Deref for TempFile {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl AsRef<Path> for TempFile {
-        fn as_ref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    pub(crate) use super::super::temp_file::TempFile;
 
     pub(crate) fn temp_path(tag: &str) -> TempFile {
         use std::sync::atomic::{AtomicU32, Ordering};
