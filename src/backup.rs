@@ -446,25 +446,16 @@ impl Pool {
     }
 }
 
-/// The `snapshot --once` command: open the stores, take the snapshot, log
+/// The `snapshot` command; with `--once`, open the stores, take the snapshot, log
 /// the per-endpoint outcome as the spec shows it, and return the exit code.
 pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
-    let mut targets = Vec::new();
-    for ep in &cfg.endpoints {
-        match ep.open() {
-            Ok(store) => targets.push(Target {
-                role: ep.role,
-                store,
-                max_parallel_uploads: ep.max_parallel_uploads,
-                min_part_size: ep.min_part_size,
-                retry: ep.retry,
-            }),
-            Err(e) => {
-                error!("{}", e.0);
-                return crate::exit::USAGE;
-            }
-        }
+    if let Some(scheduled) = &cfg.scheduled {
+        return crate::snapshotter::run(cfg, scheduled);
     }
+    let targets = match open_targets(&cfg.endpoints) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
     match full_snapshot(&cfg.etcd, &targets, cfg.compression) {
         Ok(outcome) => report(&outcome, cfg.require_all_endpoints),
         Err(e) => {
@@ -472,6 +463,26 @@ pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
             crate::exit::FAILED
         }
     }
+}
+
+/// Open every endpoint; a failure is logged and gives the usage exit code.
+pub fn open_targets(endpoints: &[crate::flags::hiargs::EndpointConfig]) -> Result<Vec<Target>, i32> {
+    endpoints
+        .iter()
+        .map(|ep| {
+            let store = ep.open().map_err(|e| {
+                error!("{}", e.0);
+                crate::exit::USAGE
+            })?;
+            Ok(Target {
+                role: ep.role,
+                store,
+                max_parallel_uploads: ep.max_parallel_uploads,
+                min_part_size: ep.min_part_size,
+                retry: ep.retry,
+            })
+        })
+        .collect()
 }
 
 /// Log what happened on each endpoint and pick the exit code.

@@ -102,8 +102,12 @@ impl Catalog {
             let causes: Vec<_> = catalog.failures.iter().map(|(_, e)| e.as_str()).collect();
             return Err(format!("cannot list snapshots on any endpoint - {}", causes.join("; ")));
         }
+        // Upstream's order; on a tie a full snapshot goes after the delta
+        // it covers, so that it heads the chain that follows.
         catalog.entries.sort_by(|a, b| {
-            let key = |e: &Entry| (e.snapshot.last_revision, e.snapshot.created, e.name.clone());
+            let key = |e: &Entry| {
+                (e.snapshot.last_revision, e.snapshot.created, e.snapshot.kind == Kind::Full, e.name.clone())
+            };
             key(a).cmp(&key(b))
         });
         if sources.len() > 1 {
@@ -139,16 +143,26 @@ impl Catalog {
     }
 }
 
+/// Open every endpoint to read from; a failure is logged and gives the
+/// usage exit code.
+pub fn open_sources(endpoints: &[crate::flags::hiargs::EndpointConfig]) -> Result<Vec<Source>, i32> {
+    endpoints
+        .iter()
+        .map(|e| {
+            e.source().map_err(|e| {
+                error!("{}", e.0);
+                crate::exit::USAGE
+            })
+        })
+        .collect()
+}
+
 /// The `snapshot list` command: print the merged list on standard output,
 /// one line per snapshot (or a JSON array with `--output json`).
 pub fn command(cfg: &crate::flags::hiargs::ListConfig) -> i32 {
-    let sources: Result<Vec<Source>, _> = cfg.endpoints.iter().map(|e| e.source()).collect();
-    let sources = match sources {
+    let sources = match open_sources(&cfg.endpoints) {
         Ok(s) => s,
-        Err(e) => {
-            error!("{}", e.0);
-            return crate::exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let catalog = match Catalog::list(&sources) {
         Ok(c) => c,

@@ -17,6 +17,7 @@ pub fn decoder<'a>(suffix: &str, inner: impl Read + 'a) -> Result<Box<dyn Read +
         ".gz" => Ok(Box::new(MultiGzDecoder::new(inner))),
         ".zlib" => Ok(Box::new(ZlibDecoder::new(inner))),
         ".Z" => Ok(Box::new(LzwReader::new(inner))),
+        ".zst" => Ok(Box::new(zstd::stream::read::Decoder::new(inner).map_err(|e| format!("zstd: {e}"))?)),
         other => Err(format!("compression {other:?} is not supported")),
     }
 }
@@ -28,6 +29,8 @@ pub enum Policy {
     Gzip,
     Zlib,
     Lzw,
+    /// Not written by upstream (which cannot read it); multithreaded.
+    Zstd,
 }
 
 impl Policy {
@@ -36,8 +39,8 @@ impl Policy {
             "gzip" => Ok(Policy::Gzip),
             "zlib" => Ok(Policy::Zlib),
             "lzw" => Ok(Policy::Lzw),
-            "zstd" => Err("zstd is not supported yet; use gzip, zlib or lzw".into()),
-            _ => Err(format!("unknown compression policy {s:?}: use gzip, zlib or lzw")),
+            "zstd" => Ok(Policy::Zstd),
+            _ => Err(format!("unknown compression policy {s:?}: use gzip, zlib, lzw or zstd")),
         }
     }
 
@@ -47,6 +50,7 @@ impl Policy {
             Policy::Gzip => ".gz",
             Policy::Zlib => ".zlib",
             Policy::Lzw => ".Z",
+            Policy::Zstd => ".zst",
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct Packer {
 
 enum Inner {
     Lzw(LzwWriter<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
     Deflate(ParallelDeflate),
 }
 
@@ -74,6 +79,7 @@ impl Packer {
             Policy::Gzip => Inner::Deflate(ParallelDeflate::new(false)),
             Policy::Zlib => Inner::Deflate(ParallelDeflate::new(true)),
             Policy::Lzw => Inner::Lzw(LzwWriter::new(Vec::new())),
+            Policy::Zstd => Inner::Zstd(zstd_encoder()),
         };
         Packer { inner }
     }
@@ -85,12 +91,19 @@ impl Packer {
         match self.inner {
             Inner::Deflate(_) => ParallelDeflate::workers() * 6 * BLOCK,
             Inner::Lzw(_) => 1 << 20,
+            // Per worker: a job (4 × the window at level 3) in and out.
+            Inner::Zstd(_) => ParallelDeflate::workers() * 8 * (1 << 21),
         }
     }
 
     pub fn push(&mut self, raw: &[u8], out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         match &mut self.inner {
             Inner::Lzw(e) => {
+                e.write_all(raw)?;
+                out(e.get_ref());
+                e.get_mut().clear();
+            }
+            Inner::Zstd(e) => {
                 e.write_all(raw)?;
                 out(e.get_ref());
                 e.get_mut().clear();
@@ -103,10 +116,32 @@ impl Packer {
     pub fn finish(self, out: &mut dyn FnMut(&[u8])) -> io::Result<()> {
         match self.inner {
             Inner::Lzw(e) => out(&e.finish()?),
+            Inner::Zstd(e) => out(&e.finish()?),
             Inner::Deflate(d) => d.finish(out)?,
         }
         Ok(())
     }
+}
+
+/// zstd at its default level 3, on one worker thread per core (zstd's own
+/// multithreading), so it keeps up with the other policies.
+fn zstd_encoder() -> zstd::stream::write::Encoder<'static, Vec<u8>> {
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd level 3 is valid");
+    let workers = ParallelDeflate::workers() as u32;
+    if workers > 1 {
+        // Only fails when libzstd was built without threads; one thread then.
+        let _ = e.multithread(workers);
+    }
+    e
+}
+
+/// Compress a small object (a delta snapshot) in one go.
+pub fn compress(policy: Policy, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / 2);
+    let mut packer = Packer::new(policy);
+    packer.push(data, &mut |o| out.extend_from_slice(o))?;
+    packer.finish(&mut |o| out.extend_from_slice(o))?;
+    Ok(out)
 }
 
 /// A block to compress: sequence number, bytes, whether it is the last.
@@ -604,7 +639,7 @@ mod tests {
     fn packer_round_trips_every_policy() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/compression");
         let input: Vec<u8> = std::fs::read(dir.join("input")).unwrap().repeat(20); // 3 MB: several gzip members
-        for policy in [Policy::Gzip, Policy::Zlib, Policy::Lzw] {
+        for policy in [Policy::Gzip, Policy::Zlib, Policy::Lzw, Policy::Zstd] {
             let mut packed = Vec::new();
             let mut p = Packer::new(policy);
             for chunk in input.chunks(65_537) {
@@ -618,7 +653,8 @@ mod tests {
         Packer::new(Policy::Gzip).finish(&mut |o| empty.extend_from_slice(o)).unwrap();
         assert_eq!(unpack(".gz", &empty).unwrap(), b"");
         assert_eq!(Policy::parse("GZIP"), Ok(Policy::Gzip));
-        assert!(Policy::parse("zstd").unwrap_err().contains("not supported yet"));
+        assert_eq!(Policy::parse("zstd"), Ok(Policy::Zstd));
+        assert_eq!(unpack(".zst", &compress(Policy::Zstd, b"small delta").unwrap()).unwrap(), b"small delta");
         assert!(Policy::parse("brotli").is_err());
     }
 
@@ -648,6 +684,7 @@ mod tests {
         }
         assert!(unpack(".Z", &[0xff, 0xff, 0xff]).is_err(), "a code above hi");
         assert!(unpack(".gz", b"not gzip").is_err());
-        assert!(decoder(".zst", &b""[..]).is_err());
+        assert!(unpack(".zst", b"not zstd").is_err());
+        assert!(decoder(".br", &b""[..]).is_err());
     }
 }

@@ -1,8 +1,8 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
-use etcd_backup_restore::flags::hiargs::{ListConfig, RestoreConfig, SnapshotConfig};
+use etcd_backup_restore::flags::hiargs::{GcOnceConfig, ListConfig, RestoreConfig, SnapshotConfig};
 use etcd_backup_restore::flags::{self, Command, Parsed};
-use etcd_backup_restore::{backup, catalog, exit, logging, restore, signals};
+use etcd_backup_restore::{backup, catalog, exit, logging, restore, signals, snapshotter};
 
 fn main() {
     let env = |k: &str| std::env::var(k).ok();
@@ -22,6 +22,7 @@ fn main() {
                 Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| backup::run(&c)),
                 Command::Restore => RestoreConfig::new(*low, &env).map(|c| restore::command(&c)),
                 Command::List => ListConfig::new(*low, &env).map(|c| catalog::command(&c)),
+                Command::Gc => GcOnceConfig::new(*low, &env).map(|c| snapshotter::gc_command(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))
         }

@@ -10,8 +10,9 @@ use crate::catalog::{Catalog, Entry, Source};
 use crate::flags::Role;
 use crate::flags::hiargs::RestoreConfig;
 use crate::member::{self, Member};
-use crate::snapshot::{TRAILER_LEN, TrailerCheck};
-use crate::{bbolt, compression, signals, snap, store, wal};
+use crate::snapshot::SnapshotName;
+use crate::snapshot::{Kind, TRAILER_LEN, TrailerCheck};
+use crate::{bbolt, compression, delta, signals, snap, store, wal};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
 use std::fs::{self, File};
@@ -66,22 +67,33 @@ pub fn run(cfg: &RestoreConfig, sources: &[Source]) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
 
     let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
-    let entry = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
-    let suffix = &entry.snapshot.compression;
-    if let Err(e) = compression::decoder(suffix, std::io::empty()) {
-        return Err(Failure::Failed(anyhow!("snapshot {}: {e}", entry.name)));
+    let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
+    for e in std::iter::once(entry).chain(deltas.iter().copied()) {
+        if let Err(why) = compression::decoder(&e.snapshot.compression, std::io::empty()) {
+            return Err(Failure::Failed(anyhow!("snapshot {}: {why}", e.name)));
+        }
     }
 
-    let download = staging.path.join("snapshot.download");
-    let plain = staging.path.join("snapshot.db");
+    // Downloads go to their own directory, removed before the commit, so
+    // the data directory ends up holding `member/` only.
+    let scratch = staging.path.join("fetch");
+    fs::DirBuilder::new().mode(0o700).create(&scratch).context("creating the download directory")?;
+    let download = scratch.join("snapshot.download");
+    let plain = scratch.join("snapshot.db");
     let started = Instant::now();
     fetch(entry, sources, &download, &plain, !cfg.skip_hash_check)?;
     debug!("Fetched and verified in {:.2?}", started.elapsed());
+    let started = Instant::now();
+    // Deltas are always verified: a bad one cannot be parsed anyway.
+    let delta_files = fetch_deltas(&deltas, sources, &scratch)?;
+    if !deltas.is_empty() {
+        debug!("Fetched and verified {} delta snapshots in {:.2?}", deltas.len(), started.elapsed());
+    }
     let snap_dir = staging.path.join("member/snap");
     let started = Instant::now();
-    let revision = rewrite_db(&plain, &snap_dir.join("db"), &members, cfg.bump_revision)
-        .with_context(|| format!("snapshot {} is not a valid etcd database", entry.name))?;
-    fs::remove_file(&plain).ok();
+    let revision = rewrite_db(&plain, &snap_dir.join("db"), &members, cfg.bump_revision, &delta_files)
+        .with_context(|| format!("restoring snapshot {}", entry.name))?;
+    fs::remove_dir_all(&scratch).context("removing the downloads")?;
     debug!("Rewrote the database in {:.2?}", started.elapsed());
     signals::check()?;
     let started = Instant::now();
@@ -92,8 +104,12 @@ pub fn run(cfg: &RestoreConfig, sources: &[Source]) -> Result<(), Failure> {
     signals::check()?;
     staging.commit(&cfg.data_dir)?;
     debug!("Wrote the WAL and .snap and committed in {:.2?}", started.elapsed());
+    let applied = match deltas.last() {
+        Some(last) => format!(" and {} delta snapshots up to {}", deltas.len(), last.name),
+        None => String::new(),
+    };
     info!(
-        "Restored {} (revision {revision}) for member {} ({:x}) of cluster {cluster_id:x} into {}",
+        "Restored {}{applied} (revision {revision}) for member {} ({:x}) of cluster {cluster_id:x} into {}",
         entry.name,
         local.name,
         local.id,
@@ -113,17 +129,29 @@ fn check_target(dir: &Path) -> Result<(), String> {
     }
 }
 
-/// The latest full snapshot (or the named one), refusing to silently drop
-/// delta snapshots that follow it.
-fn choose<'a>(catalog: &'a Catalog, wanted: Option<&str>, sources: &[Source]) -> Result<&'a Entry, Failure> {
-    if let Some(name) = wanted {
-        return catalog
-            .entries
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| Failure::Failed(anyhow!("snapshot {name} was not found on {}", where_(sources))));
-    }
-    let Some((latest, deltas)) = catalog.latest_full() else {
+/// The full snapshot to restore and the delta snapshots to apply on top:
+/// the latest chain, or with `--snapshot` the named full snapshot alone, or
+/// the chain up to the named delta snapshot.
+fn choose<'a>(
+    catalog: &'a Catalog,
+    wanted: Option<&str>,
+    sources: &[Source],
+) -> Result<(&'a Entry, Vec<&'a Entry>), Failure> {
+    let upto = match wanted {
+        Some(name) => {
+            1 + catalog
+                .entries
+                .iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| Failure::Failed(anyhow!("snapshot {name} was not found on {}", where_(sources))))?
+        }
+        None => catalog.entries.len(),
+    };
+    let entries = &catalog.entries[..upto];
+    let Some(i) = entries.iter().rposition(|e| e.snapshot.kind == Kind::Full) else {
+        if let Some(name) = wanted {
+            return Err(Failure::Failed(anyhow!("no full snapshot precedes {name} on {}", where_(sources))));
+        }
         let failed = if catalog.failures.is_empty() {
             String::new()
         } else {
@@ -134,17 +162,44 @@ fn choose<'a>(catalog: &'a Catalog, wanted: Option<&str>, sources: &[Source]) ->
         };
         return Err(Failure::Failed(anyhow!("no full snapshot found on {}{failed}", where_(sources))));
     };
-    if let Some(last) = deltas.last() {
-        return Err(Failure::Failed(anyhow!(
-            "the latest full snapshot {} is followed by {} delta snapshots up to {}, which this version cannot apply \
-             yet; to restore the full snapshot alone, pass --snapshot {}",
-            latest.name,
-            deltas.len(),
-            last.name,
-            latest.name
-        )));
+    let full = &entries[i];
+    if wanted == Some(full.name.as_str()) {
+        return Ok((full, Vec::new()));
     }
-    Ok(latest)
+    let candidates: Vec<&Entry> = entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect();
+    let deltas = delta_chain(full, &candidates).map_err(|e| Failure::Failed(anyhow!(e)))?;
+    Ok((full, deltas))
+}
+
+/// The deltas to apply after `full`, in order, as their names describe
+/// them: a delta wholly covered by what comes before is dropped (two
+/// writers around a leader change can store overlapping ones), and a delta
+/// starting after the next revision needed is a gap, which is an error.
+fn delta_chain<'a>(full: &Entry, deltas: &[&'a Entry]) -> Result<Vec<&'a Entry>, String> {
+    let mut chain = Vec::new();
+    let mut covered = full.snapshot.last_revision;
+    let mut last_name = &full.name;
+    for d in deltas {
+        let (start, last) = (d.snapshot.start_revision, d.snapshot.last_revision);
+        if last <= covered {
+            debug!("Skipping delta snapshot {}: revisions up to {covered} are already covered", d.name);
+            continue;
+        }
+        if start > covered + 1 {
+            return Err(format!(
+                "the snapshot chain has a gap: {last_name} ends at revision {covered} but the next delta snapshot, \
+                 {}, starts at revision {start}; revisions {} to {} are on no endpoint (to restore up to revision \
+                 {covered}, pass --snapshot {last_name})",
+                d.name,
+                covered + 1,
+                start - 1
+            ));
+        }
+        covered = last;
+        last_name = &d.name;
+        chain.push(*d);
+    }
+    Ok(chain)
 }
 
 /// "primary endpoint s3://... and secondary endpoint s3://..."
@@ -192,10 +247,18 @@ fn fetch(entry: &Entry, sources: &[Source], dest: &Path, plain: &Path, verify: b
         // a complete but wrong object means none of the bytes can be trusted.
         let result = match download(src, name, size, &file, &mut done) {
             Err(e) => Err((e, false)),
-            Ok(()) => unpack(&file, &entry.snapshot.compression, dest, plain, verify).map_err(|e| (e, true)),
+            Ok(()) => {
+                let check = match entry.snapshot.kind {
+                    Kind::Full => TrailerCheck::default(),
+                    Kind::Incr => TrailerCheck::delta(),
+                };
+                unpack(&file, &entry.snapshot.compression, dest, plain, verify.then_some(check)).map_err(|e| (e, true))
+            }
         };
         match result {
             Ok(()) => {
+                // Compressed: only the decompressed copy is needed from here.
+                let _ = fs::remove_file(dest);
                 info!("Successfully fetched snapshot {name} from {role} endpoint");
                 return Ok(src.role);
             }
@@ -218,6 +281,43 @@ fn fetch(entry: &Entry, sources: &[Source], dest: &Path, plain: &Path, verify: b
     }
     signals::check()?;
     bail!("could not fetch snapshot {name} from any endpoint - {}", causes.join("; "))
+}
+
+/// Delta snapshots fetched at once.
+const PARALLEL_DELTAS: usize = 4;
+
+/// Fetch every delta (each from the primary, else the secondary) into the
+/// staging directory, verified; returns (name, plain file) in chain order.
+fn fetch_deltas(deltas: &[&Entry], sources: &[Source], dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let files: Vec<(String, PathBuf)> =
+        deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("delta-{i:06}")))).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let errors: Vec<anyhow::Error> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..PARALLEL_DELTAS.min(deltas.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    while let Some(i) = Some(next.fetch_add(1, Ordering::SeqCst)).filter(|&i| i < deltas.len()) {
+                        if failed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let plain = &files[i].1;
+                        let download = plain.with_extension("download");
+                        if let Err(e) = fetch(deltas[i], sources, &download, plain, true) {
+                            failed.store(true, Ordering::SeqCst);
+                            return Some(e);
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        workers.into_iter().filter_map(|w| w.join().expect("delta fetch worker panicked")).collect()
+    });
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    Ok(files)
 }
 
 fn part_len(part: usize, size: u64) -> u64 {
@@ -312,7 +412,7 @@ fn fetch_part(src: &Source, name: &str, offset: u64, len: u64, file: &File, buf:
 
 /// Decompress the download (per the name's suffix) into `plain`, checking
 /// etcd's SHA-256 trailer on the way unless `verify` is off.
-fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<()> {
+fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: Option<TrailerCheck>) -> anyhow::Result<()> {
     let mut reader = file;
     reader.rewind()?;
     let mut out = if suffix.is_empty() {
@@ -322,7 +422,7 @@ fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: bool) ->
     };
     let mut input =
         compression::decoder(suffix, std::io::BufReader::with_capacity(1 << 20, reader)).map_err(|e| anyhow!(e))?;
-    let mut check = TrailerCheck::default();
+    let mut check = verify;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         signals::check()?;
@@ -334,14 +434,16 @@ fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: bool) ->
         };
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..n]).context("writing the decompressed snapshot")?;
-        } else if !verify {
+        } else if check.is_none() {
             // Nothing to check or write: the download is the snapshot.
             break;
         }
-        check.update(&buf[..n]);
+        if let Some(c) = check.as_mut() {
+            c.update(&buf[..n]);
+        }
     }
-    if verify {
-        check.finish().map_err(|e| anyhow!(e))?;
+    if let Some(c) = check {
+        c.finish().map_err(|e| anyhow!(e))?;
     }
     if out.is_none() {
         fs::rename(dest, plain)?;
@@ -361,8 +463,16 @@ fn revision_key(main: u64, sub: u64) -> Vec<u8> {
 /// Rewrite the snapshot db into `dst` as etcdutl 3.5 leaves it after a
 /// restore: `members` replaced, `members_removed` emptied, `meta`
 /// consistent_index = member count and term = 1, and optionally the revision
-/// bumped and marked compacted. Returns the (possibly bumped) revision.
-fn rewrite_db(src: &Path, dst: &Path, members: &[Member], bump: Option<u64>) -> anyhow::Result<u64> {
+/// bumped and marked compacted. The events of `deltas` (name, plain file,
+/// in chain order) are appended to the `key` bucket as etcd's mvcc would
+/// have stored them. Returns the (possibly bumped) revision.
+fn rewrite_db(
+    src: &Path,
+    dst: &Path,
+    members: &[Member],
+    bump: Option<u64>,
+    deltas: &[(String, PathBuf)],
+) -> anyhow::Result<u64> {
     // The downloaded file still ends in the 32-byte trailer when it had one.
     let len = fs::metadata(src)?.len();
     if len % 512 == TRAILER_LEN as u64 {
@@ -373,7 +483,28 @@ fn rewrite_db(src: &Path, dst: &Path, members: &[Member], bump: Option<u64>) -> 
         Some((k, _)) if k.len() >= 8 => u64::from_be_bytes(k[..8].try_into().unwrap()),
         _ => 0,
     };
-    let revision = latest + bump.unwrap_or(0);
+    // A first pass checks every delta before anything is written.
+    let known = leases(&db);
+    let mut unknown = std::collections::BTreeSet::new();
+    let applied = apply_deltas(latest, deltas, &mut |e, _, _| {
+        if e.lease != 0 && !known.contains(&e.lease) {
+            unknown.insert(e.lease);
+        }
+        Ok(())
+    })?;
+    if applied > latest {
+        info!("Applying the events of revisions {} to {applied} from delta snapshots", latest + 1);
+    }
+    // Dropping such lease IDs (as upstream does) would change the data, and
+    // etcd's HashKV, against the source.
+    if let Some(first) = unknown.first() {
+        warn!(
+            "Keys restored from delta snapshots refer to {} leases not in the full snapshot (e.g. {first:x}); etcd \
+             keeps those keys, without expiry",
+            unknown.len()
+        );
+    }
+    let revision = applied + bump.unwrap_or(0);
     let mut names = db.buckets()?;
     for required in [&b"members"[..], b"members_removed", b"meta"] {
         if !names.iter().any(|n| n == required) {
@@ -417,6 +548,9 @@ fn rewrite_db(src: &Path, dst: &Path, members: &[Member], bump: Option<u64>) -> 
             }
             _ => {
                 copy_bucket(&db, name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
+                if name == b"key" {
+                    apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
+                }
                 if name == b"key" && bump.is_some() {
                     // An empty entry at the bumped revision makes it the latest.
                     w.put(&revision_key(revision, 0), b"")?;
@@ -427,6 +561,59 @@ fn rewrite_db(src: &Path, dst: &Path, members: &[Member], bump: Option<u64>) -> 
     }
     w.finish(db.txid() + 1)?;
     Ok(revision)
+}
+
+/// Takes an event with its key-bucket key and value.
+type EntrySink<'a> = dyn FnMut(&delta::Event, &[u8], &[u8]) -> anyhow::Result<()> + 'a;
+
+/// Read the deltas in order and hand each new event to `put` with its mvcc
+/// key-bucket entry. Events up to `base` (already in the full snapshot, or
+/// in an overlapping earlier delta) are skipped; every later revision must
+/// follow the previous one. Returns the last revision.
+fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink<'_>) -> anyhow::Result<u64> {
+    let mut applied = base;
+    for (name, path) in deltas {
+        signals::check()?;
+        let data = fs::read(path).with_context(|| format!("reading delta snapshot {name}"))?;
+        let events = delta::parse(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
+        drop(data);
+        // A revision's events always arrive in one watch response, so never
+        // span two deltas: a revision seen before this delta is complete.
+        let floor = applied;
+        let mut subs = delta::SubRevisions::new();
+        for e in events {
+            let rev = e.mod_revision.max(0) as u64;
+            if rev <= floor {
+                continue;
+            }
+            if rev != applied && rev != applied + 1 {
+                bail!(
+                    "delta snapshot {name}: its events jump from revision {applied} to {rev}; revisions in between are \
+                     missing"
+                );
+            }
+            applied = rev;
+            let (k, v) = subs.entry(&e);
+            put(&e, &k, &v)?;
+        }
+        let named = SnapshotName::parse(name).map_or(0, |n| n.last_revision);
+        if applied < named {
+            bail!("delta snapshot {name}: its events end at revision {applied}, before the {named} its name says");
+        }
+    }
+    Ok(applied)
+}
+
+/// The lease IDs in the full snapshot's `lease` bucket.
+fn leases(db: &bbolt::Db) -> std::collections::HashSet<i64> {
+    let mut known = std::collections::HashSet::new();
+    let _ = copy_bucket(db, b"lease", &mut |k, _| {
+        if let Ok(id) = <[u8; 8]>::try_from(k) {
+            known.insert(i64::from_be_bytes(id));
+        }
+        Ok(())
+    });
+    known
 }
 
 fn copy_bucket<F>(db: &bbolt::Db, bucket: &[u8], f: &mut F) -> anyhow::Result<()>
@@ -545,6 +732,73 @@ mod tests {
         fs::create_dir_all(s.path.join("member/wal")).unwrap();
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            snapshot: SnapshotName::parse(name).unwrap(),
+            name: name.into(),
+            primary_size: Some(1),
+            secondary_size: None,
+        }
+    }
+
+    #[test]
+    fn delta_chain_skips_covered_deltas_and_stops_at_a_gap() {
+        let full = entry("Full-00000000-00000010-100");
+        let ds: Vec<Entry> = ["Incr-00000005-00000009-99", "Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]
+            .into_iter()
+            .map(entry)
+            .collect();
+        let refs: Vec<&Entry> = ds.iter().collect();
+        let chain: Vec<&str> = delta_chain(&full, &refs).unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(chain, ["Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]);
+
+        let gap = entry("Incr-00000027-00000030-103");
+        let refs: Vec<&Entry> = ds.iter().chain([&gap]).collect();
+        let e = delta_chain(&full, &refs).unwrap_err();
+        assert!(e.contains("revisions 26 to 26 are on no endpoint"), "{e}");
+        assert!(e.contains("pass --snapshot Incr-00000015-00000025-102"), "{e}");
+    }
+
+    #[test]
+    fn applying_deltas_skips_what_the_base_has_and_refuses_holes() {
+        let d = std::env::temp_dir().join(format!("ebr-apply-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let write = |file: &str, revs: &[i64]| {
+            let mut w = delta::Writer::new();
+            for &r in revs {
+                let e = delta::Event {
+                    key: b"k".to_vec(),
+                    mod_revision: r,
+                    create_revision: 1,
+                    version: r,
+                    ..Default::default()
+                };
+                w.push(&e, 0, 0);
+            }
+            fs::write(d.join(file), w.finish()).unwrap();
+            (format!("Incr-00000001-{:08}-1", revs.last().unwrap()), d.join(file))
+        };
+        let deltas = [write("a", &[4, 5, 6, 6]), write("b", &[6, 7])];
+        let mut seen = Vec::new();
+        let last = apply_deltas(5, &deltas, &mut |e, k, _| {
+            seen.push((e.mod_revision, k[9..].to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(last, 7);
+        // Revision 6 twice (sub-revisions 0 and 1); its repeat in "b" is skipped.
+        let sub = |n: u64| n.to_be_bytes().to_vec();
+        assert_eq!(seen, [(6, sub(0)), (6, sub(1)), (7, sub(0))]);
+
+        let holes = [write("c", &[6, 8])];
+        let e = apply_deltas(5, &holes, &mut |_, _, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("jump from revision 6 to 8"), "{e}");
+        let short = [(String::from("Incr-00000006-00000009-1"), d.join("a"))];
+        let e = apply_deltas(5, &short, &mut |_, _, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("end at revision 6, before the 9 its name says"), "{e}");
         fs::remove_dir_all(&d).unwrap();
     }
 }

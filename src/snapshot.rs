@@ -98,15 +98,23 @@ pub struct TrailerCheck {
     hasher: Sha256,
     tail: Vec<u8>,
     total: u64,
+    /// etcd snapshots are whole 512-byte blocks before the trailer; delta
+    /// snapshots (JSON) are any length.
+    blocks: bool,
 }
 
 impl Default for TrailerCheck {
     fn default() -> Self {
-        TrailerCheck { hasher: Sha256::new(), tail: Vec::with_capacity(2 * TRAILER_LEN), total: 0 }
+        TrailerCheck { hasher: Sha256::new(), tail: Vec::with_capacity(2 * TRAILER_LEN), total: 0, blocks: true }
     }
 }
 
 impl TrailerCheck {
+    /// The same SHA-256 trailer on a delta snapshot's JSON.
+    pub fn delta() -> Self {
+        TrailerCheck { blocks: false, ..TrailerCheck::default() }
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if data.len() >= TRAILER_LEN {
@@ -134,7 +142,7 @@ impl TrailerCheck {
     /// Verify the stream that ended: a whole number of 512-byte blocks plus
     /// the trailer (etcd's own `hasChecksum` rule), and a matching digest.
     pub fn finish(self) -> Result<(), String> {
-        if self.total % 512 != TRAILER_LEN as u64 {
+        if self.blocks && self.total % 512 != TRAILER_LEN as u64 || self.total <= TRAILER_LEN as u64 {
             return Err(format!("snapshot of {} bytes has no SHA-256 trailer (size % 512 must be 32)", self.total));
         }
         let digest = self.hasher.finalize();

@@ -4,34 +4,15 @@
 mod common;
 
 use common::cli::*;
+use common::restore::*;
 use common::{CutProxy, Etcd, env, etcdctl, etcdctl_json, free_port, unique};
 use etcd_backup_restore::store::Store;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 /// Tests that start etcd on the fixed peer port of the reference vector.
 static FIXED_PORT: Mutex<()> = Mutex::new(());
-
-struct Version {
-    endpoint: String,
-    etcd: String,
-    ctl: String,
-}
-
-fn v34() -> Version {
-    Version { endpoint: env("EBR_ETCD34_ENDPOINT"), etcd: env("EBR_ETCD34_BIN"), ctl: env("EBR_ETCDCTL34_BIN") }
-}
-
-fn v35() -> Version {
-    Version { endpoint: env("EBR_ETCD35_ENDPOINT"), etcd: env("EBR_ETCD35_BIN"), ctl: env("EBR_ETCDCTL35_BIN") }
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Put 1 MiB values until etcd's database holds at least `bytes` (a fresh
 /// CI machine starts empty; a developer's grows only once).
@@ -61,14 +42,6 @@ fn write_keys(v: &Version) -> String {
     p
 }
 
-fn kvs(v: &Version, endpoint: &str, prefix: &str) -> Value {
-    etcdctl_json(&v.ctl, endpoint, &["get", "--prefix", prefix])["kvs"].clone()
-}
-
-fn revision(v: &Version, endpoint: &str) -> u64 {
-    etcdctl_json(&v.ctl, endpoint, &["endpoint", "status"])[0]["Status"]["header"]["revision"].as_u64().unwrap()
-}
-
 /// Back up `v` to both endpoints under a fresh prefix: (prefix, object name).
 fn backup(v: &Version) -> (String, String) {
     let prefix = unique("rs");
@@ -88,36 +61,6 @@ fn etcdutl_revision(bytes: &[u8], dir: &Path) -> u64 {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["revision"].as_u64().unwrap()
-}
-
-fn restore(prefix: &str, data_dir: &Path, extra: &[&str], envs: &[(String, String)]) -> Run {
-    let mut args = vec!["restore".to_string(), format!("--data-dir={}", data_dir.display())];
-    args.extend(store_args(prefix));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    run(&refs(&args), &as_refs(envs))
-}
-
-/// A single-member restore of `prefix` into `<dir>/data` as member
-/// `name` on a free peer port (plus `extra` flags, which win), then etcd
-/// `v` started on it when the restore succeeded.
-struct Restored {
-    run: Run,
-    etcd: Option<Etcd>,
-}
-
-fn restore_and_start(v: &Version, prefix: &str, dir: &Path, name: &str, extra: &[&str]) -> Restored {
-    let data = dir.join("data");
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let cluster = format!("{name}={peer}");
-    let mut flags = vec![
-        format!("--name={name}"),
-        format!("--initial-cluster={cluster}"),
-        format!("--initial-advertise-peer-urls={peer}"),
-    ];
-    flags.extend(extra.iter().map(|f| f.to_string()));
-    let run = restore(prefix, &data, &refs(&flags), &creds());
-    let etcd = (run.code == 0).then(|| Etcd::start(&v.etcd, &v.ctl, &data, name, &peer, &cluster));
-    Restored { run, etcd }
 }
 
 /// Backup → restore → etcd `v` on the result: same keys and revision,
@@ -435,7 +378,7 @@ fn sigterm_while_stalled_leaves_nothing_behind() {
         dir.read_dir()
             .unwrap()
             .flatten()
-            .map(|e| e.path().join("snapshot.download"))
+            .map(|e| e.path().join("fetch/snapshot.download"))
             .find(|p| p.metadata().is_ok_and(|m| m.len() > 0))
     };
     // Wait until the download stalls: some bytes, then no growth for 500 ms.

@@ -342,6 +342,131 @@ impl SnapshotStream<'_> {
     }
 }
 
+/// Why a watch ended.
+#[derive(Debug)]
+pub enum WatchError {
+    /// The start revision is older than etcd's compaction: the events in
+    /// between are gone, only a full snapshot can cover them.
+    Compacted { compact_revision: i64 },
+    /// The stream broke, etcd cancelled the watch, or the connection failed.
+    Broken(anyhow::Error),
+}
+
+impl std::fmt::Display for WatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchError::Compacted { compact_revision } => {
+                write!(f, "the watched revision was compacted (etcd compacted up to revision {compact_revision})")
+            }
+            WatchError::Broken(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// A watch on every key, as a blocking stream of event batches.
+pub struct Watch<'a> {
+    client: &'a mut Client,
+    stream: tonic::Streaming<proto::WatchResponse>,
+}
+
+impl Client {
+    /// Watch every key from `start_revision` on. Waits until etcd confirms
+    /// the watch, so a compacted start revision is reported here.
+    pub fn watch(&mut self, start_revision: i64) -> Result<Watch<'_>, WatchError> {
+        let limit = self.rpc_timeout;
+        let request = proto::WatchRequest {
+            create_request: Some(proto::WatchCreateRequest {
+                key: vec![0],
+                range_end: vec![0],
+                start_revision,
+                progress_notify: true,
+            }),
+        };
+        let stream = self
+            .call("watch", Instant::now() + limit, limit, |conn| {
+                let request = request.clone();
+                async move { conn.bidi_streaming(path::WATCH_WATCH, request).await }
+            })
+            .map_err(WatchError::Broken)?;
+        let mut watch = Watch { client: self, stream };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match watch.receive(deadline)? {
+                Some(resp) if resp.created => {
+                    return match watch.check(resp)? {
+                        events if events.is_empty() => Ok(watch),
+                        _ => Err(WatchError::Broken(anyhow!("etcd sent events before confirming the watch"))),
+                    };
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(WatchError::Broken(anyhow!(
+                        "etcd at {} did not confirm the watch within {}",
+                        watch.client.endpoint,
+                        fmt_duration(limit)
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Watch<'_> {
+    /// The next batch of events, waiting at most until `deadline`; `Ok(None)`
+    /// when nothing came by then. Progress notifications are empty batches.
+    pub fn next(&mut self, deadline: std::time::Instant) -> Result<Option<Vec<crate::delta::Event>>, WatchError> {
+        match self.receive(deadline)? {
+            Some(resp) => self.check(resp).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn receive(&mut self, deadline: std::time::Instant) -> Result<Option<proto::WatchResponse>, WatchError> {
+        let endpoint = &self.client.endpoint;
+        let stream = &mut self.stream;
+        let deadline = Instant::from_std(deadline);
+        // `Streaming::message` is cancel safe: a timeout loses nothing.
+        match self.client.rt.block_on(async { tokio::time::timeout_at(deadline, stream.message()).await }) {
+            Err(_) => Ok(None),
+            Ok(Ok(Some(resp))) => Ok(Some(resp)),
+            Ok(Ok(None)) => Err(WatchError::Broken(anyhow!("etcd at {endpoint} closed the watch stream"))),
+            Ok(Err(status)) => {
+                Err(WatchError::Broken(anyhow!("etcd watch stream from {endpoint} broke: {}", describe(&status))))
+            }
+        }
+    }
+
+    fn check(&self, resp: proto::WatchResponse) -> Result<Vec<crate::delta::Event>, WatchError> {
+        if resp.compact_revision != 0 {
+            return Err(WatchError::Compacted { compact_revision: resp.compact_revision });
+        }
+        if resp.canceled {
+            let reason = if resp.cancel_reason.is_empty() { "no reason given" } else { &resp.cancel_reason };
+            return Err(WatchError::Broken(anyhow!("etcd at {} cancelled the watch: {reason}", self.client.endpoint)));
+        }
+        resp.events
+            .into_iter()
+            .map(|e| {
+                let kind = match e.r#type {
+                    0 => crate::delta::EventKind::Put,
+                    1 => crate::delta::EventKind::Delete,
+                    t => return Err(WatchError::Broken(anyhow!("etcd sent a watch event of unknown type {t}"))),
+                };
+                let kv = e.kv.unwrap_or_default();
+                Ok(crate::delta::Event {
+                    kind,
+                    key: kv.key,
+                    value: kv.value,
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A tonic channel plus the auth token to send; what one RPC needs.
 #[derive(Clone)]
 struct Conn {
@@ -362,8 +487,13 @@ impl Conn {
         request
     }
 
-    async fn ready(grpc: &mut tonic::client::Grpc<Channel>) -> Result<(), tonic::Status> {
-        grpc.ready().await.map_err(|e| tonic::Status::unavailable(error_chain(&e)))
+    /// A connected client and the codec for one RPC's message types.
+    async fn ready<Req, Resp>(
+        &self,
+    ) -> Result<(tonic::client::Grpc<Channel>, tonic_prost::ProstCodec<Req, Resp>), tonic::Status> {
+        let mut grpc = self.grpc();
+        grpc.ready().await.map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
+        Ok((grpc, tonic_prost::ProstCodec::default()))
     }
 
     async fn unary<Req, Resp>(&self, path: &'static str, message: Req) -> Result<Resp, tonic::Status>
@@ -371,9 +501,7 @@ impl Conn {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = self.grpc();
-        Self::ready(&mut grpc).await?;
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let (mut grpc, codec) = self.ready::<Req, Resp>().await?;
         let response = grpc.unary(self.request(message), PathAndQuery::from_static(path), codec).await?;
         Ok(response.into_inner())
     }
@@ -387,10 +515,26 @@ impl Conn {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = self.grpc();
-        Self::ready(&mut grpc).await?;
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+        let (mut grpc, codec) = self.ready::<Req, Resp>().await?;
         let response = grpc.server_streaming(self.request(message), PathAndQuery::from_static(path), codec).await?;
+        Ok(response.into_inner())
+    }
+
+    /// A bidirectional stream that sends `message` and then stays open
+    /// without sending more: closing our side could end the watch.
+    async fn bidi_streaming<Req, Resp>(
+        &self,
+        path: &'static str,
+        message: Req,
+    ) -> Result<tonic::Streaming<Resp>, tonic::Status>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        use tonic::codegen::tokio_stream::{self, StreamExt as _};
+        let (mut grpc, codec) = self.ready::<Req, Resp>().await?;
+        let requests = tokio_stream::once(message).chain(tokio_stream::pending());
+        let response = grpc.streaming(self.request(requests), PathAndQuery::from_static(path), codec).await?;
         Ok(response.into_inner())
     }
 

@@ -8,6 +8,7 @@ pub(super) mod path {
     pub const MAINTENANCE_STATUS: &str = "/etcdserverpb.Maintenance/Status";
     pub const MAINTENANCE_SNAPSHOT: &str = "/etcdserverpb.Maintenance/Snapshot";
     pub const AUTH_AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
+    pub const WATCH_WATCH: &str = "/etcdserverpb.Watch/Watch";
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -70,6 +71,69 @@ pub(super) struct AuthenticateResponse {
     pub token: String,
 }
 
+/// Only the create request of the `request_union` oneof is ever sent, so
+/// it is modelled as a plain optional field with the oneof's tag.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct WatchRequest {
+    #[prost(message, optional, tag = "1")]
+    pub create_request: Option<WatchCreateRequest>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct WatchCreateRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub range_end: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub start_revision: i64,
+    #[prost(bool, tag = "4")]
+    pub progress_notify: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct WatchResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(int64, tag = "2")]
+    pub watch_id: i64,
+    #[prost(bool, tag = "3")]
+    pub created: bool,
+    #[prost(bool, tag = "4")]
+    pub canceled: bool,
+    #[prost(int64, tag = "5")]
+    pub compact_revision: i64,
+    #[prost(string, tag = "6")]
+    pub cancel_reason: String,
+    #[prost(message, repeated, tag = "11")]
+    pub events: Vec<Event>,
+}
+
+/// `mvccpb.Event`: type 0 is PUT, 1 is DELETE.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct Event {
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(message, optional, tag = "2")]
+    pub kv: Option<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct KeyValue {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub value: Vec<u8>,
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +161,31 @@ mod tests {
         // raftIndex = 5 (field 5, varint) and errors = ["x"] (field 8), unknown to us.
         wire.extend_from_slice(&[0x28, 0x05, 0x42, 0x01, b'x']);
         assert_eq!(StatusResponse::decode(&wire[..]).unwrap(), m);
+    }
+
+    #[test]
+    fn watch_create_request_wire_format() {
+        // Every key from revision 5: key "\0", range_end "\0", as clientv3's
+        // WithPrefix on the empty key.
+        let m = WatchRequest {
+            create_request: Some(WatchCreateRequest {
+                key: vec![0],
+                range_end: vec![0],
+                start_revision: 5,
+                progress_notify: false,
+            }),
+        };
+        assert_eq!(m.encode_to_vec(), [0x0a, 0x08, 0x0a, 0x01, 0x00, 0x12, 0x01, 0x00, 0x18, 0x05]);
+    }
+
+    #[test]
+    fn watch_response_events() {
+        // events[0] = {type: DELETE, kv: {key: "k", mod_revision: 9}}; compact_revision 0.
+        let wire = [0x5a, 0x09, 0x08, 0x01, 0x12, 0x05, 0x0a, 0x01, b'k', 0x18, 0x09];
+        let m = WatchResponse::decode(&wire[..]).unwrap();
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(m.events[0].r#type, 1);
+        let kv = m.events[0].kv.as_ref().unwrap();
+        assert_eq!((kv.key.as_slice(), kv.mod_revision), (&b"k"[..], 9));
     }
 }

@@ -17,6 +17,10 @@ pub enum Group {
     Snapshot,
     Restore,
     List,
+    /// Garbage collection: `snapshot` and `snapshot gc`.
+    Gc,
+    /// `snapshot gc` only.
+    GcOnce,
 }
 
 impl Group {
@@ -28,6 +32,8 @@ impl Group {
             Group::Snapshot => "Snapshot",
             Group::Restore => "Restore",
             Group::List => "Output",
+            Group::Gc => "Garbage collection",
+            Group::GcOnce => "One garbage collection",
         }
     }
 }
@@ -329,7 +335,7 @@ pub static FLAGS: &[Flag] = &[
         default: Some("false"),
         env: None,
         group: Group::Snapshot,
-        help: "Take one full snapshot and exit.",
+        help: "Take one full snapshot and exit, instead of running on --schedule with delta snapshots.",
         set: |a, _, v| {
             a.once = parse_bool(v)?;
             Ok(())
@@ -355,7 +361,7 @@ pub static FLAGS: &[Flag] = &[
         default: Some("gzip"),
         env: None,
         group: Group::Snapshot,
-        help: "gzip (.gz) or zlib (.zlib), both compressed on every core, or lzw (.Z, Go's LZW).",
+        help: "gzip (.gz) or zlib (.zlib), compressed on every core; lzw (.Z, Go's LZW); or zstd (.zst, multithreaded; upstream cannot read it).",
         set: |a, _, v| {
             a.compression_policy = crate::compression::Policy::parse(v)?;
             Ok(())
@@ -371,6 +377,114 @@ pub static FLAGS: &[Flag] = &[
         help: "Exit 3 when the snapshot reached only one of two endpoints.",
         set: |a, _, v| {
             a.require_all_endpoints = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "schedule",
+        short: Some('s'),
+        value: Some("CRON"),
+        default: Some("0 */1 * * *"),
+        env: None,
+        group: Group::Snapshot,
+        help: "When to take full snapshots without --once: 5-field cron in UTC, or @hourly, @daily, @every 30m.",
+        set: |a, _, v| {
+            crate::cron::Schedule::parse(v)?;
+            a.schedule = v.to_string();
+            Ok(())
+        },
+    },
+    Flag {
+        name: "delta-snapshot-period",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("20s"),
+        env: None,
+        group: Group::Snapshot,
+        help: "Save the changes watched since the last snapshot this often, as a delta snapshot; below 1s turns delta snapshots off.",
+        set: |a, _, v| {
+            a.delta_period = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "delta-snapshot-memory-limit",
+        short: None,
+        value: Some("BYTES"),
+        default: Some("10485760"),
+        env: None,
+        group: Group::Snapshot,
+        help: "Save a delta snapshot early when the watched changes reach this size in memory; 0 means the default.",
+        set: |a, _, v| {
+            a.delta_memory_limit = parse_bytes(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "garbage-collection-period",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("1m"),
+        env: None,
+        group: Group::Gc,
+        help: "Delete old snapshots on each endpoint this often; 1s or less turns garbage collection off.",
+        set: |a, _, v| {
+            a.gc_period = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "garbage-collection-policy",
+        short: None,
+        value: Some("POLICY"),
+        default: Some("Exponential"),
+        env: None,
+        group: Group::Gc,
+        help: "Exponential (hourly for a day, daily for a week, weekly for 4 weeks) or LimitBased (the newest --max-backups full snapshots).",
+        set: |a, _, v| match v {
+            "Exponential" | "LimitBased" => {
+                a.gc_policy = v.to_string();
+                Ok(())
+            }
+            _ => Err("expected Exponential or LimitBased".into()),
+        },
+    },
+    Flag {
+        name: "max-backups",
+        short: Some('m'),
+        value: Some("N"),
+        default: Some("7"),
+        env: None,
+        group: Group::Gc,
+        help: "Full snapshots kept by the LimitBased policy.",
+        set: |a, _, v| {
+            a.max_backups = v.parse().map_err(|_| "expected a whole number".to_string())?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "delta-snapshot-retention-period",
+        short: None,
+        value: Some("DURATION"),
+        default: Some("0"),
+        env: None,
+        group: Group::Gc,
+        help: "Keep delta snapshots of older full snapshots for this long (0: delete them with the garbage collection).",
+        set: |a, _, v| {
+            a.delta_retention = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "dry-run",
+        short: None,
+        value: None,
+        default: Some("false"),
+        env: None,
+        group: Group::GcOnce,
+        help: "Print what would be deleted, delete nothing.",
+        set: |a, _, v| {
+            a.dry_run = parse_bool(v)?;
             Ok(())
         },
     },
@@ -486,7 +600,7 @@ pub static FLAGS: &[Flag] = &[
         default: None,
         env: None,
         group: Group::Restore,
-        help: "Restore this full snapshot instead of the latest one.",
+        help: "Restore up to this snapshot: a full snapshot alone, or a delta snapshot with the full snapshot and deltas before it.",
         set: |a, _, v| {
             a.restore.snapshot = Some(v.to_string()).filter(|s| !s.is_empty());
             Ok(())

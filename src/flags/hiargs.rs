@@ -7,6 +7,7 @@ use crate::credentials::{self, Env, S3Credentials};
 use crate::etcd::EtcdConfig;
 use crate::store::RetryPolicy;
 use crate::store::s3::S3Config;
+use std::time::Duration;
 
 /// One store endpoint, ready to open.
 #[derive(Debug, Clone)]
@@ -55,23 +56,91 @@ pub struct SnapshotConfig {
     pub require_all_endpoints: bool,
     /// `None` with `--compress-snapshots=false`.
     pub compression: Option<crate::compression::Policy>,
+    /// `None` with `--once`.
+    pub scheduled: Option<Scheduled>,
 }
+
+/// What the long-running `snapshot` does besides full snapshots.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub schedule: crate::cron::Schedule,
+    /// `None` when delta snapshots are off (period below 1s).
+    pub delta_period: Option<Duration>,
+    pub delta_memory_limit: usize,
+    /// `None` when garbage collection is off (period of 1s or less).
+    pub gc: Option<GcConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GcConfig {
+    pub period: Duration,
+    pub policy: crate::gc::Policy,
+    pub delta_retention: Duration,
+}
+
+/// Upstream's default, also used for a limit below 1.
+const DELTA_MEMORY_LIMIT: usize = 10 << 20;
 
 impl SnapshotConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<SnapshotConfig, UsageError> {
-        if !low.once {
-            return Err(UsageError(
-                "scheduled snapshots are not implemented yet: pass --once to take one full snapshot".into(),
-            ));
-        }
         let endpoints = endpoints(&low.stores, &low.secondary_flags_given, env)?;
+        let scheduled = if low.once { None } else { Some(scheduled(&low)?) };
         Ok(SnapshotConfig {
             etcd: etcd(&low)?,
             endpoints,
             require_all_endpoints: low.require_all_endpoints,
             compression: low.compress.then_some(low.compression_policy),
+            scheduled,
         })
     }
+}
+
+/// `snapshot gc`: one garbage collection.
+#[derive(Debug)]
+pub struct GcOnceConfig {
+    pub endpoints: Vec<EndpointConfig>,
+    pub policy: crate::gc::Policy,
+    pub delta_retention: Duration,
+    pub dry_run: bool,
+}
+
+impl GcOnceConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<GcOnceConfig, UsageError> {
+        Ok(GcOnceConfig {
+            endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
+            policy: gc_policy(&low)?,
+            delta_retention: low.delta_retention,
+            dry_run: low.dry_run,
+        })
+    }
+}
+
+fn gc_policy(low: &LowArgs) -> Result<crate::gc::Policy, UsageError> {
+    match low.gc_policy.as_str() {
+        "LimitBased" if low.max_backups == 0 => {
+            Err(UsageError("--max-backups must be greater than 0 with the LimitBased policy".into()))
+        }
+        "LimitBased" => Ok(crate::gc::Policy::LimitBased { max_backups: low.max_backups as usize }),
+        _ => Ok(crate::gc::Policy::Exponential),
+    }
+}
+
+fn scheduled(low: &LowArgs) -> Result<Scheduled, UsageError> {
+    let schedule = crate::cron::Schedule::parse(&low.schedule).map_err(|e| UsageError(format!("--schedule: {e}")))?;
+    let policy = gc_policy(low)?;
+    Ok(Scheduled {
+        schedule,
+        delta_period: Some(low.delta_period).filter(|p| *p >= Duration::from_secs(1)),
+        delta_memory_limit: match low.delta_memory_limit {
+            0 => DELTA_MEMORY_LIMIT,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        gc: (low.gc_period > Duration::from_secs(1)).then_some(GcConfig {
+            period: low.gc_period,
+            policy,
+            delta_retention: low.delta_retention,
+        }),
+    })
 }
 
 /// `restore`: where to find the snapshot, and the data directory to write.
@@ -350,10 +419,41 @@ mod tests {
     }
 
     #[test]
-    fn without_once_is_refused_for_now() {
+    fn scheduled_mode_settings() {
         let env: HashMap<String, String> = HashMap::new();
         let env = move |k: &str| env.get(k).cloned();
-        let Parsed::Run(_, low) = parse(["snapshot"].map(std::ffi::OsString::from), &env).unwrap() else { panic!() };
-        assert!(SnapshotConfig::new(*low, &env).unwrap_err().0.contains("--once"));
+        let snapshot = |extra: &[&str]| {
+            let args = ["snapshot", "--storage-provider=Local", "--store-container=/tmp"].iter().chain(extra);
+            let Parsed::Run(_, low) = parse(args.map(std::ffi::OsString::from), &env)? else { panic!() };
+            SnapshotConfig::new(*low, &env)
+        };
+        let s = snapshot(&[]).unwrap().scheduled.unwrap();
+        assert_eq!(s.delta_period, Some(Duration::from_secs(20)));
+        assert_eq!(s.delta_memory_limit, 10 << 20);
+        let gc = s.gc.unwrap();
+        assert_eq!(
+            (gc.period, gc.policy, gc.delta_retention),
+            (Duration::from_secs(60), crate::gc::Policy::Exponential, Duration::ZERO)
+        );
+        assert!(snapshot(&["--once"]).unwrap().scheduled.is_none());
+        let s = snapshot(&[
+            "--delta-snapshot-period=999ms",
+            "--garbage-collection-period=1s",
+            "--delta-snapshot-memory-limit=0",
+        ])
+        .unwrap()
+        .scheduled
+        .unwrap();
+        assert_eq!((s.delta_period, s.gc.is_none(), s.delta_memory_limit), (None, true, 10 << 20));
+        let s = snapshot(&["--garbage-collection-policy=LimitBased", "-m", "3"]).unwrap().scheduled.unwrap();
+        assert_eq!(s.gc.unwrap().policy, crate::gc::Policy::LimitBased { max_backups: 3 });
+        for (args, want) in [
+            (&["--garbage-collection-policy=LimitBased", "--max-backups=0"][..], "--max-backups"),
+            (&["--garbage-collection-policy=limit"], "--garbage-collection-policy"),
+            (&["--schedule=* * *"], "--schedule"),
+        ] {
+            let err = snapshot(args).unwrap_err().0;
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
     }
 }

@@ -42,6 +42,15 @@ pub struct LowArgs {
     pub compress: bool,
     pub compression_policy: crate::compression::Policy,
     pub require_all_endpoints: bool,
+    pub schedule: String,
+    pub delta_period: Duration,
+    pub delta_memory_limit: u64,
+    pub gc_period: Duration,
+    /// `Exponential` or `LimitBased`, checked when set.
+    pub gc_policy: String,
+    pub max_backups: u64,
+    pub delta_retention: Duration,
+    pub dry_run: bool,
     pub restore: RestoreArgs,
     /// `snapshot list --output json`.
     pub json: bool,

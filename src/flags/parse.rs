@@ -11,14 +11,16 @@ pub enum Command {
     Snapshot,
     Restore,
     List,
+    Gc,
 }
 
 impl Command {
     fn groups(self) -> &'static [Group] {
         match self {
-            Command::Snapshot => &[Group::Global, Group::Etcd, Group::Store, Group::Snapshot],
+            Command::Snapshot => &[Group::Global, Group::Etcd, Group::Store, Group::Snapshot, Group::Gc],
             Command::Restore => &[Group::Global, Group::Store, Group::Restore],
             Command::List => &[Group::Global, Group::Store, Group::List],
+            Command::Gc => &[Group::Global, Group::Store, Group::Gc, Group::GcOnce],
         }
     }
     fn words(self) -> &'static str {
@@ -26,19 +28,26 @@ impl Command {
             Command::Snapshot => "snapshot",
             Command::Restore => "restore",
             Command::List => "snapshot list",
+            Command::Gc => "snapshot gc",
         }
     }
     fn about(self) -> &'static str {
         match self {
             Command::Snapshot => {
-                "Take a full snapshot of etcd and stream it to the primary and, when configured, the secondary \
-                 S3 endpoint at the same time. Only --once is available so far."
+                "Back up etcd to the primary and, when configured, the secondary endpoint at the same time: full \
+                 snapshots on --schedule, delta snapshots of the changes in between, and garbage collection, until \
+                 SIGTERM; or one full snapshot with --once."
             }
             Command::Restore => {
-                "Find the latest full snapshot on either endpoint (the primary's copy preferred), fetch it with \
-                 failover to the other endpoint, verify it, and write an etcd data directory from it."
+                "Find the latest full snapshot and the delta snapshots after it on either endpoint (each from the \
+                 primary when it has it), fetch them with failover to the other endpoint, verify them, and write an \
+                 etcd data directory from them."
             }
             Command::List => "List the snapshots on both endpoints, merged, with where each one is stored.",
+            Command::Gc => {
+                "Run one garbage collection on both endpoints, as `snapshot` does every --garbage-collection-period, \
+                 and exit; with --dry-run, only print what would be deleted."
+            }
         }
     }
 }
@@ -144,6 +153,7 @@ fn command_of(words: &[&str]) -> Result<Command, UsageError> {
     match words {
         ["snapshot"] => Ok(Command::Snapshot),
         ["snapshot", "list"] => Ok(Command::List),
+        ["snapshot", "gc"] => Ok(Command::Gc),
         ["restore"] => Ok(Command::Restore),
         _ => Err(UsageError(format!("unknown command `{}` (see --help)", words.join(" ")))),
     }
@@ -192,8 +202,10 @@ Back up etcd to two S3-compatible endpoints in one streaming pass.
 Usage: etcd-backup-restore <COMMAND> [FLAGS]
 
 Commands:
+  snapshot          Full snapshots on a schedule, delta snapshots in between, garbage collection
   snapshot --once   Take one full snapshot and store it on both endpoints
   snapshot list     List the snapshots on both endpoints, merged
+  snapshot gc       Delete old snapshots once, as the garbage collection does (--dry-run: only show)
   restore           Write an etcd data directory from the latest snapshot on either endpoint
   help [COMMAND]    Show the flags of a command
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod restore;
 
 /// A variable that `scripts/env up` exports; a missing one fails the test
 /// with a hint instead of silently skipping it.

@@ -1,0 +1,655 @@
+//! Delta ("incremental") snapshots, byte-compatible with gardener/etcd-backup-restore.
+//!
+//! A delta is the JSON array upstream's snapshotter builds from watch events,
+//! `[{"etcdEvent":<clientv3.Event>,"time":<RFC3339Nano>},...]`, followed by the
+//! raw SHA-256 of those JSON bytes. Compression happens outside this module.
+//! [`mvcc_entries`] turns events into the rows etcd's mvcc keeps in the bbolt
+//! `key` bucket, so a restore can write them without a running etcd.
+
+use std::fmt::{self, Write as _};
+
+use base64::Engine as _;
+use base64::engine::GeneralPurpose;
+use base64::engine::general_purpose::{PAD, STANDARD};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use sha2::{Digest, Sha256};
+
+const SHA_LEN: usize = 32;
+
+/// Go's `base64.StdEncoding` (what encoding/json uses for `[]byte`) ignores
+/// non-zero trailing bits, so decoding must too.
+const GO_STD: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::STANDARD, PAD.with_decode_allow_trailing_bits(true));
+
+/// mvccpb.Event_EventType.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventKind {
+    #[default]
+    Put,
+    Delete,
+}
+
+/// One watch event: its type and its `kv` (a DELETE carries only key and mod_revision).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// Accumulates events into upstream's JSON incrementally, as `handleDeltaWatchEvents` does.
+#[derive(Debug, Clone, Default)]
+pub struct Writer {
+    // Everything written is ASCII (base64, numbers, fixed names), so a String is exact.
+    buf: String,
+    events: usize,
+    first: Option<i64>,
+    last: Option<i64>,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer::default()
+    }
+
+    /// Appends `e` observed at `unix_secs` + `nanos` (UTC), the way Go's
+    /// `json.Marshal(event{EtcdEvent, Time})` renders it.
+    pub fn push(&mut self, e: &Event, unix_secs: i64, nanos: u32) {
+        let b = &mut self.buf;
+        b.push(if self.events == 0 { '[' } else { ',' });
+        b.push_str(r#"{"etcdEvent":{"#);
+        // `type` is omitempty: PUT (0) is left out.
+        if e.kind == EventKind::Delete {
+            b.push_str(r#""type":1,"#);
+        }
+        b.push_str(r#""kv":{"#);
+        let mut kv = JsonFields { buf: b, any: false };
+        kv.bytes("key", &e.key);
+        kv.int("create_revision", e.create_revision);
+        kv.int("mod_revision", e.mod_revision);
+        kv.int("version", e.version);
+        kv.bytes("value", &e.value);
+        kv.int("lease", e.lease);
+        b.push_str(r#"}},"time":""#);
+        push_rfc3339_nano(b, unix_secs, nanos);
+        b.push_str("\"}");
+
+        self.events += 1;
+        self.first.get_or_insert(e.mod_revision);
+        self.last = Some(e.mod_revision);
+    }
+
+    /// Bytes so far: `[` and the comma-separated events, without the closing `]`,
+    /// i.e. what upstream compares with its delta memory limit.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// No events pushed.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// mod_revision of the first event.
+    pub fn first_revision(&self) -> Option<i64> {
+        self.first
+    }
+
+    /// mod_revision of the last event (upstream's `lastEventRevision`).
+    pub fn last_revision(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// Closes the array and appends the SHA-256 trailer. Zero events give `[]`
+    /// (upstream never saves an empty delta).
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.events == 0 {
+            self.buf.push('[');
+        }
+        self.buf.push(']');
+        let mut out = self.buf.into_bytes();
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+}
+
+/// Writes `"name":value` members of a Go struct with `omitempty` fields.
+struct JsonFields<'a> {
+    buf: &'a mut String,
+    any: bool,
+}
+
+impl JsonFields<'_> {
+    fn name(&mut self, name: &str) {
+        if self.any {
+            self.buf.push(',');
+        }
+        self.any = true;
+        self.buf.push('"');
+        self.buf.push_str(name);
+        self.buf.push_str("\":");
+    }
+
+    fn int(&mut self, name: &str, v: i64) {
+        if v != 0 {
+            self.name(name);
+            let _ = write!(self.buf, "{v}");
+        }
+    }
+
+    fn bytes(&mut self, name: &str, v: &[u8]) {
+        if !v.is_empty() {
+            self.name(name);
+            self.buf.push('"');
+            STANDARD.encode_string(v, self.buf);
+            self.buf.push('"');
+        }
+    }
+}
+
+/// Go's `time.RFC3339Nano` in UTC: fraction trimmed of trailing zeros, none when zero.
+fn push_rfc3339_nano(buf: &mut String, unix_secs: i64, nanos: u32) {
+    let secs = unix_secs + i64::from(nanos / 1_000_000_000);
+    let nanos = nanos % 1_000_000_000;
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = crate::cron::civil_from_days(days);
+    // Go's MarshalJSON refuses years outside [0,9999]; callers pass clock times.
+    debug_assert!((0..=9999).contains(&y), "year {y} out of RFC 3339 range");
+    let _ = write!(buf, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60);
+    if nanos != 0 {
+        let _ = write!(buf, ".{nanos:09}");
+        // Safe to trim: the fraction has a non-zero digit, so this stops inside it.
+        while buf.ends_with('0') {
+            buf.pop();
+        }
+    }
+    buf.push('Z');
+}
+
+// Parsing: small structs only; `time` and `prev_kv` are skipped without being built.
+
+#[derive(Deserialize)]
+struct RawEntry {
+    #[serde(rename = "etcdEvent")]
+    etcd_event: Option<RawEvent>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    // Go's json leaves zero for null as well as for a missing member.
+    #[serde(rename = "type", default)]
+    kind: Option<i32>,
+    kv: Option<RawKv>,
+}
+
+#[derive(Deserialize)]
+struct RawKv {
+    #[serde(default, deserialize_with = "b64_key")]
+    key: Vec<u8>,
+    #[serde(default)]
+    create_revision: Option<i64>,
+    #[serde(default)]
+    mod_revision: Option<i64>,
+    #[serde(default)]
+    version: Option<i64>,
+    #[serde(default, deserialize_with = "b64_value")]
+    value: Vec<u8>,
+    #[serde(default)]
+    lease: Option<i64>,
+}
+
+fn b64_key<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    d.deserialize_option(Base64(" key"))
+}
+
+fn b64_value<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    d.deserialize_option(Base64(" value"))
+}
+
+/// Decodes a base64 JSON string (or null) straight into bytes, borrowed or not;
+/// the field name goes into the error.
+struct Base64(&'static str);
+
+impl<'de> Visitor<'de> for Base64 {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a base64 string for{}", self.0)
+    }
+
+    fn visit_none<E>(self) -> Result<Vec<u8>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_unit<E>(self) -> Result<Vec<u8>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_str(self)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<u8>, E> {
+        GO_STD.decode(s).map_err(|e| E::custom(format_args!("invalid base64 in{}: {e}", self.0)))
+    }
+}
+
+/// Verifies the SHA-256 trailer and decodes the events, as upstream's
+/// `getEventsDataFromDeltaSnapshot` + `json.Unmarshal` do. Unknown members are ignored.
+pub fn parse(data: &[u8]) -> Result<Vec<Event>, String> {
+    // Upstream also rejects exactly 32 bytes (`bufSize <= sha256.Size`).
+    if data.len() <= SHA_LEN {
+        return Err(format!("delta snapshot is missing hash: {} bytes, need more than {SHA_LEN}", data.len()));
+    }
+    let (json, sha) = data.split_at(data.len() - SHA_LEN);
+    if Sha256::digest(json).as_slice() != sha {
+        return Err("delta snapshot SHA-256 mismatch".into());
+    }
+    let raw: Vec<RawEntry> = serde_json::from_slice(json).map_err(|e| json_error(json, &e))?;
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let ev = entry.etcd_event.ok_or_else(|| format!("delta event {i} has no etcdEvent"))?;
+            let kind = match ev.kind.unwrap_or(0) {
+                0 => EventKind::Put,
+                1 => EventKind::Delete,
+                t => return Err(format!("delta event {i} has unknown event type {t}")),
+            };
+            let kv = ev.kv.ok_or_else(|| format!("delta event {i} has no kv"))?;
+            Ok(Event {
+                kind,
+                key: kv.key,
+                value: kv.value,
+                create_revision: kv.create_revision.unwrap_or(0),
+                mod_revision: kv.mod_revision.unwrap_or(0),
+                version: kv.version.unwrap_or(0),
+                lease: kv.lease.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// One line naming the 0-based offset of the byte where serde_json stopped (it reports line/column).
+fn json_error(json: &[u8], e: &serde_json::Error) -> String {
+    let line_start: usize = json.split(|&b| b == b'\n').take(e.line().saturating_sub(1)).map(|l| l.len() + 1).sum();
+    let offset = line_start + e.column().saturating_sub(1);
+    let msg = e.to_string();
+    let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
+    format!("delta snapshot JSON invalid at byte {offset}: {msg}")
+}
+
+/// Assigns etcd's `(main, sub)` revisions to a stream of events and encodes each
+/// as its mvcc `key`-bucket row. Events sharing a mod_revision (one etcd txn)
+/// get sub revisions 0, 1, 2... in the order given.
+#[derive(Debug, Default)]
+pub struct SubRevisions {
+    main: Option<i64>,
+    sub: i64,
+}
+
+impl SubRevisions {
+    pub fn new() -> SubRevisions {
+        SubRevisions::default()
+    }
+
+    /// The bbolt `(key, value)` etcd's `storeTxnWrite.put`/`delete` would store for `e`:
+    /// key = main (8 bytes BE) ‖ `_` ‖ sub (8 bytes BE), plus `t` for a tombstone;
+    /// value = the mvccpb.KeyValue protobuf (a DELETE stores `KeyValue{Key}` only).
+    pub fn entry(&mut self, e: &Event) -> (Vec<u8>, Vec<u8>) {
+        if self.main == Some(e.mod_revision) {
+            self.sub += 1;
+        } else {
+            self.main = Some(e.mod_revision);
+            self.sub = 0;
+        }
+        let mut key = Vec::with_capacity(18);
+        key.extend_from_slice(&e.mod_revision.to_be_bytes());
+        key.push(b'_');
+        key.extend_from_slice(&self.sub.to_be_bytes());
+        let mut value = Vec::with_capacity(e.key.len() + e.value.len() + 40);
+        pb_bytes(&mut value, 1, &e.key);
+        match e.kind {
+            EventKind::Delete => key.push(b't'),
+            EventKind::Put => {
+                pb_int(&mut value, 2, e.create_revision);
+                pb_int(&mut value, 3, e.mod_revision);
+                pb_int(&mut value, 4, e.version);
+                pb_bytes(&mut value, 5, &e.value);
+                pb_int(&mut value, 6, e.lease);
+            }
+        }
+        (key, value)
+    }
+}
+
+/// [`SubRevisions::entry`] for every event of `events`, in order.
+pub fn mvcc_entries(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut subs = SubRevisions::new();
+    events.iter().map(|e| subs.entry(e)).collect()
+}
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// A proto3 int64 field (gogo `MarshalTo`): skipped when zero, negatives as 10-byte varints.
+fn pb_int(buf: &mut Vec<u8>, field: u32, v: i64) {
+    if v != 0 {
+        varint(buf, u64::from(field) << 3);
+        varint(buf, v as u64);
+    }
+}
+
+/// A proto3 bytes field: skipped when empty.
+fn pb_bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
+    if !data.is_empty() {
+        varint(buf, (u64::from(field) << 3) | 2);
+        varint(buf, data.len() as u64);
+        buf.extend_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOLDEN: &[u8] = include_bytes!("../tests/golden/delta/upstream.delta");
+
+    fn put(key: &[u8], value: &[u8], create: i64, rev: i64, version: i64, lease: i64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            create_revision: create,
+            mod_revision: rev,
+            version,
+            lease,
+        }
+    }
+
+    fn del(key: &[u8], rev: i64) -> Event {
+        Event { kind: EventKind::Delete, key: key.to_vec(), mod_revision: rev, ..Event::default() }
+    }
+
+    /// The events and times of tests/golden/delta/gen.go.txt.
+    fn golden_events() -> Vec<(Event, i64, u32)> {
+        vec![
+            (put(b"foo", b"bar", 5, 5, 1, 0), 1_704_164_645, 123_456_789),
+            (put(b"lease-key", b"v", 6, 6, 1, 7_587_869_327_452_520_000), 1_709_251_199, 0),
+            (del(b"foo", 7), 1_709_251_199, 120_000_000),
+            (put(&[0xfb, 0xff, 0x00, 0x80, b'/'], b"", 8, 8, 1, 0), 0, 1000),
+            (put(b"a", &[0xc3, 0x28, b'"', b'\\', b'<'], 9, 9, 1, 0), 951_782_400, 999_999_999),
+            (del(b"lease-key", 9), 951_782_400, 999_999_999),
+            (put(b"a", b"2", 9, 300, 2, 0), 4_102_444_799, 500),
+        ]
+    }
+
+    /// A delta whose JSON is `json`, with a correct trailer.
+    fn with_sha(json: &str) -> Vec<u8> {
+        let mut v = json.as_bytes().to_vec();
+        v.extend_from_slice(&Sha256::digest(json.as_bytes()));
+        v
+    }
+
+    #[test]
+    fn writer_matches_go_golden() {
+        let mut w = Writer::new();
+        assert!(w.is_empty());
+        for (e, secs, nanos) in golden_events() {
+            w.push(&e, secs, nanos);
+        }
+        assert_eq!(w.events(), 7);
+        assert_eq!(w.first_revision(), Some(5));
+        assert_eq!(w.last_revision(), Some(300));
+        // len() is upstream's len(ssr.events): everything but "]" and the trailer.
+        assert_eq!(w.len(), GOLDEN.len() - SHA_LEN - 1);
+        let out = w.finish();
+        assert_eq!(
+            String::from_utf8_lossy(&out[..out.len() - 32]),
+            String::from_utf8_lossy(&GOLDEN[..GOLDEN.len() - 32])
+        );
+        assert_eq!(out, GOLDEN);
+    }
+
+    #[test]
+    fn parse_go_golden() {
+        let want: Vec<Event> = golden_events().into_iter().map(|(e, ..)| e).collect();
+        assert_eq!(parse(GOLDEN).unwrap(), want);
+    }
+
+    #[test]
+    fn single_event_matches_documented_example() {
+        let mut w = Writer::new();
+        w.push(&put(b"foo", b"bar", 5, 5, 1, 0), 1_704_164_645, 123_456_789);
+        let out = w.finish();
+        let json = r#"[{"etcdEvent":{"kv":{"key":"Zm9v","create_revision":5,"mod_revision":5,"version":1,"value":"YmFy"}},"time":"2024-01-02T03:04:05.123456789Z"}]"#;
+        assert_eq!(out, with_sha(json));
+    }
+
+    #[test]
+    fn empty_writer_is_total() {
+        let w = Writer::new();
+        assert_eq!((w.len(), w.first_revision(), w.last_revision()), (0, None, None));
+        let out = w.finish();
+        assert_eq!(out, with_sha("[]"));
+        assert_eq!(parse(&out).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn time_formatting() {
+        let cases = [
+            (0, 0, "1970-01-01T00:00:00Z"),
+            (0, 100_000_000, "1970-01-01T00:00:00.1Z"),
+            (-1, 999_999_999, "1969-12-31T23:59:59.999999999Z"),
+            (951_868_800, 0, "2000-03-01T00:00:00Z"),
+            (253_402_300_799, 0, "9999-12-31T23:59:59Z"),
+            (10, 2_500_000_000, "1970-01-01T00:00:12.5Z"),
+        ];
+        for (secs, nanos, want) in cases {
+            let mut s = String::new();
+            push_rfc3339_nano(&mut s, secs, nanos);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn parse_rejects_tampered_byte() {
+        let mut data = GOLDEN.to_vec();
+        data[20] ^= 1;
+        assert_eq!(parse(&data).unwrap_err(), "delta snapshot SHA-256 mismatch");
+        let mut data = GOLDEN.to_vec();
+        *data.last_mut().unwrap() ^= 0x80;
+        assert_eq!(parse(&data).unwrap_err(), "delta snapshot SHA-256 mismatch");
+    }
+
+    #[test]
+    fn parse_rejects_truncated() {
+        for n in [0, 1, 31, 32] {
+            let err = parse(&GOLDEN[..n]).unwrap_err();
+            assert!(err.contains("missing hash"), "{n}: {err}");
+        }
+        let err = parse(&GOLDEN[..GOLDEN.len() - 1]).unwrap_err();
+        assert_eq!(err, "delta snapshot SHA-256 mismatch");
+        // Truncated JSON that still carries a valid trailer.
+        let json = std::str::from_utf8(&GOLDEN[..100]).unwrap();
+        let err = parse(&with_sha(json)).unwrap_err();
+        assert!(err.starts_with("delta snapshot JSON invalid at byte 99: EOF"), "{err}");
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        let err = parse(&[0x42; 100]).unwrap_err();
+        assert_eq!(err, "delta snapshot SHA-256 mismatch");
+        let err = parse(&with_sha(r#"[{"etcdEvent":{"kv":{"key":"Zm9v"}}} x]"#)).unwrap_err();
+        assert!(err.starts_with("delta snapshot JSON invalid at byte 37: "), "{err}");
+        let err = parse(&with_sha("[] trailing")).unwrap_err();
+        assert!(err.starts_with("delta snapshot JSON invalid at byte 3: trailing characters"), "{err}");
+        let err = parse(&with_sha("{}")).unwrap_err();
+        assert!(err.starts_with("delta snapshot JSON invalid at byte "), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn parse_ignores_prev_kv_and_unknown_members() {
+        let json = r#"[{"etcdEvent":{"type":1,"kv":{"key":"Zm9v","mod_revision":7},"prev_kv":{"key":"Zm9v","create_revision":5,"mod_revision":5,"version":1,"value":"YmFy"},"extra":[1,{"a":null}]},"time":"2024-01-02T05:04:05.5+02:00","other":true}]"#;
+        assert_eq!(parse(&with_sha(json)).unwrap(), vec![del(b"foo", 7)]);
+    }
+
+    #[test]
+    fn parse_event_types() {
+        let json = r#"[{"etcdEvent":{"type":0,"kv":{"key":"YQ==","mod_revision":2,"value":null,"lease":null}}},{"etcdEvent":{"type":1,"kv":{"key":"YQ==","mod_revision":3}}},{"etcdEvent":{"type":null,"kv":{}}}]"#;
+        let got = parse(&with_sha(json)).unwrap();
+        assert_eq!(got, vec![put(b"a", b"", 0, 2, 0, 0), del(b"a", 3), Event::default()]);
+
+        let json = r#"[{"etcdEvent":{"kv":{"key":"YQ=="}}},{"etcdEvent":{"type":2,"kv":{"key":"YQ=="}}}]"#;
+        assert_eq!(parse(&with_sha(json)).unwrap_err(), "delta event 1 has unknown event type 2");
+    }
+
+    #[test]
+    fn parse_rejects_event_without_kv() {
+        let json = r#"[{"etcdEvent":{"type":1},"time":"2024-01-02T03:04:05Z"}]"#;
+        assert_eq!(parse(&with_sha(json)).unwrap_err(), "delta event 0 has no kv");
+        let json = r#"[{"etcdEvent":{"kv":null}}]"#;
+        assert_eq!(parse(&with_sha(json)).unwrap_err(), "delta event 0 has no kv");
+        let json = r#"[{"time":"2024-01-02T03:04:05Z"}]"#;
+        assert_eq!(parse(&with_sha(json)).unwrap_err(), "delta event 0 has no etcdEvent");
+    }
+
+    #[test]
+    fn parse_rejects_invalid_base64() {
+        let json = r#"[{"etcdEvent":{"kv":{"key":"Zm9v!"}}}]"#;
+        let err = parse(&with_sha(json)).unwrap_err();
+        assert!(err.starts_with("delta snapshot JSON invalid at byte 33: invalid base64 in key: "), "{err}");
+        let json = r#"[{"etcdEvent":{"kv":{"key":"Zm9v","value":"YmF"}}}]"#;
+        let err = parse(&with_sha(json)).unwrap_err();
+        assert!(err.contains("invalid base64 in value"), "{err}");
+        let json = r#"[{"etcdEvent":{"kv":{"key":5}}}]"#;
+        let err = parse(&with_sha(json)).unwrap_err();
+        assert!(err.contains("expected a base64 string for key"), "{err}");
+    }
+
+    #[test]
+    fn parse_is_lenient_like_go() {
+        // JSON escapes inside the string, and non-zero trailing bits ("YR==" is "a" to Go).
+        let json = r#"[{"etcdEvent":{"kv":{"key":"Zm9\u0076","value":"YR=="}}}]"#;
+        let got = parse(&with_sha(json)).unwrap();
+        assert_eq!((got[0].key.as_slice(), got[0].value.as_slice()), (&b"foo"[..], &b"a"[..]));
+    }
+
+    #[test]
+    fn large_delta_round_trip() {
+        let value = vec![0xa5u8; 1024];
+        let mut w = Writer::new();
+        let mut want = Vec::new();
+        let mut rev = 1;
+        while w.len() < 10 << 20 {
+            let e = put(format!("/registry/pods/ns/pod-{rev}").as_bytes(), &value, rev, rev, 1, 0);
+            w.push(&e, 1_700_000_000 + rev, (rev as u32) * 7);
+            want.push(e);
+            rev += 1;
+        }
+        let data = w.finish();
+        assert!(data.len() > 10 << 20);
+        assert_eq!(parse(&data).unwrap(), want);
+    }
+
+    #[test]
+    fn mvcc_put_bytes() {
+        let (key, value) = SubRevisions::new().entry(&put(b"foo", b"bar", 5, 5, 1, 0));
+        assert_eq!(key, [0, 0, 0, 0, 0, 0, 0, 5, b'_', 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(value, [0x0a, 3, b'f', b'o', b'o', 0x10, 5, 0x18, 5, 0x20, 1, 0x2a, 3, b'b', b'a', b'r']);
+    }
+
+    #[test]
+    fn mvcc_put_with_lease_and_multibyte_varints() {
+        let e = put(b"k", b"", 300, 0x1_0000, 2, 0x694d_71d8_1b6f_3c1e);
+        let (key, value) = SubRevisions::new().entry(&e);
+        assert_eq!(key, [0, 0, 0, 0, 0, 1, 0, 0, b'_', 0, 0, 0, 0, 0, 0, 0, 0]);
+        // value is empty, so field 5 is absent; lease 0x694d71d81b6f3c1e as a 9-byte varint.
+        let want = [
+            0x0a, 1, b'k', // key
+            0x10, 0xac, 0x02, // create_revision 300
+            0x18, 0x80, 0x80, 0x04, // mod_revision 65536
+            0x20, 2, // version
+            0x30, 0x9e, 0xf8, 0xbc, 0xdb, 0x81, 0xbb, 0xdc, 0xa6, 0x69, // lease
+        ];
+        assert_eq!(value, want);
+    }
+
+    #[test]
+    fn mvcc_negative_lease_is_ten_byte_varint() {
+        let (_, value) = SubRevisions::new().entry(&put(b"k", b"v", 1, 1, 1, -1));
+        assert_eq!(&value[value.len() - 11..], [0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    }
+
+    #[test]
+    fn mvcc_delete_is_tombstone_with_key_only() {
+        let (key, value) = SubRevisions::new().entry(&del(b"foo", 7));
+        assert_eq!(key, [0, 0, 0, 0, 0, 0, 0, 7, b'_', 0, 0, 0, 0, 0, 0, 0, 0, b't']);
+        assert_eq!(value, [0x0a, 3, b'f', b'o', b'o']);
+        // Even if a DELETE carried more fields, etcd stores KeyValue{Key} only.
+        let noisy = Event { value: b"x".to_vec(), create_revision: 3, version: 2, lease: 9, ..del(b"foo", 7) };
+        assert_eq!(SubRevisions::new().entry(&noisy).1, value);
+    }
+
+    #[test]
+    fn mvcc_sub_revisions_across_groups() {
+        let events = [
+            put(b"a", b"1", 10, 10, 1, 0),
+            put(b"b", b"1", 11, 11, 1, 0),
+            del(b"a", 11),
+            put(b"c", b"1", 11, 11, 1, 0),
+            put(b"a", b"2", 12, 12, 1, 0),
+            del(b"b", 13),
+            del(b"c", 13),
+        ];
+        let got: Vec<(i64, i64, bool)> = mvcc_entries(&events)
+            .iter()
+            .map(|(k, _)| {
+                let main = i64::from_be_bytes(k[..8].try_into().unwrap());
+                let sub = i64::from_be_bytes(k[9..17].try_into().unwrap());
+                (main, sub, k.len() == 18 && k[17] == b't')
+            })
+            .collect();
+        let want = [
+            (10, 0, false),
+            (11, 0, false),
+            (11, 1, true),
+            (11, 2, false),
+            (12, 0, false),
+            (13, 0, true),
+            (13, 1, true),
+        ];
+        assert_eq!(got, want);
+        // The streaming form gives the same rows.
+        let mut subs = SubRevisions::new();
+        let streamed: Vec<_> = events.iter().map(|e| subs.entry(e)).collect();
+        assert_eq!(streamed, mvcc_entries(&events));
+    }
+
+    #[test]
+    fn mvcc_entries_of_golden() {
+        let events = parse(GOLDEN).unwrap();
+        let rows = mvcc_entries(&events);
+        let (k, v) = &rows[5]; // DELETE lease-key, second event of revision 9
+        assert_eq!(k, &[0, 0, 0, 0, 0, 0, 0, 9, b'_', 0, 0, 0, 0, 0, 0, 0, 1, b't']);
+        assert_eq!(v, b"\x0a\x09lease-key");
+        let (k, v) = &rows[3]; // non-UTF-8 key, empty value
+        assert_eq!(&k[..9], &[0, 0, 0, 0, 0, 0, 0, 8, b'_']);
+        assert_eq!(v, &[0x0a, 5, 0xfb, 0xff, 0x00, 0x80, b'/', 0x10, 8, 0x18, 8, 0x20, 1]);
+    }
+}

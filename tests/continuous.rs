@@ -1,0 +1,344 @@
+//! The long-running `snapshot` end to end: full snapshots on a schedule and
+//! delta snapshots from a watch, on both real S3 servers, while a writer
+//! changes etcd; then `restore` must equal the source at the last delta
+//! (every key, value, revision, and etcd's HashKV).
+
+mod common;
+
+use common::cli::*;
+use common::restore::*;
+use common::{Etcd, etcdctl, etcdctl_json, free_port, unique};
+use etcd_backup_restore::snapshot::{Kind, SnapshotName};
+use etcd_backup_restore::store::Store;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_etcd-backup-restore");
+/// A schedule that is never due in a test: only the startup full snapshot.
+const YEARLY: &str = "--schedule=0 0 1 1 *";
+
+/// The snapshotter running in the background, its log in a file.
+struct Snapshotter {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+fn start(etcd: &str, prefix: &str, extra: &[&str]) -> Snapshotter {
+    let mut args = vec![
+        "snapshot".to_string(),
+        format!("--endpoints={etcd}"),
+        "--delta-snapshot-period=1s".into(),
+        "--garbage-collection-period=0".into(),
+    ];
+    args.extend(store_args(prefix));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let log = scratch("snapshotter").join("log");
+    let child = Command::new(BIN)
+        .args(&args)
+        .env_clear()
+        .envs(creds())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Snapshotter { child, log }
+}
+
+impl Snapshotter {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until the log has `line`.
+    fn wait_for(&self, line: &str) {
+        self.wait_for_lines(&[line], 1);
+    }
+
+    /// Wait (bounded) until `n` log lines contain all of `parts`.
+    fn wait_for_lines(&self, parts: &[&str], n: usize) {
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.log().lines().filter(|l| parts.iter().all(|p| l.contains(p))).count() < n {
+            assert!(Instant::now() < end, "not {n} lines with {parts:?} within 60s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit code (bounded) and the whole log.
+    fn stop(mut self) -> String {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        let end = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < end, "the snapshotter did not stop within 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self.log();
+        eprintln!("{log}");
+        assert_eq!(status.code(), Some(0), "SIGTERM must end the snapshotter with 0");
+        assert!(log.contains("INFO Snapshotter stopped"), "{log}");
+        log
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts (some large, some overwriting) and deletes under `keys`, in a
+/// background thread until the returned guard is dropped.
+struct Writer {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+fn writer(v: &Version, keys: &str) -> Writer {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (ctl, endpoint, keys, flag) = (v.ctl.clone(), v.endpoint.clone(), keys.to_string(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        let mut n = 0;
+        while !flag.load(Ordering::SeqCst) {
+            let value = if n % 7 == 3 { "x".repeat(40_000) } else { format!("value {n}") };
+            etcdctl_put(&ctl, &endpoint, &format!("{keys}{:03}", n % 23), &value);
+            if n % 5 == 4 {
+                etcdctl(&ctl, &endpoint, &["del", &format!("{keys}{:03}", (n * 3) % 23)]);
+            }
+            n += 1;
+        }
+        n
+    });
+    Writer { stop, thread: Some(thread) }
+}
+
+impl Writer {
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn names(s: &dyn Store) -> Vec<SnapshotName> {
+    let mut l: Vec<SnapshotName> = listed(s).iter().filter_map(|o| SnapshotName::parse(&o.name)).collect();
+    l.sort_by_key(|n| (n.last_revision, n.created));
+    l
+}
+
+/// The full snapshots and deltas on both endpoints are the same objects,
+/// and the deltas after the latest full snapshot form a chain without gaps
+/// (deltas go on while a full snapshot is taken, so they may overlap it).
+fn check_stored(prefix: &str) -> Vec<SnapshotName> {
+    let (a, b) = (listed(&primary(prefix)), listed(&secondary(prefix)));
+    let sizes =
+        |l: &[etcd_backup_restore::store::ObjectInfo]| l.iter().map(|o| (o.name.clone(), o.size)).collect::<Vec<_>>();
+    assert_eq!(sizes(&a), sizes(&b), "both endpoints must hold the same snapshots");
+    let all = names(&primary(prefix));
+    let latest = all.iter().rposition(|n| n.kind == Kind::Full).expect("a full snapshot");
+    let mut covered = all[latest].last_revision;
+    for d in &all[latest + 1..] {
+        assert_eq!(d.kind, Kind::Incr);
+        assert!(d.start_revision <= covered + 1, "delta {d} must continue the chain at {}", covered + 1);
+        covered = d.last_revision;
+    }
+    all
+}
+
+/// etcd's HashKV of `endpoint` at `rev` (0: its current revision).
+fn hashkv(v: &Version, endpoint: &str, rev: u64) -> u64 {
+    let out = etcdctl_json(&v.ctl, endpoint, &["endpoint", "hashkv", &format!("--rev={rev}")]);
+    out[0]["HashKV"]["hash"].as_u64().unwrap()
+}
+
+/// Restore `prefix` into a fresh directory, start etcd `v` on it, and
+/// compare with the source: keys under `keys` (with their revisions and
+/// versions), the revision (the last delta's), and HashKV at it.
+fn restore_equals_source(v: &Version, prefix: &str, keys: &str, extra: &[&str]) -> String {
+    let last = names(&primary(prefix)).iter().map(|n| n.last_revision).max().unwrap();
+    let dir = scratch("cont");
+    let r = restore_and_start(v, prefix, &dir, "c1", extra);
+    assert_eq!(r.run.code, 0, "{}", r.run.stderr);
+    let e = r.etcd.unwrap();
+    let restored = kvs(v, &e.client_url, keys);
+    assert!(restored.as_array().is_some_and(|a| !a.is_empty()), "keys were restored");
+    assert_eq!(restored, kvs(v, &v.endpoint, keys), "every key, value, create/mod revision and version");
+    assert_eq!(revision(v, &e.client_url), last, "the revision of the last delta snapshot");
+    assert_eq!(hashkv(v, &e.client_url, 0), hashkv(v, &v.endpoint, last), "etcd's HashKV at that revision");
+    r.run.stderr
+}
+
+/// Full snapshots every 4s (each runs as long as it needs, alongside the
+/// deltas) and deltas every second while a writer runs;
+/// SIGTERM saves what was watched last. Restore equals the source.
+fn scheduled_backup_restores(v: Version) {
+    let prefix = unique("sched");
+    let keys = format!("/{}/", unique("k"));
+    // A lease granted after the first full snapshot: its keys keep their lease ID.
+    etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}before"), "the full snapshot has this");
+    let s = start(&v.endpoint, &prefix, &["--schedule=@every 4s"]);
+    s.wait_for("successfully saved to both endpoints");
+    let lease = etcdctl(&v.ctl, &v.endpoint, &["lease", "grant", "600"]);
+    let lease_id = lease.split_whitespace().nth(1).unwrap().to_string();
+    etcdctl(&v.ctl, &v.endpoint, &["put", &format!("{keys}leased"), "v", &format!("--lease={lease_id}")]);
+    let w = writer(&v, &keys);
+    // A second full snapshot on the schedule, with deltas around it.
+    std::thread::sleep(Duration::from_secs(5));
+    s.wait_for_lines(&["INFO Snapshot Full-", "successfully saved to both endpoints"], 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let writes = w.finish();
+    let log = s.stop();
+    assert!(writes > 20, "the writer made {writes} writes");
+    let all = check_stored(&prefix);
+    let fulls = all.iter().filter(|n| n.kind == Kind::Full).count();
+    assert!(fulls >= 2, "full snapshots on the schedule: {all:?}");
+    assert!(all.iter().filter(|n| n.kind == Kind::Incr).count() >= 4, "delta snapshots every second: {all:?}");
+    assert!(all.iter().all(|n| n.compression == ".gz"), "gzip by default");
+    for n in &all {
+        assert!(log.contains(&format!("INFO Snapshot {n} successfully saved to both endpoints")), "{n}");
+    }
+    let out = restore_equals_source(&v, &prefix, &keys, &[]);
+    assert!(out.contains("delta snapshots up to Incr-"), "{out}");
+}
+
+#[test]
+fn scheduled_backup_restores_etcd34() {
+    scheduled_backup_restores(v34());
+}
+
+#[test]
+fn scheduled_backup_restores_etcd35() {
+    scheduled_backup_restores(v35());
+}
+
+/// A restart resumes the chain where the store ends (writes made while it
+/// was down included); deltas missing on the primary come from the
+/// secondary; a delta missing on both is a gap, reported as such.
+#[test]
+fn restart_resumes_and_restore_merges_the_endpoints() {
+    let v = v35();
+    let prefix = unique("resume");
+    let keys = format!("/{}/", unique("k"));
+    let s = start(&v.endpoint, &prefix, &[YEARLY]);
+    s.wait_for("successfully saved to both endpoints");
+    let w = writer(&v, &keys);
+    std::thread::sleep(Duration::from_secs(3));
+    w.finish();
+    s.stop();
+    for i in 0..5 {
+        etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}while-down-{i}"), "written while the snapshotter was down");
+    }
+    let s = start(&v.endpoint, &prefix, &[YEARLY]);
+    s.wait_for("INFO Resuming after Full-");
+    let w = writer(&v, &keys);
+    std::thread::sleep(Duration::from_secs(3));
+    w.finish();
+    let log = s.stop();
+    assert!(!log.contains("Taking snapshot"), "no new full snapshot on a restart within the schedule:\n{log}");
+    let all = check_stored(&prefix);
+    assert_eq!(all.iter().filter(|n| n.kind == Kind::Full).count(), 1);
+    let deltas: Vec<String> = all.iter().filter(|n| n.kind == Kind::Incr).map(|n| n.to_string()).collect();
+    assert!(deltas.len() >= 4, "{deltas:?}");
+
+    // Two deltas only on the secondary: fetched from there.
+    for d in &deltas[1..3] {
+        primary(&prefix).delete(d).unwrap();
+    }
+    let out = restore_equals_source(&v, &prefix, &keys, &[]);
+    for d in &deltas[1..3] {
+        assert!(out.contains(&format!("INFO Successfully fetched snapshot {d} from secondary endpoint")), "{d}");
+    }
+    assert!(out.contains(&format!("INFO Successfully fetched snapshot {} from primary endpoint", deltas[0])));
+
+    // One delta on neither endpoint: a gap, and nothing written.
+    let gone = SnapshotName::parse(&deltas[2]).unwrap();
+    secondary(&prefix).delete(&deltas[2]).unwrap();
+    let dir = scratch("gap");
+    let r = restore(&prefix, &dir.join("data"), &[], &creds());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("ERRO Failed to restore")).unwrap();
+    assert!(line.contains("the snapshot chain has a gap"), "{line}");
+    assert!(
+        line.contains(&format!("revisions {} to {} are on no endpoint", gone.start_revision, gone.last_revision)),
+        "{line}"
+    );
+    assert!(line.contains(&format!("pass --snapshot {}", deltas[1])), "{line}");
+    assert!(!dir.join("data").exists(), "nothing may be written");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no staging directory left");
+
+    // Up to the revision before the gap, on request.
+    let r = restore(&prefix, &dir.join("data"), &[&format!("--snapshot={}", deltas[1])], &creds());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("(revision {})", SnapshotName::parse(&deltas[1]).unwrap().last_revision)));
+}
+
+/// The watch cannot resume from a compacted revision: a full snapshot is
+/// taken instead, and the chain goes on from it.
+#[test]
+fn compacted_revision_falls_back_to_a_full_snapshot() {
+    let v = v35();
+    let dir = scratch("compact");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    // A private etcd: compacting the shared one would disturb other tests.
+    let etcd = Etcd::start(&v.etcd, &v.ctl, &dir.join("etcd"), "p1", &peer, &format!("p1={peer}"));
+    let v = Version { endpoint: etcd.client_url.clone(), ..v };
+    let prefix = unique("compact");
+    let keys = format!("/{}/", unique("k"));
+    etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}first"), "1");
+    let s = start(&v.endpoint, &prefix, &[YEARLY]);
+    s.wait_for("successfully saved to both endpoints");
+    s.stop();
+    for i in 0..5 {
+        etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}{i}"), "then compacted");
+    }
+    let rev = revision(&v, &v.endpoint);
+    etcdctl(&v.ctl, &v.endpoint, &["compaction", &rev.to_string()]);
+    let s = start(&v.endpoint, &prefix, &[YEARLY]);
+    s.wait_for("taking a full snapshot instead of a delta");
+    s.wait_for(&format!("Taking snapshot Full-00000000-{rev:08}-"));
+    s.wait_for(&format!("Full-00000000-{rev:08}-"));
+    etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}after"), "in a delta after the new full snapshot");
+    s.wait_for(&format!("Snapshot Incr-{:08}-", rev + 1));
+    s.stop();
+    let all = check_stored(&prefix);
+    assert_eq!(all.iter().filter(|n| n.kind == Kind::Full).count(), 2, "{all:?}");
+    restore_equals_source(&v, &prefix, &keys, &[]);
+}
+
+/// Every policy writes its suffix and restores, full and deltas together;
+/// gzip (upstream's format) also without any delta being compressed apart.
+#[test]
+fn every_compression_policy_round_trips() {
+    let runs: Vec<_> = [("gzip", ".gz"), ("zlib", ".zlib"), ("lzw", ".Z"), ("zstd", ".zst"), ("none", "")]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (policy, suffix))| {
+            std::thread::spawn(move || {
+                let v = if i % 2 == 0 { v34() } else { v35() };
+                let prefix = unique(&format!("cmp-{policy}"));
+                let keys = format!("/{}/", unique("k"));
+                etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}before"), "in the full snapshot");
+                let flag = match policy {
+                    "none" => "--compress-snapshots=false".to_string(),
+                    p => format!("--compression-policy={p}"),
+                };
+                let s = start(&v.endpoint, &prefix, &[YEARLY, &flag]);
+                s.wait_for("successfully saved to both endpoints");
+                for i in 0..10 {
+                    etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}{i}"), &format!("{policy} {i}").repeat(500));
+                }
+                s.wait_for("Snapshot Incr-");
+                s.stop();
+                let all = check_stored(&prefix);
+                assert!(all.iter().any(|n| n.kind == Kind::Incr), "{policy}: {all:?}");
+                assert!(all.iter().all(|n| n.compression == suffix), "{policy}: {all:?}");
+                restore_equals_source(&v, &prefix, &keys, &[]);
+            })
+        })
+        .collect();
+    for r in runs {
+        r.join().unwrap();
+    }
+}
