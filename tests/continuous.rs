@@ -342,3 +342,24 @@ fn every_compression_policy_round_trips() {
         r.join().unwrap();
     }
 }
+
+/// SIGTERM while etcd's snapshot stream is stalled mid-way: both uploads
+/// are aborted at once (no object, no multipart upload left) and the
+/// snapshotter exits 0, well within the grace period.
+#[test]
+fn sigterm_during_a_full_snapshot_aborts_it() {
+    let v = v34();
+    // Enough data that the snapshot is larger than what the proxy lets through.
+    etcdctl_put(&v.ctl, &v.endpoint, &format!("/{}", unique("bulk")), &"b".repeat(300 << 10));
+    let proxy = common::CutProxy::stalling(&v.endpoint, 128 << 10);
+    let prefix = unique("sigfull");
+    let s = start(&proxy.url, &prefix, &[YEARLY]);
+    s.wait_for("INFO Taking snapshot Full-");
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    let log = s.stop();
+    assert!(stopped.elapsed() < Duration::from_secs(5), "stopped in {:?}", stopped.elapsed());
+    assert!(log.contains("interrupted by a signal; every upload was aborted, nothing was stored"), "{log}");
+    assert!(listed(&primary(&prefix)).is_empty() && listed(&secondary(&prefix)).is_empty());
+    no_uploads_left_on_secondary(&prefix);
+}

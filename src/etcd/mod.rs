@@ -64,6 +64,9 @@ impl std::fmt::Debug for EtcdConfig {
 /// large; tonic's default of 4 MiB would be too tight for those.
 const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
 
+/// How often a blocked stream read looks for SIGINT/SIGTERM.
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
 /// What `Maintenance/Status` reports about the member that answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -307,8 +310,20 @@ impl SnapshotStream<'_> {
             StreamState::Failed => bail!("etcd snapshot stream from {endpoint} has already failed"),
         }
         let (deadline, stream) = (self.deadline, &mut self.stream);
-        // The timer must be made inside the runtime, hence the async block.
-        let message = self.client.rt.block_on(async { tokio::time::timeout_at(deadline, stream.message()).await });
+        // Waits in slices, so that a signal is noticed while etcd sends
+        // nothing; `Streaming::message` is cancel safe. The timer must be
+        // made inside the runtime, hence the async block.
+        let message = loop {
+            let slice = deadline.min(Instant::now() + SIGNAL_CHECK);
+            match self.client.rt.block_on(async { tokio::time::timeout_at(slice, stream.message()).await }) {
+                Err(_) if slice < deadline && crate::signals::interrupted() => {
+                    self.state = StreamState::Failed;
+                    bail!("etcd snapshot stream from {endpoint}: interrupted by a signal");
+                }
+                Err(_) if slice < deadline => continue,
+                other => break other,
+            }
+        };
         match message {
             Ok(Ok(Some(m))) => {
                 self.remaining = Some(m.remaining_bytes);
