@@ -456,12 +456,32 @@ pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
         Ok(t) => t,
         Err(code) => return code,
     };
-    match full_snapshot(&cfg.etcd, &targets, cfg.compression) {
+    let started = Instant::now();
+    let result = full_snapshot(&cfg.etcd, &targets, cfg.compression);
+    record_metrics(cfg, &targets, crate::snapshot::Kind::Full, result.as_ref().ok(), started);
+    match result {
         Ok(outcome) => report(&outcome, cfg.require_all_endpoints),
         Err(e) => {
             error!("Failed to take snapshot: {e:#}");
             crate::exit::FAILED
         }
+    }
+}
+
+/// `--metrics-file`, when given: one attempt's outcome. A failure to write
+/// it is logged; the backup's own result stands.
+pub fn record_metrics(
+    cfg: &crate::flags::hiargs::SnapshotConfig,
+    targets: &[Target],
+    kind: crate::snapshot::Kind,
+    outcome: Option<&Outcome>,
+    started: Instant,
+) {
+    let Some(path) = &cfg.metrics_file else { return };
+    let roles: Vec<Role> = targets.iter().map(|t| t.role).collect();
+    let secs = started.elapsed().as_secs_f64();
+    if let Err(e) = crate::metrics::record(path, &roles, kind, outcome, secs, unix_now()) {
+        error!("Cannot write the metrics file {}: {e}", path.display());
     }
 }
 

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod gc;
 pub mod logging;
 pub mod member;
+pub mod metrics;
 pub(crate) mod pb;
 pub mod restore;
 pub mod signals;

@@ -349,7 +349,9 @@ impl Snapshotter<'_> {
             },
             None => raw,
         };
+        let started = Instant::now();
         let outcome = store_everywhere(self.targets, &name, &data);
+        backup::record_metrics(self.cfg, self.targets, Kind::Incr, Some(&outcome), started);
         debug!("Delta snapshot {name}: {events} events, {} bytes stored", data.len());
         backup::report(&outcome, false);
         let stored = outcome.results.iter().any(|(_, r)| r.is_ok());
@@ -378,7 +380,10 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
 
 /// Take a full snapshot; its name when at least one endpoint stored it.
 fn take_full(cfg: &SnapshotConfig, targets: &[Target]) -> Option<SnapshotName> {
-    let outcome = match backup::full_snapshot(&cfg.etcd, targets, cfg.compression) {
+    let started = Instant::now();
+    let result = backup::full_snapshot(&cfg.etcd, targets, cfg.compression);
+    backup::record_metrics(cfg, targets, Kind::Full, result.as_ref().ok(), started);
+    let outcome = match result {
         Ok(o) => o,
         Err(e) => {
             error!("Failed to take snapshot: {e:#}");

@@ -283,3 +283,56 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
     let r = run(&["snapshot", "--help"], &[]);
     assert_eq!(r.code, 0);
 }
+
+/// `--metrics-file`: node_exporter textfile metrics per endpoint, checked
+/// with Prometheus' own Python parser; failures count up across runs and
+/// the last success stays.
+#[test]
+fn metrics_file_for_node_exporter() {
+    let prefix = unique("metrics");
+    let dir = common::restore::scratch("metrics");
+    let file = dir.join("etcdbr.prom");
+    let metrics = format!("--metrics-file={}", file.display());
+    let args = with(dual_args(&env("EBR_ETCD35_ENDPOINT"), &prefix), &[&metrics]);
+    assert_eq!(run(&refs(&args), &as_refs(&creds())).code, 0);
+    let (name, bytes) = only_snapshot(&primary(&prefix));
+    let down = with(args, &["--secondary-store-endpoint-override=http://127.0.0.1:1"]);
+    assert_eq!(run(&refs(&down), &as_refs(&creds())).code, 0);
+    let parsed = Command::new("python3")
+        .args(["-c", PARSE, file.to_str().unwrap()])
+        .output()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let get = |metric: &str, endpoint: &str| {
+        m[metric][endpoint].as_f64().unwrap_or_else(|| panic!("{metric} {endpoint}: {m}"))
+    };
+    assert_eq!(m["types"]["etcdbr_snapshot_failures"], "counter");
+    assert_eq!(m["types"]["etcdbr_snapshot_latest_revision"], "gauge");
+    assert_eq!(get("etcdbr_snapshot_failures_total", "secondary"), 1.0);
+    assert!(m["etcdbr_snapshot_failures_total"]["primary"].is_null());
+    assert_eq!(get("etcdbr_snapshot_last_run_success", "primary"), 1.0);
+    assert_eq!(get("etcdbr_snapshot_last_run_success", "secondary"), 0.0);
+    let first = etcd_backup_restore::snapshot::SnapshotName::parse(&name).unwrap();
+    assert_eq!(
+        get("etcdbr_snapshot_latest_revision", "secondary"),
+        first.last_revision as f64,
+        "the last success stays"
+    );
+    assert_eq!(get("etcdbr_snapshot_uploaded_bytes", "secondary"), bytes.len() as f64);
+    assert!(get("etcdbr_snapshot_latest_timestamp", "primary") >= first.created as f64);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+}
+
+/// Prints {"types": {family: type}, sample name: {endpoint: value}}.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {"types": {}}
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+    out["types"][family.name] = family.type
+    for s in family.samples:
+        assert s.labels["kind"] == "Full", s
+        out.setdefault(s.name, {})[s.labels["endpoint"]] = s.value
+print(json.dumps(out))
+"#;

@@ -381,6 +381,19 @@ pub static FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "metrics-file",
+        short: None,
+        value: Some("PATH"),
+        default: None,
+        env: None,
+        group: Group::Snapshot,
+        help: "After every snapshot, write per-endpoint metrics here for node_exporter's textfile collector (Prometheus text, replaced atomically; name it *.prom).",
+        set: |a, _, v| {
+            a.metrics_file = path(v);
+            Ok(())
+        },
+    },
+    Flag {
         name: "schedule",
         short: Some('s'),
         value: Some("CRON"),

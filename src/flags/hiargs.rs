@@ -58,6 +58,7 @@ pub struct SnapshotConfig {
     pub compression: Option<crate::compression::Policy>,
     /// `None` with `--once`.
     pub scheduled: Option<Scheduled>,
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 /// What the long-running `snapshot` does besides full snapshots.
@@ -91,6 +92,7 @@ impl SnapshotConfig {
             require_all_endpoints: low.require_all_endpoints,
             compression: low.compress.then_some(low.compression_policy),
             scheduled,
+            metrics_file: low.metrics_file.clone(),
         })
     }
 }

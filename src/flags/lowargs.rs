@@ -42,6 +42,7 @@ pub struct LowArgs {
     pub compress: bool,
     pub compression_policy: crate::compression::Policy,
     pub require_all_endpoints: bool,
+    pub metrics_file: Option<PathBuf>,
     pub schedule: String,
     pub delta_period: Duration,
     pub delta_memory_limit: u64,

@@ -1,0 +1,157 @@
+//! `--metrics-file`: after every snapshot, the outcome per endpoint in
+//! node_exporter's textfile-collector format (Prometheus text), written to a
+//! temporary file and renamed, so the collector never reads half a file.
+//! Counters and the last success survive failed runs: the previous file is
+//! read back first.
+
+use crate::backup::Outcome;
+use crate::flags::Role;
+use crate::snapshot::{Kind, SnapshotName};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Metric name, help, type. Upstream's `etcdbr_` names where one exists.
+const METRICS: [(&str, &str, &str); 7] = [
+    ("etcdbr_snapshot_latest_timestamp", "Unix time of the latest snapshot stored on the endpoint.", "gauge"),
+    ("etcdbr_snapshot_latest_revision", "etcd revision of the latest snapshot stored on the endpoint.", "gauge"),
+    ("etcdbr_snapshot_uploaded_bytes", "Bytes stored for the latest snapshot on the endpoint.", "gauge"),
+    ("etcdbr_snapshot_last_run_timestamp", "Unix time of the last attempt to store a snapshot.", "gauge"),
+    ("etcdbr_snapshot_last_run_success", "1 if the last attempt stored the snapshot on the endpoint, else 0.", "gauge"),
+    ("etcdbr_snapshot_last_run_duration_seconds", "Duration of the last attempt.", "gauge"),
+    ("etcdbr_snapshot_failures_total", "Attempts that did not store the snapshot on the endpoint.", "counter"),
+];
+
+/// A metric sample's identity: name and rendered labels.
+type Series = (String, String);
+
+/// Record one attempt. `outcome` is `None` when nothing could be tried
+/// (etcd unreachable): every endpoint in `roles` failed.
+pub fn record(
+    path: &Path,
+    roles: &[Role],
+    kind: Kind,
+    outcome: Option<&Outcome>,
+    duration_secs: f64,
+    now: u64,
+) -> std::io::Result<()> {
+    let mut samples = match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e),
+    };
+    let name = outcome.and_then(|o| SnapshotName::parse(&o.name));
+    let kind = match kind {
+        Kind::Full => "Full",
+        Kind::Incr => "Incr",
+    };
+    for &role in roles {
+        let ep = format!("endpoint=\"{}\"", role.name());
+        let by_kind = format!("{ep},kind=\"{kind}\"");
+        let ok = outcome.is_some_and(|o| o.results.iter().any(|(r, res)| *r == role && res.is_ok()));
+        let mut set = |metric: &str, labels: &str, v: f64| {
+            samples.insert((metric.to_string(), labels.to_string()), v);
+        };
+        set("etcdbr_snapshot_last_run_timestamp", &by_kind, now as f64);
+        set("etcdbr_snapshot_last_run_success", &by_kind, if ok { 1.0 } else { 0.0 });
+        set("etcdbr_snapshot_last_run_duration_seconds", &by_kind, duration_secs);
+        match (&name, outcome) {
+            (Some(n), Some(o)) if ok => {
+                set("etcdbr_snapshot_latest_timestamp", &by_kind, n.created as f64);
+                set("etcdbr_snapshot_latest_revision", &by_kind, n.last_revision as f64);
+                set("etcdbr_snapshot_uploaded_bytes", &by_kind, o.bytes as f64);
+            }
+            _ => {
+                *samples.entry(("etcdbr_snapshot_failures_total".into(), by_kind.clone())).or_insert(0.0) += 1.0;
+            }
+        }
+    }
+    write_atomically(path, &render(&samples))
+}
+
+/// The samples of a file this module wrote: `name{labels} value` lines.
+fn parse(text: &str) -> BTreeMap<Series, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = series.split_once('{')?;
+            Some(((name.to_string(), labels.strip_suffix('}')?.to_string()), value.parse().ok()?))
+        })
+        .filter(|((name, _), _)| METRICS.iter().any(|(m, ..)| m == name))
+        .collect()
+}
+
+fn render(samples: &BTreeMap<Series, f64>) -> String {
+    let mut out = String::new();
+    for (metric, help, kind) in METRICS {
+        let mut rows = samples.iter().filter(|((name, _), _)| name == metric).peekable();
+        if rows.peek().is_none() {
+            continue;
+        }
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+        for ((name, labels), v) in rows {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    }
+    out
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // The collector reads only `*.prom`: the temporary name ends otherwise.
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(primary_ok: bool) -> Outcome {
+        Outcome {
+            name: "Full-00000000-00000042-1700000000.gz".into(),
+            results: vec![
+                (Role::Primary, if primary_ok { Ok(()) } else { Err("refused".into()) }),
+                (Role::Secondary, Ok(())),
+            ],
+            bytes: 1234,
+        }
+    }
+
+    #[test]
+    fn failures_count_up_and_the_last_success_stays() {
+        let dir = std::env::temp_dir().join(format!("ebr-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("etcdbr.prom");
+        let roles = [Role::Primary, Role::Secondary];
+        record(&path, &roles, Kind::Full, Some(&outcome(true)), 1.5, 1_700_000_001).unwrap();
+        record(&path, &roles, Kind::Full, Some(&outcome(false)), 2.5, 1_700_000_100).unwrap();
+        record(&path, &roles, Kind::Full, None, 0.1, 1_700_000_200).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in [
+            "# TYPE etcdbr_snapshot_failures_total counter",
+            "etcdbr_snapshot_failures_total{endpoint=\"primary\",kind=\"Full\"} 2",
+            "etcdbr_snapshot_failures_total{endpoint=\"secondary\",kind=\"Full\"} 1",
+            "etcdbr_snapshot_latest_timestamp{endpoint=\"primary\",kind=\"Full\"} 1700000000",
+            "etcdbr_snapshot_latest_revision{endpoint=\"secondary\",kind=\"Full\"} 42",
+            "etcdbr_snapshot_uploaded_bytes{endpoint=\"primary\",kind=\"Full\"} 1234",
+            "etcdbr_snapshot_last_run_success{endpoint=\"secondary\",kind=\"Full\"} 0",
+            "etcdbr_snapshot_last_run_timestamp{endpoint=\"primary\",kind=\"Full\"} 1700000200",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
