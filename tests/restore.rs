@@ -14,20 +14,6 @@ use std::sync::Mutex;
 /// Tests that start etcd on the fixed peer port of the reference vector.
 static FIXED_PORT: Mutex<()> = Mutex::new(());
 
-/// Put 1 MiB values until etcd's database holds at least `bytes` (a fresh
-/// CI machine starts empty; a developer's grows only once).
-fn grow_db(v: &Version, bytes: u64) {
-    let filler = "f".repeat(1 << 20);
-    for _ in 0..64 {
-        let status = etcdctl_json(&v.ctl, &v.endpoint, &["endpoint", "status"]);
-        if status[0]["Status"]["dbSize"].as_u64().unwrap() >= bytes {
-            return;
-        }
-        etcdctl_put(&v.ctl, &v.endpoint, &unique("/filler"), &filler);
-    }
-    panic!("etcd's database did not grow to {bytes} bytes");
-}
-
 /// Keys under a fresh prefix: small ones, and two of 200 KB (overflow pages).
 fn write_keys(v: &Version) -> String {
     let p = format!("/{}/", unique("restore"));
@@ -270,7 +256,7 @@ fn failover_primary_drops_mid_download_resumes_on_secondary() {
     let have: u64 = line.split(' ').next().unwrap().parse().unwrap();
     assert!(line.ends_with(&format!("of {size} bytes already fetched")), "{line}");
     assert!(have >= 8 << 20 && have <= size - (8 << 20), "{line}");
-    assert!(have % (8 << 20) == 0 || have % (8 << 20) == size % (8 << 20), "whole parts only: {line}");
+    assert!(have.is_multiple_of(8 << 20) || have % (8 << 20) == size % (8 << 20), "whole parts only: {line}");
 }
 
 #[test]

@@ -336,3 +336,24 @@ for family in text_string_to_metric_families(open(sys.argv[1]).read()):
         out.setdefault(s.name, {})[s.labels["endpoint"]] = s.value
 print(json.dumps(out))
 "#;
+
+/// Bad credential files: one line naming the variable and the file, never
+/// their content, exit 2, nothing stored.
+#[test]
+fn bad_credential_files_exit_2_naming_the_file() {
+    let dir = common::restore::scratch("badcreds");
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, r#"{"accessKeyID": "k", "secretAccessKey": "TOPSECRET", "#).unwrap();
+    let unreadable = dir.join("a-directory.json");
+    std::fs::create_dir(&unreadable).unwrap();
+    let prefix = unique("badcreds");
+    for file in [&broken, &unreadable, &dir.join("missing.json")] {
+        let envs = [("AWS_APPLICATION_CREDENTIALS_JSON", file.to_str().unwrap())];
+        let r = run(&refs(&dual_args(&env("EBR_ETCD35_ENDPOINT"), &prefix)), &envs);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert_eq!(r.stderr.trim_end().lines().count(), 1, "one line: {}", r.stderr);
+        assert!(r.stderr.contains("AWS_APPLICATION_CREDENTIALS_JSON") && r.stderr.contains(file.to_str().unwrap()));
+        assert!(!r.stderr.contains("TOPSECRET"), "{}", r.stderr);
+    }
+    assert!(listed(&primary(&prefix)).is_empty() && listed(&secondary(&prefix)).is_empty());
+}

@@ -259,6 +259,19 @@ pub static FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "store-ca-file",
+        short: None,
+        value: Some("PATH"),
+        default: None,
+        env: Some("AWS_CA_BUNDLE"),
+        group: Group::Store,
+        help: "PEM file of the CAs to trust for this S3 endpoint's TLS (a private CA), in addition to trustedCaCert from the credentials; replaces the built-in roots.",
+        set: |a, r, v| {
+            a.store(r).ca_file = path(v);
+            Ok(())
+        },
+    },
+    Flag {
         name: "max-parallel-chunk-uploads",
         short: None,
         value: Some("N"),

@@ -275,6 +275,14 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             role.name()
         )
     })?;
+    // The CA file's certificates join trustedCaCert's; both replace the built-in roots.
+    let mut trusted_ca_pem = creds.trusted_ca_cert.map(String::into_bytes);
+    if let Some(path) = &s.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{} {}: {e}", flag("store-ca-file"), path.display()))?;
+        let all = trusted_ca_pem.get_or_insert_with(Vec::new);
+        all.push(b'\n');
+        all.extend_from_slice(&pem);
+    }
     let endpoint = match (&s.endpoint_override, &creds.endpoint) {
         (Some(url), _) => Some(check_url(url, &flag("store-endpoint-override"))?),
         (None, Some(url)) => Some(check_url(url, &format!("endpoint in {}", creds.source))?),
@@ -292,7 +300,7 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             access_key_id: creds.access_key_id,
             secret_access_key: creds.secret_access_key,
             session_token: creds.session_token,
-            trusted_ca_pem: creds.trusted_ca_cert.map(String::into_bytes),
+            trusted_ca_pem,
             insecure_skip_verify: creds.insecure_skip_verify,
             sse_customer: creds.sse_customer_algorithm.zip(creds.sse_customer_key),
             connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),

@@ -99,6 +99,7 @@ pub struct StoreArgs {
     pub container: Option<String>,
     pub prefix: String,
     pub endpoint_override: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub max_parallel_chunk_uploads: usize,
     pub min_chunk_size: u64,
     pub chunk_upload_timeout: Duration,

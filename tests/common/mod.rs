@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod fault;
 pub mod restore;
 
 /// A variable that `scripts/env up` exports; a missing one fails the test
@@ -162,22 +163,28 @@ pub struct CutProxy {
 impl CutProxy {
     /// Passes `limit` bytes of each connection's responses, then closes it.
     pub fn start(target: &str, limit: usize) -> CutProxy {
-        Self::spawn(target, limit, false, None)
+        Self::spawn(target, limit, false, None, None)
+    }
+
+    /// Passes everything, but flips the lowest bit of byte `offset` of each
+    /// connection's responses (a corrupted stream).
+    pub fn flipping(target: &str, offset: usize) -> CutProxy {
+        Self::spawn(target, usize::MAX, false, None, Some(offset))
     }
 
     /// Passes `limit` bytes of each connection's responses, then holds the
     /// connection open without sending anything more.
     pub fn stalling(target: &str, limit: usize) -> CutProxy {
-        Self::spawn(target, limit, true, None)
+        Self::spawn(target, limit, true, None, None)
     }
 
     /// Passes everything until a request asks for a range starting at
     /// `offset`; closes that connection after `limit` bytes of its answer.
     pub fn cutting_range(target: &str, offset: u64, limit: usize) -> CutProxy {
-        Self::spawn(target, limit, false, Some(format!("range: bytes={offset}-")))
+        Self::spawn(target, limit, false, Some(format!("range: bytes={offset}-")), None)
     }
 
-    fn spawn(target: &str, limit: usize, stall: bool, trigger: Option<String>) -> CutProxy {
+    fn spawn(target: &str, limit: usize, stall: bool, trigger: Option<String>, flip: Option<usize>) -> CutProxy {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         use std::sync::Arc;
@@ -212,6 +219,10 @@ impl CutProxy {
                     loop {
                         let n = match s_in.read(&mut buf) {
                             Ok(0) | Err(_) => break,
+                            Ok(n) if flip.is_some_and(|f| (passed..passed + n).contains(&f)) => {
+                                buf[flip.unwrap() - passed] ^= 0x01;
+                                n
+                            }
                             Ok(n) if armed.load(Ordering::SeqCst) => n.min(limit - passed),
                             Ok(n) => {
                                 if c_out.write_all(&buf[..n]).is_err() {

@@ -25,6 +25,20 @@ pub fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+/// Put 1 MiB values until etcd's database holds at least `bytes` (a fresh
+/// CI machine starts empty; a developer's grows only once).
+pub fn grow_db(v: &Version, bytes: u64) {
+    let filler = "f".repeat(1 << 20);
+    for _ in 0..64 {
+        let status = etcdctl_json(&v.ctl, &v.endpoint, &["endpoint", "status"]);
+        if status[0]["Status"]["dbSize"].as_u64().unwrap() >= bytes {
+            return;
+        }
+        etcdctl_put(&v.ctl, &v.endpoint, &unique("/filler"), &filler);
+    }
+    panic!("etcd's database did not grow to {bytes} bytes");
+}
+
 pub fn kvs(v: &Version, endpoint: &str, prefix: &str) -> Value {
     etcdctl_json(&v.ctl, endpoint, &["get", "--prefix", prefix])["kvs"].clone()
 }

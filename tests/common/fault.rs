@@ -1,0 +1,195 @@
+//! Fault injection for the tests, on loopback, with threads.
+//!
+//! `S3Faults` is an HTTP-aware proxy in front of one S3 server. Every
+//! forwarded request gets `Connection: close`, so each client connection
+//! carries exactly one request and responses can be piped back unparsed.
+//! Rules match a kind of S3 request and its count (the 3rd UploadPart, or
+//! every one) and answer with a status (500/503 SlowDown), reset the
+//! connection mid-body, or stall forever.
+//! (`CutProxy` in the parent module works on plain TCP streams.)
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    CreateUpload,
+    UploadPart,
+    CompleteUpload,
+    AbortUpload,
+    Get,
+    List,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Answer with this status and an S3 error body (`SlowDown` for 503).
+    Status(u16),
+    /// Read this many bytes of the body, then reset the connection.
+    ResetAfter(usize),
+    /// Read the request, then never answer.
+    Stall,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub kind: Request,
+    /// 1-based counts of that kind to hit; empty means every one.
+    pub nth: Vec<usize>,
+    pub action: Action,
+}
+
+pub struct S3Faults {
+    pub url: String,
+    /// Requests seen, by kind, and whether a rule hit them.
+    pub log: Arc<Mutex<Vec<(Request, bool)>>>,
+}
+
+impl S3Faults {
+    pub fn start(target: &str, rules: Vec<Rule>) -> S3Faults {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (target, rules, seen) = (target.clone(), rules.clone(), seen.clone());
+                std::thread::spawn(move || serve(client, &target, &rules, &seen));
+            }
+        });
+        S3Faults { url, log }
+    }
+
+    pub fn hits(&self, kind: Request) -> usize {
+        self.log.lock().unwrap().iter().filter(|(k, hit)| *k == kind && *hit).count()
+    }
+}
+
+fn classify(method: &str, target: &str) -> Request {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let has = |p: &str| query.split('&').any(|kv| kv == p || kv.starts_with(&format!("{p}=")));
+    match method {
+        "PUT" if has("partNumber") => Request::UploadPart,
+        "POST" if has("uploads") => Request::CreateUpload,
+        "POST" if has("uploadId") => Request::CompleteUpload,
+        "DELETE" if has("uploadId") => Request::AbortUpload,
+        "GET" if has("list-type") || has("uploads") => Request::List,
+        "GET" => Request::Get,
+        _ => Request::Other,
+    }
+}
+
+fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Request, bool)>>) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut head = Vec::new();
+    let (mut method, mut path, mut length, mut chunked) = (String::new(), String::new(), 0usize, false);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if method.is_empty() {
+            let mut parts = line.split_whitespace();
+            method = parts.next().unwrap_or_default().to_string();
+            path = parts.next().unwrap_or_default().to_string();
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if line == "\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    let kind = classify(&method, &path);
+    let action = {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.iter().filter(|(k, _)| *k == kind).count() + 1;
+        let action =
+            rules.iter().find(|r| r.kind == kind && (r.nth.is_empty() || r.nth.contains(&n))).map(|r| r.action);
+        seen.push((kind, action.is_some()));
+        action
+    };
+    let mut client = client;
+    match action {
+        Some(Action::ResetAfter(bytes)) => {
+            let mut buf = vec![0u8; bytes];
+            let _ = reader.read_exact(&mut buf);
+            reset(&client);
+        }
+        Some(Action::Stall) => {
+            let _ = read_body(&mut reader, length, chunked);
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        Some(Action::Status(code)) => {
+            let _ = read_body(&mut reader, length, chunked);
+            let (reason, s3) =
+                if code == 503 { ("Slow Down", "SlowDown") } else { ("Internal Server Error", "InternalError") };
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3}</Code><Message>injected</Message></Error>"
+            );
+            let _ = write!(
+                client,
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        None => {
+            let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
+            if server.write_all(&head).is_err() {
+                return;
+            }
+            let mut upstream = server.try_clone().unwrap();
+            // Whatever the client still sends (the body) goes up as it comes.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut upstream);
+            });
+            let _ = std::io::copy(&mut server, &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn read_body(reader: &mut BufReader<TcpStream>, length: usize, chunked: bool) -> std::io::Result<()> {
+    if !chunked {
+        return std::io::copy(&mut reader.take(length as u64), &mut std::io::sink()).map(|_| ());
+    }
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        std::io::copy(&mut reader.take(n as u64 + 2), &mut std::io::sink())?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Close with SO_LINGER 0: the peer sees a reset, not an orderly end.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
