@@ -156,3 +156,46 @@ fn restore_reads_the_secondary_when_the_primary_answers_500() {
     assert!(r.stderr.contains(&format!("INFO Successfully fetched snapshot {name} from secondary endpoint")));
     assert!(dir.join("data/member/snap/db").is_file());
 }
+
+/// A slow secondary (each part connection capped at 4 MB/s) holds the
+/// snapshot back, but memory stays within the documented bound (81 MiB of
+/// buffers for two endpoints with the defaults) while a snapshot larger
+/// than that streams through; both endpoints get it.
+#[test]
+fn slow_secondary_keeps_memory_bounded() {
+    let v = v35();
+    grow_db(&v, 128 << 20);
+    let prefix = unique("fslow");
+    let faults =
+        S3Faults::start(&env("EBR_S3B_ENDPOINT"), vec![rule(Request::UploadPart, &[], Action::Throttle(4_000_000))]);
+    let proxied = format!("--secondary-store-endpoint-override={}", faults.url);
+    let args = with(dual_args(&v.endpoint, &prefix), &[&proxied]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
+        .args(&args)
+        .env_clear()
+        .envs(creds())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The peak resident set (VmHWM), read until the process ends.
+    let mut peak_kb = 0u64;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let hwm = text.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            peak_kb = peak_kb.max(hwm.and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let (name, a) = only_snapshot(&primary(&prefix));
+    let (_, b) = only_snapshot(&secondary(&prefix));
+    assert!(a == b, "identical on both endpoints");
+    assert!(a.len() > 128 << 20, "{name}: {} bytes", a.len());
+    eprintln!("peak RSS {peak_kb} kB for a {} byte snapshot", a.len());
+    // 81 MiB of buffers, plus the program itself and its HTTP/TLS state.
+    assert!(peak_kb < 110 << 10, "peak RSS {peak_kb} kB for a {} byte snapshot", a.len());
+    no_uploads_left_on_secondary(&prefix);
+}

@@ -1,5 +1,6 @@
 //! The static binary needs nothing from the host: inside an empty root
-//! holding only the binary, a CA bundle and the credential files, it backs
+//! holding only the binary, a CA bundle and the credential files, as the
+//! unprivileged user of the Containerfile's scratch image, it backs
 //! etcd up to both local S3 endpoints and restores from them. The binary is
 //! built by `scripts/build-static`, which `scripts/test` runs first.
 
@@ -10,9 +11,11 @@ use common::{Etcd, Server, env, free_port, unique, var};
 use std::path::Path;
 use std::process::Command;
 
-/// Run the static binary chrooted into `root`, with only `envs`.
+/// Run the static binary chrooted into `root` as uid/gid 65532 (the
+/// Containerfile's user), with only `envs`.
 fn chrooted(root: &Path, args: &[&str], envs: &[(&str, String)]) -> (i32, String) {
     let out = Command::new("/usr/sbin/chroot")
+        .arg("--userspec=65532:65532")
         .arg(root)
         .arg("/etcd-backup-restore")
         .args(args)
@@ -46,6 +49,13 @@ fn static_binary_backs_up_and_restores_in_an_empty_root() {
     std::fs::write(root.join("creds/primary.json"), creds_json(Server::A)).unwrap();
     std::fs::write(root.join("creds/secondary.json"), creds_json(Server::B)).unwrap();
     std::fs::create_dir(root.join("data")).unwrap();
+    // The unprivileged user owns only its data directory and reads its credentials.
+    std::os::unix::fs::chown(root.join("data"), Some(65532), Some(65532)).unwrap();
+    for f in ["primary.json", "secondary.json"] {
+        std::os::unix::fs::chown(root.join("creds").join(f), Some(65532), Some(65532)).unwrap();
+        std::fs::set_permissions(root.join("creds").join(f), std::os::unix::fs::PermissionsExt::from_mode(0o400))
+            .unwrap();
+    }
     let envs = [
         ("AWS_APPLICATION_CREDENTIALS_JSON", "/creds/primary.json".to_string()),
         ("SECONDARY_AWS_APPLICATION_CREDENTIALS_JSON", "/creds/secondary.json".to_string()),

@@ -31,6 +31,9 @@ pub enum Action {
     ResetAfter(usize),
     /// Read the request, then never answer.
     Stall,
+    /// Forward, taking the request body at most this many bytes a second
+    /// (per connection): a slow link.
+    Throttle(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -145,15 +148,30 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
                 body.len()
             );
         }
-        None => {
+        None | Some(Action::Throttle(_)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
             if server.write_all(&head).is_err() {
                 return;
             }
             let mut upstream = server.try_clone().unwrap();
             // Whatever the client still sends (the body) goes up as it comes.
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut reader, &mut upstream);
+            let rate = match action {
+                Some(Action::Throttle(rate)) => Some(rate),
+                _ => None,
+            };
+            std::thread::spawn(move || match rate {
+                None => {
+                    let _ = std::io::copy(&mut reader, &mut upstream);
+                }
+                Some(rate) => {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n @ 1..) = reader.read(&mut buf) {
+                        std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / rate as f64));
+                        if upstream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
             });
             let _ = std::io::copy(&mut server, &mut client);
             let _ = client.shutdown(std::net::Shutdown::Both);

@@ -29,7 +29,7 @@ pub fn scratch(tag: &str) -> PathBuf {
 /// CI machine starts empty; a developer's grows only once).
 pub fn grow_db(v: &Version, bytes: u64) {
     let filler = "f".repeat(1 << 20);
-    for _ in 0..64 {
+    for _ in 0..(bytes >> 20) + 64 {
         let status = etcdctl_json(&v.ctl, &v.endpoint, &["endpoint", "status"]);
         if status[0]["Status"]["dbSize"].as_u64().unwrap() >= bytes {
             return;
