@@ -163,7 +163,12 @@ fn restore_reads_the_secondary_when_the_primary_answers_500() {
 /// than that streams through; both endpoints get it.
 #[test]
 fn slow_secondary_keeps_memory_bounded() {
+    // A private etcd: growing the shared one would slow every later test.
+    let dir = scratch("fslow-etcd");
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
     let v = v35();
+    let etcd = common::Etcd::start(&v.etcd, &v.ctl, &dir.join("etcd"), "s1", &peer, &format!("s1={peer}"));
+    let v = Version { endpoint: etcd.client_url.clone(), ..v };
     grow_db(&v, 128 << 20);
     let prefix = unique("fslow");
     let faults =
@@ -198,4 +203,6 @@ fn slow_secondary_keeps_memory_bounded() {
     // 81 MiB of buffers, plus the program itself and its HTTP/TLS state.
     assert!(peak_kb < 110 << 10, "peak RSS {peak_kb} kB for a {} byte snapshot", a.len());
     no_uploads_left_on_secondary(&prefix);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
 }
