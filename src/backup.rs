@@ -40,6 +40,16 @@ pub struct Outcome {
     pub bytes: u64,
 }
 
+impl Outcome {
+    pub fn stored_on(&self, role: Role) -> bool {
+        self.results.iter().any(|(r, res)| *r == role && res.is_ok())
+    }
+
+    pub fn stored_anywhere(&self) -> bool {
+        self.results.iter().any(|(_, res)| res.is_ok())
+    }
+}
+
 /// Buffers in a part for this endpoint: its own minimum, grown so that a
 /// snapshot of `size` bytes needs at most 10,000 parts.
 pub fn chunks_per_part(min_part_size: u64, size: u64) -> usize {
@@ -514,7 +524,6 @@ pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
             Err(e) => error!("Failed to save snapshot {name} to {} endpoint: {e}", role.name()),
         }
     }
-    let saved = |role: Role| o.results.iter().any(|(r, res)| *r == role && res.is_ok());
     let ok = o.results.iter().filter(|(_, r)| r.is_ok()).count();
     if ok == o.results.len() {
         if ok > 1 {
@@ -524,8 +533,8 @@ pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
     } else if ok > 0 {
         warn!(
             "Snapshot {name} saved to only one endpoint - Primary: {}, Secondary: {}",
-            saved(Role::Primary),
-            saved(Role::Secondary)
+            o.stored_on(Role::Primary),
+            o.stored_on(Role::Secondary)
         );
         if require_all_endpoints { crate::exit::DEGRADED } else { crate::exit::OK }
     } else {

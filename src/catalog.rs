@@ -143,6 +143,38 @@ impl Catalog {
     }
 }
 
+/// Where a chain of delta snapshots breaks: `before` ends at revision
+/// `covered`, and the next delta, `next`, starts after `covered + 1`.
+#[derive(Debug)]
+pub struct Gap<'a> {
+    pub before: &'a str,
+    pub covered: u64,
+    pub next: &'a Entry,
+}
+
+/// The deltas that extend `full`, in order, as their names describe them:
+/// a delta wholly covered by what comes before is dropped (two writers
+/// around a leader change can store overlapping ones), and a delta starting
+/// after the next revision needed is a gap.
+pub fn delta_chain<'a>(full: &'a Entry, deltas: &[&'a Entry]) -> Result<Vec<&'a Entry>, Gap<'a>> {
+    let mut chain = Vec::new();
+    let mut covered = full.snapshot.last_revision;
+    let mut before = full.name.as_str();
+    for d in deltas {
+        if d.snapshot.last_revision <= covered {
+            debug!("Skipping delta snapshot {}: revisions up to {covered} are already covered", d.name);
+            continue;
+        }
+        if d.snapshot.start_revision > covered + 1 {
+            return Err(Gap { before, covered, next: d });
+        }
+        covered = d.snapshot.last_revision;
+        before = &d.name;
+        chain.push(*d);
+    }
+    Ok(chain)
+}
+
 /// Open every endpoint to read from; a failure is logged and gives the
 /// usage exit code.
 pub fn open_sources(endpoints: &[crate::flags::hiargs::EndpointConfig]) -> Result<Vec<Source>, i32> {
@@ -280,5 +312,31 @@ mod tests {
             (Role::Secondary, "Full-00000000-00000010-200", 5),
         ]);
         assert_eq!(c.latest_full().unwrap().0.name, "Full-00000000-00000010-300");
+    }
+
+    fn entry(name: &str) -> Entry {
+        Entry {
+            snapshot: SnapshotName::parse(name).unwrap(),
+            name: name.into(),
+            primary_size: Some(1),
+            secondary_size: None,
+        }
+    }
+
+    #[test]
+    fn delta_chain_skips_covered_deltas_and_stops_at_a_gap() {
+        let full = entry("Full-00000000-00000010-100");
+        let ds: Vec<Entry> = ["Incr-00000005-00000009-99", "Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]
+            .into_iter()
+            .map(entry)
+            .collect();
+        let refs: Vec<&Entry> = ds.iter().collect();
+        let chain: Vec<&str> = delta_chain(&full, &refs).unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(chain, ["Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]);
+
+        let gap = entry("Incr-00000027-00000030-103");
+        let refs: Vec<&Entry> = ds.iter().chain([&gap]).collect();
+        let e = delta_chain(&full, &refs).unwrap_err();
+        assert_eq!((e.before, e.covered, e.next.name.as_str()), ("Incr-00000015-00000025-102", 25, gap.name.as_str()));
     }
 }

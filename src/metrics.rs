@@ -48,7 +48,7 @@ pub fn record(
     for &role in roles {
         let ep = format!("endpoint=\"{}\"", role.name());
         let by_kind = format!("{ep},kind=\"{kind}\"");
-        let ok = outcome.is_some_and(|o| o.results.iter().any(|(r, res)| *r == role && res.is_ok()));
+        let ok = outcome.is_some_and(|o| o.stored_on(role));
         let mut set = |metric: &str, labels: &str, v: f64| {
             samples.insert((metric.to_string(), labels.to_string()), v);
         };

@@ -6,12 +6,11 @@
 //! Everything is built in a staging directory next to the target and
 //! renamed into place only when complete; an error or a signal removes it.
 
-use crate::catalog::{Catalog, Entry, Source};
+use crate::catalog::{self, Catalog, Entry, Gap, Source};
 use crate::flags::Role;
 use crate::flags::hiargs::RestoreConfig;
 use crate::member::{self, Member};
-use crate::snapshot::SnapshotName;
-use crate::snapshot::{Kind, TRAILER_LEN, TrailerCheck};
+use crate::snapshot::{Kind, SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::{bbolt, compression, delta, signals, snap, store, wal};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
@@ -167,39 +166,18 @@ fn choose<'a>(
         return Ok((full, Vec::new()));
     }
     let candidates: Vec<&Entry> = entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect();
-    let deltas = delta_chain(full, &candidates).map_err(|e| Failure::Failed(anyhow!(e)))?;
+    let deltas = catalog::delta_chain(full, &candidates).map_err(|Gap { before, covered, next }| {
+        Failure::Failed(anyhow!(
+            "the snapshot chain has a gap: {before} ends at revision {covered} but the next delta snapshot, {}, \
+             starts at revision {}; revisions {} to {} are on no endpoint (to restore up to revision {covered}, pass \
+             --snapshot {before})",
+            next.name,
+            next.snapshot.start_revision,
+            covered + 1,
+            next.snapshot.start_revision - 1
+        ))
+    })?;
     Ok((full, deltas))
-}
-
-/// The deltas to apply after `full`, in order, as their names describe
-/// them: a delta wholly covered by what comes before is dropped (two
-/// writers around a leader change can store overlapping ones), and a delta
-/// starting after the next revision needed is a gap, which is an error.
-fn delta_chain<'a>(full: &Entry, deltas: &[&'a Entry]) -> Result<Vec<&'a Entry>, String> {
-    let mut chain = Vec::new();
-    let mut covered = full.snapshot.last_revision;
-    let mut last_name = &full.name;
-    for d in deltas {
-        let (start, last) = (d.snapshot.start_revision, d.snapshot.last_revision);
-        if last <= covered {
-            debug!("Skipping delta snapshot {}: revisions up to {covered} are already covered", d.name);
-            continue;
-        }
-        if start > covered + 1 {
-            return Err(format!(
-                "the snapshot chain has a gap: {last_name} ends at revision {covered} but the next delta snapshot, \
-                 {}, starts at revision {start}; revisions {} to {} are on no endpoint (to restore up to revision \
-                 {covered}, pass --snapshot {last_name})",
-                d.name,
-                covered + 1,
-                start - 1
-            ));
-        }
-        covered = last;
-        last_name = &d.name;
-        chain.push(*d);
-    }
-    Ok(chain)
 }
 
 /// "primary endpoint s3://... and secondary endpoint s3://..."
@@ -291,33 +269,65 @@ const PARALLEL_DELTAS: usize = 4;
 fn fetch_deltas(deltas: &[&Entry], sources: &[Source], dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let files: Vec<(String, PathBuf)> =
         deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("delta-{i:06}")))).collect();
+    let indices: Vec<usize> = (0..deltas.len()).collect();
+    let (_, error) = in_parallel(
+        &indices,
+        PARALLEL_DELTAS,
+        || (),
+        |(), i| {
+            let plain = &files[i].1;
+            fetch(deltas[i], sources, &plain.with_extension("download"), plain, true).map(drop)
+        },
+    );
+    if let Some(e) = error {
+        return Err(e);
+    }
+    // A signal stops the workers without an error of their own.
+    signals::check()?;
+    Ok(files)
+}
+
+/// Run `job` on each of `items`, `workers` threads at a time, each thread
+/// with its own `state`; no job starts after one failed or a signal came.
+/// Returns the items whose job succeeded and the first error.
+fn in_parallel<T, S>(
+    items: &[T],
+    workers: usize,
+    state: impl Fn() -> S + Sync,
+    job: impl Fn(&mut S, T) -> anyhow::Result<()> + Sync,
+) -> (Vec<T>, Option<anyhow::Error>)
+where
+    T: Copy + Send + Sync,
+{
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let errors: Vec<anyhow::Error> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..PARALLEL_DELTAS.min(deltas.len()))
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.min(items.len()))
             .map(|_| {
                 s.spawn(|| {
-                    while let Some(i) = Some(next.fetch_add(1, Ordering::SeqCst)).filter(|&i| i < deltas.len()) {
-                        if failed.load(Ordering::SeqCst) {
+                    let (mut state, mut done) = (state(), Vec::new());
+                    while let Some(&item) = items.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        if failed.load(Ordering::SeqCst) || signals::interrupted() {
                             break;
                         }
-                        let plain = &files[i].1;
-                        let download = plain.with_extension("download");
-                        if let Err(e) = fetch(deltas[i], sources, &download, plain, true) {
+                        if let Err(e) = job(&mut state, item) {
                             failed.store(true, Ordering::SeqCst);
-                            return Some(e);
+                            return (done, Some(e));
                         }
+                        done.push(item);
                     }
-                    None
+                    (done, None)
                 })
             })
             .collect();
-        workers.into_iter().filter_map(|w| w.join().expect("delta fetch worker panicked")).collect()
-    });
-    if let Some(e) = errors.into_iter().next() {
-        return Err(e);
-    }
-    Ok(files)
+        let (mut done, mut first) = (Vec::new(), None);
+        for h in handles {
+            let (d, e) = h.join().expect("worker thread panicked");
+            done.extend(d);
+            first = first.or(e);
+        }
+        (done, first)
+    })
 }
 
 fn part_len(part: usize, size: u64) -> u64 {
@@ -329,52 +339,30 @@ fn part_len(part: usize, size: u64) -> u64 {
 /// still fails.
 fn download(src: &Source, name: &str, size: u64, file: &File, done: &mut [bool]) -> anyhow::Result<()> {
     let missing: Vec<usize> = (0..done.len()).filter(|&p| !done[p]).collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let (finished, errors): (Vec<usize>, Vec<anyhow::Error>) = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..PARALLEL_PARTS.min(missing.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let (mut finished, mut buf) = (Vec::new(), vec![0u8; 256 << 10]);
-                    while let Some(&part) = missing.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        if failed.load(Ordering::SeqCst) || signals::interrupted() {
-                            break;
-                        }
-                        let offset = part as u64 * PART;
-                        let len = part_len(part, size);
-                        let result = src.retry.run(
-                            || fetch_part(src, name, offset, len, file, &mut buf),
-                            |n, e, w| {
-                                warn!(
-                                    "{} endpoint: fetching {name} failed (attempt {n}), retrying in {w:?}: {e}",
-                                    src.role.name()
-                                )
-                            },
-                        );
-                        match result {
-                            Ok(()) => finished.push(part),
-                            Err(e) => {
-                                failed.store(true, Ordering::SeqCst);
-                                return (finished, Some(anyhow!(e)));
-                            }
-                        }
-                    }
-                    (finished, None)
-                })
-            })
-            .collect();
-        let mut all = (Vec::new(), Vec::new());
-        for w in workers {
-            let (f, e) = w.join().expect("download worker panicked");
-            all.0.extend(f);
-            all.1.extend(e);
-        }
-        all
-    });
+    let (finished, error) = in_parallel(
+        &missing,
+        PARALLEL_PARTS,
+        || vec![0u8; 256 << 10],
+        |buf, part| {
+            let offset = part as u64 * PART;
+            let len = part_len(part, size);
+            src.retry
+                .run(
+                    || fetch_part(src, name, offset, len, file, buf),
+                    |n, e, w| {
+                        warn!(
+                            "{} endpoint: fetching {name} failed (attempt {n}), retrying in {w:?}: {e}",
+                            src.role.name()
+                        )
+                    },
+                )
+                .map_err(|e| anyhow!(e))
+        },
+    );
     for p in finished {
         done[p] = true;
     }
-    if let Some(e) = errors.into_iter().next() {
+    if let Some(e) = error {
         return Err(e);
     }
     signals::check()?;
@@ -733,33 +721,6 @@ mod tests {
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());
         fs::remove_dir_all(&d).unwrap();
-    }
-
-    fn entry(name: &str) -> Entry {
-        Entry {
-            snapshot: SnapshotName::parse(name).unwrap(),
-            name: name.into(),
-            primary_size: Some(1),
-            secondary_size: None,
-        }
-    }
-
-    #[test]
-    fn delta_chain_skips_covered_deltas_and_stops_at_a_gap() {
-        let full = entry("Full-00000000-00000010-100");
-        let ds: Vec<Entry> = ["Incr-00000005-00000009-99", "Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]
-            .into_iter()
-            .map(entry)
-            .collect();
-        let refs: Vec<&Entry> = ds.iter().collect();
-        let chain: Vec<&str> = delta_chain(&full, &refs).unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(chain, ["Incr-00000011-00000020-101", "Incr-00000015-00000025-102"]);
-
-        let gap = entry("Incr-00000027-00000030-103");
-        let refs: Vec<&Entry> = ds.iter().chain([&gap]).collect();
-        let e = delta_chain(&full, &refs).unwrap_err();
-        assert!(e.contains("revisions 26 to 26 are on no endpoint"), "{e}");
-        assert!(e.contains("pass --snapshot Incr-00000015-00000025-102"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,11 @@ impl SnapshotName {
         }
     }
 
+    /// A delta snapshot of the revisions `start_revision..=last_revision`.
+    pub fn delta(start_revision: u64, last_revision: u64, created: u64) -> SnapshotName {
+        SnapshotName { kind: Kind::Incr, start_revision, ..SnapshotName::full(last_revision, created) }
+    }
+
     /// Parse an object name as upstream does: `Kind-Start-Last-Unix[.ext][.final]`
     /// with `Kind` Full or Incr and `Start <= Last`. Anything else is `None`.
     pub fn parse(name: &str) -> Option<SnapshotName> {
@@ -168,6 +173,7 @@ mod tests {
         n.compression = ".gz".into();
         n.is_final = true;
         assert_eq!(n.to_string(), "Full-00000000-13002039293-7.gz.final");
+        assert_eq!(SnapshotName::delta(11, 20, 1640995260).to_string(), "Incr-00000011-00000020-1640995260");
     }
 
     #[test]

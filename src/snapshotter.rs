@@ -8,7 +8,7 @@
 //! is a full snapshot.
 
 use crate::backup::{self, Outcome, Target, unix_now};
-use crate::catalog::{Catalog, Source};
+use crate::catalog::{self, Catalog, Source};
 use crate::compression::{self, Policy};
 use crate::delta;
 use crate::etcd::{self, WatchError};
@@ -126,14 +126,14 @@ impl Snapshotter<'_> {
             return true;
         };
         self.last_full = Some(full.snapshot.created);
-        let mut last = full.snapshot.last_revision;
-        for d in &deltas {
-            if d.snapshot.start_revision > last + 1 {
-                warn!("Stored delta snapshots have a gap before {}; taking a full snapshot now", d.name);
+        let chain = match catalog::delta_chain(full, &deltas) {
+            Ok(chain) => chain,
+            Err(gap) => {
+                warn!("Stored delta snapshots have a gap before {}; taking a full snapshot now", gap.next.name);
                 return true;
             }
-            last = last.max(d.snapshot.last_revision);
-        }
+        };
+        let last = chain.last().unwrap_or(&full).snapshot.last_revision;
         self.last_revision = last;
         let missed = self.sch.schedule.next_after(full.snapshot.created as i64).is_some_and(|t| t <= unix_now() as i64);
         if missed {
@@ -285,7 +285,7 @@ impl Snapshotter<'_> {
     /// way; read them up to etcd's current revision (for at most `DRAIN`),
     /// so that the final delta holds every write made before the signal.
     fn drain(&self, watch: &mut etcd::Watch<'_>, pending: &mut delta::Writer) {
-        let target = match etcd::Client::connect(&self.cfg.etcd).and_then(|mut c| c.status()) {
+        let target = match watch.status() {
             Ok(s) => s.revision.max(0) as u64,
             Err(e) => {
                 warn!("Cannot ask etcd for its revision before stopping: {e:#}");
@@ -332,9 +332,7 @@ impl Snapshotter<'_> {
     /// on; otherwise the events stay for the next try.
     fn save_delta(&mut self, pending: &mut delta::Writer) -> bool {
         let Some(last) = pending.last_revision() else { return true };
-        let mut name = SnapshotName::full(last as u64, unix_now());
-        name.kind = Kind::Incr;
-        name.start_revision = self.last_revision + 1;
+        let mut name = SnapshotName::delta(self.last_revision + 1, last as u64, unix_now());
         name.compression = self.cfg.compression.map_or("", Policy::suffix).to_string();
         let name = name.to_string();
         let events = pending.events();
@@ -354,7 +352,7 @@ impl Snapshotter<'_> {
         backup::record_metrics(self.cfg, self.targets, Kind::Incr, Some(&outcome), started);
         debug!("Delta snapshot {name}: {events} events, {} bytes stored", data.len());
         backup::report(&outcome, false);
-        let stored = outcome.results.iter().any(|(_, r)| r.is_ok());
+        let stored = outcome.stored_anywhere();
         if stored {
             self.last_revision = last as u64;
             *pending = delta::Writer::new();
@@ -391,7 +389,7 @@ fn take_full(cfg: &SnapshotConfig, targets: &[Target]) -> Option<SnapshotName> {
         }
     };
     backup::report(&outcome, false);
-    outcome.results.iter().any(|(_, r)| r.is_ok()).then(|| SnapshotName::parse(&outcome.name)).flatten()
+    outcome.stored_anywhere().then(|| SnapshotName::parse(&outcome.name)).flatten()
 }
 
 /// Write a small object to every target in parallel, each with its retry
@@ -454,8 +452,7 @@ pub fn gc_command(cfg: &crate::flags::hiargs::GcOnceConfig) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let gc = GcConfig { period: Duration::ZERO, policy: cfg.policy, delta_retention: cfg.delta_retention };
-    match collect_garbage(&sources, gc, unix_now() as i64, cfg.dry_run) {
+    match collect_garbage(&sources, cfg.policy, cfg.delta_retention, unix_now() as i64, cfg.dry_run) {
         Ok(deleted) => {
             let verb = if cfg.dry_run { "would delete" } else { "deleted" };
             info!("Garbage collection {verb} {} objects", deleted.len());
@@ -474,7 +471,7 @@ fn gc_loop(sources: &[Source], gc: GcConfig) {
         if signals::interrupted() {
             return;
         }
-        if let Err(e) = collect_garbage(sources, gc, unix_now() as i64, false) {
+        if let Err(e) = collect_garbage(sources, gc.policy, gc.delta_retention, unix_now() as i64, false) {
             warn!("{e}");
         }
     }
@@ -491,7 +488,8 @@ fn gc_loop(sources: &[Source], gc: GcConfig) {
 /// or which deletions failed.
 pub fn collect_garbage(
     sources: &[Source],
-    gc: GcConfig,
+    policy: crate::gc::Policy,
+    delta_retention: Duration,
     now: i64,
     dry_run: bool,
 ) -> Result<Vec<(Role, String)>, String> {
@@ -503,9 +501,9 @@ pub fn collect_garbage(
         }
         Err(e) => return Err(format!("Garbage collection skipped: {e}")),
     };
-    let retention = gc.delta_retention.as_secs() as i64;
+    let retention = delta_retention.as_secs() as i64;
     let names: Vec<SnapshotName> = catalog.entries.iter().map(|e| e.snapshot.clone()).collect();
-    let merged: HashSet<&str> = crate::gc::select(&names, now, gc.policy, retention)
+    let merged: HashSet<&str> = crate::gc::select(&names, now, policy, retention)
         .into_iter()
         .map(|i| catalog.entries[i].name.as_str())
         .collect();
@@ -514,8 +512,8 @@ pub fn collect_garbage(
     for src in sources {
         let own: Vec<_> = catalog.entries.iter().filter(|e| e.size_on(src.role).is_some()).collect();
         let own_names: Vec<SnapshotName> = own.iter().map(|e| e.snapshot.clone()).collect();
-        let mut failures = 0;
-        for i in crate::gc::select(&own_names, now, gc.policy, retention) {
+        let failed_before = failed.len();
+        for i in crate::gc::select(&own_names, now, policy, retention) {
             let name = &own[i].name;
             if !merged.contains(name.as_str()) {
                 debug!(
@@ -537,9 +535,8 @@ pub fn collect_garbage(
                 Err(e) => {
                     warn!("Garbage collection could not delete {name} from {} endpoint: {e}", src.role.name());
                     failed.push(format!("{name} on {}", src.role.name()));
-                    failures += 1;
                     // As upstream: a store that keeps refusing is left for the next cycle.
-                    if failures >= 5 {
+                    if failed.len() - failed_before >= 5 {
                         break;
                     }
                 }

@@ -10,11 +10,10 @@ use common::restore::*;
 use common::{Etcd, etcdctl, etcdctl_json, free_port, unique};
 use etcd_backup_restore::snapshot::{Kind, SnapshotName};
 use etcd_backup_restore::store::Store;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_etcd-backup-restore");
 /// A schedule that is never due in a test: only the startup full snapshot.
 const YEARLY: &str = "--schedule=0 0 1 1 *";
 
@@ -34,14 +33,7 @@ fn start(etcd: &str, prefix: &str, extra: &[&str]) -> Snapshotter {
     args.extend(store_args(prefix));
     args.extend(extra.iter().map(|s| s.to_string()));
     let log = scratch("snapshotter").join("log");
-    let child = Command::new(BIN)
-        .args(&args)
-        .env_clear()
-        .envs(creds())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let child = binary(&args).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
     Snapshotter { child, log }
 }
 

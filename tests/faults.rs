@@ -119,13 +119,7 @@ fn sigterm_during_an_upload_aborts_both() {
     let faults = S3Faults::start(&env("EBR_S3B_ENDPOINT"), vec![rule(Request::UploadPart, &[], Action::Stall)]);
     let proxied = format!("--secondary-store-endpoint-override={}", faults.url);
     let args = with(dual_args(&etcd(), &prefix), &[&proxied, "--secondary-chunk-upload-timeout=3s"]);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
-        .args(&args)
-        .env_clear()
-        .envs(creds())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = binary(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     while faults.hits(Request::UploadPart) == 0 {
         assert!(Instant::now() < end, "no part upload reached the secondary");
@@ -175,13 +169,7 @@ fn slow_secondary_keeps_memory_bounded() {
         S3Faults::start(&env("EBR_S3B_ENDPOINT"), vec![rule(Request::UploadPart, &[], Action::Throttle(4_000_000))]);
     let proxied = format!("--secondary-store-endpoint-override={}", faults.url);
     let args = with(dual_args(&v.endpoint, &prefix), &[&proxied]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
-        .args(&args)
-        .env_clear()
-        .envs(creds())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = binary(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     // The peak resident set (VmHWM), read until the process ends.
     let mut peak_kb = 0u64;
     let status = loop {

@@ -24,9 +24,7 @@ fn full(rev: u64, created: u64) -> String {
 }
 
 fn delta(start: u64, last: u64, created: u64) -> String {
-    let mut n = SnapshotName::full(last, created);
-    n.kind = Kind::Incr;
-    n.start_revision = start;
+    let mut n = SnapshotName::delta(start, last, created);
     n.compression = ".gz".into();
     n.to_string()
 }

@@ -316,13 +316,7 @@ fn snapshot_list_merges_both_endpoints() {
     assert_eq!(run(&refs(&args), &as_refs(&creds())).code, 0);
     let mut list = vec!["snapshot".to_string(), "list".into()];
     list.extend(store_args(&prefix));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
-        .args(&list)
-        .args(["--output", "json"])
-        .env_clear()
-        .envs(creds())
-        .output()
-        .unwrap();
+    let out = binary(&list).args(["--output", "json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
@@ -332,12 +326,7 @@ fn snapshot_list_merges_both_endpoints() {
     assert_eq!(rows[1]["location"], "primary");
     assert_eq!(rows[1]["kind"], "Full");
     assert!(rows[1]["lastRevision"].as_u64() > rows[0]["lastRevision"].as_u64());
-    let text = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
-        .args(&list)
-        .env_clear()
-        .envs(creds())
-        .output()
-        .unwrap();
+    let text = binary(&list).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
@@ -357,13 +346,7 @@ fn sigterm_while_stalled_leaves_nothing_behind() {
     let mut args = vec!["restore".to_string(), format!("--data-dir={}", data.display())];
     args.extend(store_args(&prefix).into_iter().filter(|a| !a.starts_with("--secondary")));
     args.push(format!("--store-endpoint-override={}", proxy.url));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_etcd-backup-restore"))
-        .args(&args)
-        .env_clear()
-        .envs(creds())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = binary(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let staged = || {
         dir.read_dir()
             .unwrap()

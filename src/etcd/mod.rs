@@ -427,6 +427,11 @@ impl Client {
 }
 
 impl Watch<'_> {
+    /// `Maintenance/Status` on the watch's own connection.
+    pub fn status(&mut self) -> anyhow::Result<Status> {
+        self.client.status()
+    }
+
     /// The next batch of events, waiting at most until `deadline`; `Ok(None)`
     /// when nothing came by then. Progress notifications are empty batches.
     pub fn next(&mut self, deadline: std::time::Instant) -> Result<Option<Vec<crate::delta::Event>>, WatchError> {

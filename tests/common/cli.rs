@@ -24,6 +24,14 @@ pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
     Run { code: out.status.code().unwrap_or(-1), stderr }
 }
 
+/// The binary with `args` and only both servers' credentials in its
+/// environment, for tests that spawn it themselves.
+pub fn binary<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env_clear().envs(creds());
+    c
+}
+
 pub fn primary(prefix: &str) -> S3Store {
     s3_store(Server::A, prefix)
 }
