@@ -23,6 +23,9 @@ pub mod snapshotter;
 pub mod store;
 pub mod wal;
 
+#[cfg(test)]
+pub(crate) mod test_scratch;
+
 /// Process exit codes, distinct so that systemd units and scripts can tell
 /// a degraded backup from a failed one.
 pub mod exit {
