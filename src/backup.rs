@@ -10,76 +10,76 @@
 //! aborted, so nothing partial ever becomes visible.
 
 use crate::compression::{Packer, Policy};
+use crate::endpoint::{Endpoint, on_each};
 use crate::etcd::{self, EtcdConfig};
-use crate::flags::Role;
+use crate::report::{MetricsFile, Outcome, report, unix_now};
 use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
+use crate::store::Upload;
 use crate::store::s3::MAX_PARTS;
-use crate::store::{RetryPolicy, Store, Upload};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use log::{debug, error, info, warn};
+use log::{debug, error, info};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Size of one shared buffer. Parts are whole numbers of buffers.
-pub const CHUNK: usize = 1 << 20;
-
-/// One store endpoint, opened.
-pub struct Target {
-    pub role: Role,
-    pub store: Arc<dyn Store>,
-    pub max_parallel_uploads: usize,
-    pub min_part_size: u64,
-    pub retry: RetryPolicy,
-}
-
-/// What became of one snapshot on each endpoint.
-#[derive(Debug)]
-pub struct Outcome {
-    pub name: String,
-    pub results: Vec<(Role, Result<(), String>)>,
-    pub bytes: u64,
-}
-
-impl Outcome {
-    pub fn stored_on(&self, role: Role) -> bool {
-        self.results.iter().any(|(r, res)| *r == role && res.is_ok())
-    }
-
-    pub fn stored_anywhere(&self) -> bool {
-        self.results.iter().any(|(_, res)| res.is_ok())
-    }
-}
+pub const BUFFER: usize = 1 << 20;
 
 /// Buffers in a part for this endpoint: its own minimum, grown so that a
 /// snapshot of `size` bytes needs at most 10,000 parts.
-pub fn chunks_per_part(min_part_size: u64, size: u64) -> usize {
+pub fn buffers_per_part(min_part_size: u64, size: u64) -> usize {
     let part = min_part_size.max(size.div_ceil(MAX_PARTS as u64));
-    part.div_ceil(CHUNK as u64) as usize
+    part.div_ceil(BUFFER as u64) as usize
 }
 
 /// Peak bytes held in buffers: per endpoint, one part being assembled, one
 /// being handed over, one queued in its channel and one per uploader, plus
 /// the reader's own buffer. Independent of the snapshot size (up to
 /// 10,000 parts of the minimum size).
-pub fn memory_bound(targets: &[(usize, usize)]) -> usize {
-    pool_capacity(targets) * CHUNK
+pub fn memory_bound(endpoints: &[(usize, usize)]) -> usize {
+    pool_capacity(endpoints) * BUFFER
 }
 
-/// `targets` holds (max parallel uploads, buffers per part) per endpoint.
-fn pool_capacity(targets: &[(usize, usize)]) -> usize {
-    1 + targets.iter().map(|&(parallel, cpp)| (parallel + 2) * cpp + cpp).sum::<usize>()
+/// `endpoints` holds (max parallel uploads, buffers per part) per endpoint.
+fn pool_capacity(endpoints: &[(usize, usize)]) -> usize {
+    1 + endpoints.iter().map(|&(parallel, bpp)| (parallel + 2) * bpp + bpp).sum::<usize>()
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// What every full snapshot needs besides the endpoints.
+#[derive(Debug)]
+pub struct Job {
+    pub etcd: EtcdConfig,
+    /// `None` with `--compress-snapshots=false`.
+    pub compression: Option<Policy>,
+    pub metrics: MetricsFile,
 }
 
-/// Take one full snapshot and store it on every target. `Err` means no
+impl Job {
+    /// Take one full snapshot, record it in the metrics file and log what
+    /// each endpoint did. Returns the exit code and, when at least one
+    /// endpoint stored it, the snapshot's name.
+    pub fn take(&self, endpoints: &[Endpoint], require_all_endpoints: bool) -> (i32, Option<SnapshotName>) {
+        let started = Instant::now();
+        let result = full_snapshot(&self.etcd, endpoints, self.compression);
+        self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
+        match result {
+            Ok(o) => {
+                let code = report(&o, require_all_endpoints);
+                (code, o.stored_anywhere().then(|| SnapshotName::parse(&o.name)).flatten())
+            }
+            Err(e) => {
+                error!("Failed to take snapshot: {e:#}");
+                (crate::exit::FAILED, None)
+            }
+        }
+    }
+}
+
+/// Take one full snapshot and store it on every endpoint. `Err` means no
 /// upload was attempted (etcd unreachable) or the snapshot itself was bad;
 /// per-endpoint failures are in the `Outcome`.
 pub fn full_snapshot(
     etcd_cfg: &EtcdConfig,
-    targets: &[Target],
+    endpoints: &[Endpoint],
     compression: Option<Policy>,
 ) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
@@ -96,11 +96,10 @@ pub fn full_snapshot(
 
     // Start every upload first, in parallel, so that a slow or dead endpoint
     // is known before etcd starts streaming.
-    let uploads: Vec<Result<Box<dyn Upload>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = targets.iter().map(|t| s.spawn(|| begin(t, &name))).collect();
-        handles.into_iter().map(|h| h.join().expect("begin thread panicked")).collect()
+    let uploads = on_each(endpoints, |ep| {
+        ep.call("starting the upload", || ep.store.begin(&name)).map_err(|e| format!("cannot start the upload: {e}"))
     });
-    let mut results: Vec<Option<Result<(), String>>> = vec![None; targets.len()];
+    let mut results: Vec<Option<Result<(), String>>> = vec![None; endpoints.len()];
     let mut live = Vec::new();
     for (i, u) in uploads.into_iter().enumerate() {
         match u {
@@ -115,7 +114,7 @@ pub fn full_snapshot(
             Ok(v) => v,
             Err(e) => {
                 for (i, u) in &live {
-                    abort(&targets[*i], &name, &**u);
+                    abort(&endpoints[*i], &name, &**u);
                 }
                 return Err(e.context(format!("snapshot {name}: nothing was stored")));
             }
@@ -124,22 +123,22 @@ pub fn full_snapshot(
         let ended = std::thread::scope(|s| {
             let mut senders = Vec::new();
             let mut handles = Vec::new();
-            let mut cpps = Vec::new();
+            let mut bpps = Vec::new();
             // Compressed output can exceed its input a little (stored blocks).
             let stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
             for (i, upload) in live.drain(..) {
-                let t = &targets[i];
-                let cpp = chunks_per_part(t.min_part_size, stored);
-                cpps.push((t.max_parallel_uploads, cpp));
-                let (tx, rx) = bounded(cpp);
+                let ep = &endpoints[i];
+                let bpp = buffers_per_part(ep.parts.min_size, stored);
+                bpps.push((ep.parts.max_parallel, bpp));
+                let (tx, rx) = bounded(bpp);
                 senders.push(tx);
                 let name = &name;
-                handles.push((i, s.spawn(move || endpoint_upload(t, name, upload, rx, cpp))));
+                handles.push((i, s.spawn(move || endpoint_upload(ep, name, upload, rx, bpp))));
             }
             let packer = compression.map(Packer::new);
-            let bound = memory_bound(&cpps) + packer.as_ref().map_or(0, Packer::memory_bound);
+            let bound = memory_bound(&bpps) + packer.as_ref().map_or(0, Packer::memory_bound);
             debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
-            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&cpps)), senders, packer);
+            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&bpps)), senders, packer);
             for (i, h) in handles {
                 results[i] = Some(h.join().unwrap_or_else(|_| Err("uploader thread panicked".into())));
             }
@@ -161,22 +160,9 @@ pub fn full_snapshot(
             Ended::NobodyListening => {}
         }
     }
-    let results = targets.iter().zip(results).map(|(t, r)| (t.role, r.expect("every endpoint has a result"))).collect();
+    let results =
+        endpoints.iter().zip(results).map(|(ep, r)| (ep.role, r.expect("every endpoint has a result"))).collect();
     Ok(Outcome { name, results, bytes })
-}
-
-fn begin(t: &Target, name: &str) -> Result<Box<dyn Upload>, String> {
-    t.retry
-        .run(|| t.store.begin(name), |n, e, w| retrying(t, "starting the upload", n, e, w))
-        .map_err(|e| format!("cannot start the upload: {e}"))
-}
-
-fn retrying(t: &Target, what: &str, attempt: u32, e: &crate::store::Error, wait: std::time::Duration) {
-    warn!(
-        "{} endpoint: {what} failed (attempt {attempt}/{}), retrying in {wait:?}: {e}",
-        t.role.name(),
-        t.retry.attempts
-    );
 }
 
 /// Skip leading empty messages (etcd 3.6 announces its version first) and
@@ -195,7 +181,7 @@ fn first_message(stream: &mut etcd::SnapshotStream<'_>) -> anyhow::Result<(Vec<u
 }
 
 enum Msg {
-    Data(Arc<Chunk>),
+    Data(Arc<Buffer>),
     /// The stream ended; `Ok` only when the trailer matched.
     End(Result<(), String>),
 }
@@ -280,12 +266,12 @@ impl Emitter<'_> {
     fn emit(&mut self, mut rest: &[u8]) {
         self.stored += rest.len() as u64;
         while !rest.is_empty() {
-            let n = (CHUNK - self.buf.len()).min(rest.len());
+            let n = (BUFFER - self.buf.len()).min(rest.len());
             self.buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
-            if self.buf.len() == CHUNK {
+            if self.buf.len() == BUFFER {
                 let full = std::mem::replace(&mut self.buf, self.pool.take());
-                broadcast(&mut self.live, Msg::Data(Chunk::new(full, self.pool)));
+                broadcast(&mut self.live, Msg::Data(Buffer::new(full, self.pool)));
             }
         }
     }
@@ -293,7 +279,7 @@ impl Emitter<'_> {
     fn flush(&mut self) {
         if !self.buf.is_empty() {
             let last = std::mem::take(&mut self.buf);
-            broadcast(&mut self.live, Msg::Data(Chunk::new(last, self.pool)));
+            broadcast(&mut self.live, Msg::Data(Buffer::new(last, self.pool)));
         }
     }
 }
@@ -311,51 +297,48 @@ fn broadcast(live: &mut Vec<Sender<Msg>>, msg: Msg) {
 
 /// One endpoint's side: parts to uploader threads, then complete or abort.
 fn endpoint_upload(
-    t: &Target,
+    ep: &Endpoint,
     name: &str,
     upload: Box<dyn Upload>,
     rx: Receiver<Msg>,
-    cpp: usize,
+    bpp: usize,
 ) -> Result<(), String> {
     let failed: Mutex<Option<String>> = Mutex::new(None);
     let upload = &*upload;
     let verdict = std::thread::scope(|s| {
         let (work_tx, work_rx) = bounded::<Part>(0);
-        for _ in 0..t.max_parallel_uploads {
+        for _ in 0..ep.parts.max_parallel {
             let (work_rx, failed) = (work_rx.clone(), &failed);
             s.spawn(move || {
                 for part in work_rx {
                     if failed.lock().unwrap().is_some() {
                         continue; // drain, so the coordinator never blocks
                     }
-                    let slices: Vec<&[u8]> = part.chunks.iter().map(|c| &c.data[..]).collect();
+                    let slices: Vec<&[u8]> = part.buffers.iter().map(|c| &c.data[..]).collect();
                     let what = format!("uploading part {}", part.number);
-                    let r = t.retry.run(
-                        || upload.put_part(part.number, part.offset, &slices),
-                        |n, e, w| retrying(t, &what, n, e, w),
-                    );
+                    let r = ep.call(&what, || upload.put_part(part.number, part.offset, &slices));
                     if let Err(e) = r {
                         failed.lock().unwrap().get_or_insert(format!("part {}: {e}", part.number));
                     }
                 }
             });
         }
-        let mut part = Part { number: 1, offset: 0, chunks: Vec::with_capacity(cpp) };
+        let mut part = Part { number: 1, offset: 0, buffers: Vec::with_capacity(bpp) };
         let verdict = loop {
             if failed.lock().unwrap().is_some() {
                 break None;
             }
             match rx.recv() {
-                Ok(Msg::Data(chunk)) => {
-                    part.chunks.push(chunk);
-                    if part.chunks.len() == cpp {
+                Ok(Msg::Data(buffer)) => {
+                    part.buffers.push(buffer);
+                    if part.buffers.len() == bpp {
                         let next =
-                            Part { number: part.number + 1, offset: part.end(), chunks: Vec::with_capacity(cpp) };
+                            Part { number: part.number + 1, offset: part.end(), buffers: Vec::with_capacity(bpp) };
                         let _ = work_tx.send(std::mem::replace(&mut part, next));
                     }
                 }
                 Ok(Msg::End(v)) => {
-                    if v.is_ok() && !part.chunks.is_empty() {
+                    if v.is_ok() && !part.buffers.is_empty() {
                         let _ = work_tx.send(part);
                     }
                     break Some(v);
@@ -371,24 +354,23 @@ fn endpoint_upload(
     });
     let result = match (failed.into_inner().unwrap(), verdict) {
         (Some(cause), _) => Err(cause),
-        (None, Some(Ok(()))) => t
-            .retry
-            .run(|| upload.complete(), |n, e, w| retrying(t, "completing the upload", n, e, w))
-            .map_err(|e| format!("completing the upload: {e}")),
+        (None, Some(Ok(()))) => {
+            ep.call("completing the upload", || upload.complete()).map_err(|e| format!("completing the upload: {e}"))
+        }
         (None, Some(Err(e))) => Err(e),
         (None, None) => Err("upload failed".into()),
     };
     if result.is_err() {
-        abort(t, name, upload);
+        abort(ep, name, upload);
     }
     result
 }
 
-fn abort(t: &Target, name: &str, upload: &dyn Upload) {
-    if let Err(e) = t.retry.run(|| upload.abort(), |n, e, w| retrying(t, "aborting the upload", n, e, w)) {
+fn abort(ep: &Endpoint, name: &str, upload: &dyn Upload) {
+    if let Err(e) = ep.call("aborting the upload", || upload.abort()) {
         error!(
             "{} endpoint: could not abort the multipart upload of {name}; an incomplete upload may remain: {e}",
-            t.role.name()
+            ep.name()
         );
     }
 }
@@ -396,29 +378,29 @@ fn abort(t: &Target, name: &str, upload: &dyn Upload) {
 struct Part {
     number: u32,
     offset: u64,
-    chunks: Vec<Arc<Chunk>>,
+    buffers: Vec<Arc<Buffer>>,
 }
 
 impl Part {
     fn end(&self) -> u64 {
-        self.offset + self.chunks.iter().map(|c| c.data.len() as u64).sum::<u64>()
+        self.offset + self.buffers.iter().map(|c| c.data.len() as u64).sum::<u64>()
     }
 }
 
 /// A filled buffer, shared by every endpoint; back to the pool when the
 /// last one lets go.
-struct Chunk {
+struct Buffer {
     data: Vec<u8>,
     pool: Arc<Pool>,
 }
 
-impl Chunk {
-    fn new(data: Vec<u8>, pool: &Arc<Pool>) -> Arc<Chunk> {
-        Arc::new(Chunk { data, pool: Arc::clone(pool) })
+impl Buffer {
+    fn new(data: Vec<u8>, pool: &Arc<Pool>) -> Arc<Buffer> {
+        Arc::new(Buffer { data, pool: Arc::clone(pool) })
     }
 }
 
-impl Drop for Chunk {
+impl Drop for Buffer {
     fn drop(&mut self) {
         let mut data = std::mem::take(&mut self.data);
         data.clear();
@@ -426,7 +408,7 @@ impl Drop for Chunk {
     }
 }
 
-/// A fixed number of `CHUNK`-sized buffers, made on first use. Taking one
+/// A fixed number of `BUFFER`-sized buffers, made on first use. Taking one
 /// blocks while all are in use: that is the memory bound.
 struct Pool {
     give: Sender<Vec<u8>>,
@@ -449,102 +431,10 @@ impl Pool {
             let mut made = self.made.lock().unwrap();
             if *made < self.capacity {
                 *made += 1;
-                return Vec::with_capacity(CHUNK);
+                return Vec::with_capacity(BUFFER);
             }
         }
         self.free.recv().expect("the pool owns a sender")
-    }
-}
-
-/// The `snapshot` command; with `--once`, open the stores, take the snapshot, log
-/// the per-endpoint outcome as the spec shows it, and return the exit code.
-pub fn run(cfg: &crate::flags::hiargs::SnapshotConfig) -> i32 {
-    if let Some(scheduled) = &cfg.scheduled {
-        return crate::snapshotter::run(cfg, scheduled);
-    }
-    let targets = match open_targets(&cfg.endpoints) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let started = Instant::now();
-    let result = full_snapshot(&cfg.etcd, &targets, cfg.compression);
-    record_metrics(cfg, &targets, crate::snapshot::Kind::Full, result.as_ref().ok(), started);
-    match result {
-        Ok(outcome) => report(&outcome, cfg.require_all_endpoints),
-        Err(e) => {
-            error!("Failed to take snapshot: {e:#}");
-            crate::exit::FAILED
-        }
-    }
-}
-
-/// `--metrics-file`, when given: one attempt's outcome. A failure to write
-/// it is logged; the backup's own result stands.
-pub fn record_metrics(
-    cfg: &crate::flags::hiargs::SnapshotConfig,
-    targets: &[Target],
-    kind: crate::snapshot::Kind,
-    outcome: Option<&Outcome>,
-    started: Instant,
-) {
-    let Some(path) = &cfg.metrics_file else { return };
-    let roles: Vec<Role> = targets.iter().map(|t| t.role).collect();
-    let secs = started.elapsed().as_secs_f64();
-    if let Err(e) = crate::metrics::record(path, &roles, kind, outcome, secs, unix_now()) {
-        error!("Cannot write the metrics file {}: {e}", path.display());
-    }
-}
-
-/// Open every endpoint; a failure is logged and gives the usage exit code.
-pub fn open_targets(endpoints: &[crate::flags::hiargs::EndpointConfig]) -> Result<Vec<Target>, i32> {
-    endpoints
-        .iter()
-        .map(|ep| {
-            let store = ep.open().map_err(|e| {
-                error!("{}", e.0);
-                crate::exit::USAGE
-            })?;
-            Ok(Target {
-                role: ep.role,
-                store,
-                max_parallel_uploads: ep.max_parallel_uploads,
-                min_part_size: ep.min_part_size,
-                retry: ep.retry,
-            })
-        })
-        .collect()
-}
-
-/// Log what happened on each endpoint and pick the exit code.
-pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
-    let name = &o.name;
-    for (role, r) in &o.results {
-        match r {
-            Ok(()) => info!("Successfully saved snapshot {name} to {} endpoint", role.name()),
-            Err(e) => error!("Failed to save snapshot {name} to {} endpoint: {e}", role.name()),
-        }
-    }
-    let ok = o.results.iter().filter(|(_, r)| r.is_ok()).count();
-    if ok == o.results.len() {
-        if ok > 1 {
-            info!("Snapshot {name} successfully saved to both endpoints");
-        }
-        crate::exit::OK
-    } else if ok > 0 {
-        warn!(
-            "Snapshot {name} saved to only one endpoint - Primary: {}, Secondary: {}",
-            o.stored_on(Role::Primary),
-            o.stored_on(Role::Secondary)
-        );
-        if require_all_endpoints { crate::exit::DEGRADED } else { crate::exit::OK }
-    } else {
-        let causes: Vec<String> = o
-            .results
-            .iter()
-            .filter_map(|(role, r)| r.as_ref().err().map(|e| format!("{}: {e}", role.name())))
-            .collect();
-        error!("Snapshot {name} was not saved to any endpoint - {}", causes.join("; "));
-        crate::exit::FAILED
     }
 }
 
@@ -554,13 +444,13 @@ mod tests {
 
     #[test]
     fn part_size_respects_minimum_and_part_limit() {
-        assert_eq!(chunks_per_part(5 << 20, 200 << 20), 5);
-        assert_eq!(chunks_per_part((5 << 20) + 1, 200 << 20), 6);
-        assert_eq!(chunks_per_part(8 << 20, 20 << 20), 8);
+        assert_eq!(buffers_per_part(5 << 20, 200 << 20), 5);
+        assert_eq!(buffers_per_part((5 << 20) + 1, 200 << 20), 6);
+        assert_eq!(buffers_per_part(8 << 20, 20 << 20), 8);
         // 100 GiB with 5 MiB parts would need 20,480 parts: grow to stay under 10,000.
-        let cpp = chunks_per_part(5 << 20, 100 << 30);
-        assert!((100u64 << 30).div_ceil((cpp * CHUNK) as u64) <= MAX_PARTS as u64, "{cpp}");
-        assert_eq!(cpp, 11);
+        let bpp = buffers_per_part(5 << 20, 100 << 30);
+        assert!((100u64 << 30).div_ceil((bpp * BUFFER) as u64) <= MAX_PARTS as u64, "{bpp}");
+        assert_eq!(bpp, 11);
     }
 
     #[test]
@@ -573,7 +463,7 @@ mod tests {
     #[test]
     fn pool_blocks_at_capacity_and_recycles() {
         let pool = Pool::new(2);
-        let a = Chunk::new(pool.take(), &pool);
+        let a = Buffer::new(pool.take(), &pool);
         let b = pool.take();
         assert!(pool.free.try_recv().is_err());
         let p2 = Arc::clone(&pool);
@@ -581,7 +471,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!waiter.is_finished(), "a third buffer must wait");
         drop(a);
-        assert!(waiter.join().unwrap() >= CHUNK);
+        assert!(waiter.join().unwrap() >= BUFFER);
         assert_eq!(*pool.made.lock().unwrap(), 2);
         drop(b);
     }

@@ -1,18 +1,9 @@
 //! The snapshots on both endpoints: listed in parallel, parsed, merged by
 //! name, ordered as upstream orders them (last revision, then creation).
 
-use crate::flags::Role;
+use crate::endpoint::{Endpoint, Role, on_each};
 use crate::snapshot::{Kind, SnapshotName};
-use crate::store::Store;
 use log::{debug, error, info};
-use std::sync::Arc;
-
-/// One opened endpoint to read snapshots from.
-pub struct Source {
-    pub role: Role,
-    pub store: Arc<dyn Store>,
-    pub retry: crate::store::RetryPolicy,
-}
 
 /// One snapshot, with its size on each endpoint that has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,32 +42,14 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// List every source in parallel and merge. `Err` only when no
+    /// List every endpoint in parallel and merge. `Err` only when no
     /// endpoint could be listed; it names each endpoint's cause.
-    pub fn list(sources: &[Source]) -> Result<Catalog, String> {
-        let listed: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = sources
-                .iter()
-                .map(|src| {
-                    s.spawn(move || {
-                        src.retry.run(
-                            || src.store.list(),
-                            |n, e, w| {
-                                log::warn!(
-                                    "{} endpoint: listing failed (attempt {n}), retrying in {w:?}: {e}",
-                                    src.role.name()
-                                )
-                            },
-                        )
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("list thread panicked")).collect()
-        });
+    pub fn list(endpoints: &[Endpoint]) -> Result<Catalog, String> {
+        let listed = on_each(endpoints, |ep| ep.call("listing", || ep.store.list()));
         let mut catalog = Catalog::default();
         let mut counts = Vec::new();
-        for (src, result) in sources.iter().zip(listed) {
-            let role = src.role.name();
+        for (ep, result) in endpoints.iter().zip(listed) {
+            let role = ep.name();
             match result {
                 Ok(objects) => {
                     let mut n = 0;
@@ -87,14 +60,14 @@ impl Catalog {
                         };
                         debug!("{role} endpoint: {} ({} bytes)", o.name, o.size);
                         n += 1;
-                        catalog.add(src.role, snapshot, o.name, o.size);
+                        catalog.add(ep.role, snapshot, o.name, o.size);
                     }
                     info!("Listed {n} snapshots from {role} endpoint");
-                    counts.push((src.role, n));
+                    counts.push((ep.role, n));
                 }
                 Err(e) => {
                     error!("Failed to list snapshots from {role} endpoint: {e}");
-                    catalog.failures.push((src.role, format!("{role}: {e}")));
+                    catalog.failures.push((ep.role, format!("{role}: {e}")));
                 }
             }
         }
@@ -110,7 +83,7 @@ impl Catalog {
             };
             key(a).cmp(&key(b))
         });
-        if sources.len() > 1 {
+        if endpoints.len() > 1 {
             let count = |r: Role| counts.iter().find(|(role, _)| *role == r).map_or(0, |(_, n)| *n);
             info!(
                 "Merged snapshot list: {} snapshots total (Primary: {}, Secondary: {})",
@@ -173,94 +146,6 @@ pub fn delta_chain<'a>(full: &'a Entry, deltas: &[&'a Entry]) -> Result<Vec<&'a 
         chain.push(*d);
     }
     Ok(chain)
-}
-
-/// Open every endpoint to read from; a failure is logged and gives the
-/// usage exit code.
-pub fn open_sources(endpoints: &[crate::flags::hiargs::EndpointConfig]) -> Result<Vec<Source>, i32> {
-    endpoints
-        .iter()
-        .map(|e| {
-            e.source().map_err(|e| {
-                error!("{}", e.0);
-                crate::exit::USAGE
-            })
-        })
-        .collect()
-}
-
-/// The `snapshot list` command: print the merged list on standard output,
-/// one line per snapshot (or a JSON array with `--output json`).
-pub fn command(cfg: &crate::flags::hiargs::ListConfig) -> i32 {
-    let sources = match open_sources(&cfg.endpoints) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let catalog = match Catalog::list(&sources) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("{e}");
-            return crate::exit::FAILED;
-        }
-    };
-    let out = if cfg.json { catalog.to_json() } else { catalog.to_text() };
-    print!("{out}");
-    if catalog.failures.is_empty() { crate::exit::OK } else { crate::exit::DEGRADED }
-}
-
-impl Catalog {
-    fn to_text(&self) -> String {
-        let mut out = format!(
-            "{:<44} {:<4} {:>12} {:>12} {:<20} {:>14} {}\n",
-            "NAME", "KIND", "START", "LAST", "CREATED", "SIZE", "ON"
-        );
-        for e in &self.entries {
-            let s = &e.snapshot;
-            let size = e.primary_size.or(e.secondary_size).unwrap_or(0);
-            out.push_str(&format!(
-                "{:<44} {:<4} {:>12} {:>12} {:<20} {:>14} {}\n",
-                e.name,
-                kind_name(s.kind),
-                s.start_revision,
-                s.last_revision,
-                crate::logging::utc_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created)),
-                size,
-                e.location()
-            ));
-        }
-        out
-    }
-
-    fn to_json(&self) -> String {
-        let rows: Vec<serde_json::Value> = self
-            .entries
-            .iter()
-            .map(|e| {
-                let s = &e.snapshot;
-                serde_json::json!({
-                    "name": e.name,
-                    "kind": kind_name(s.kind),
-                    "startRevision": s.start_revision,
-                    "lastRevision": s.last_revision,
-                    "createdOn": s.created,
-                    "compression": s.compression,
-                    "isFinal": s.is_final,
-                    "location": e.location(),
-                    "sizes": { "primary": e.primary_size, "secondary": e.secondary_size },
-                })
-            })
-            .collect();
-        let mut out = serde_json::to_string_pretty(&rows).expect("plain JSON values");
-        out.push('\n');
-        out
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Full => "Full",
-        Kind::Incr => "Incr",
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
-//! Upstream's garbage-collection selection (`RunGarbageCollector` in
-//! pkg/snapshot/snapshotter/garbagecollector.go), as a pure function of the
-//! sorted snapshot list and the current time, in UTC.
+//! Garbage collection: upstream's selection (`RunGarbageCollector` in
+//! pkg/snapshot/snapshotter/garbagecollector.go) as a pure function of the
+//! sorted snapshot list and the current time, in UTC; and the cycle that
+//! applies it to both endpoints (`snapshot gc`, and the long-running
+//! `snapshot` every `--garbage-collection-period`).
 //!
 //! Upstream also drops chunk objects from the list before this step and skips
 //! objects still under immutability; neither exists in `SnapshotName`, so both
 //! are the caller's concern.
 
+use crate::catalog::Catalog;
+use crate::endpoint::{Endpoint, Role};
 use crate::snapshot::{Kind, SnapshotName};
+use log::{debug, info, warn};
+use std::collections::HashSet;
+use std::time::Duration;
 
 const HOUR: i64 = 3600;
 const DAY: i64 = 24 * HOUR;
@@ -105,6 +112,95 @@ fn exponential_victims(list: &[SnapshotName], streams: &[usize], now: i64) -> Ve
 
 fn created(s: &SnapshotName) -> i64 {
     i64::try_from(s.created).unwrap_or(i64::MAX)
+}
+
+/// Garbage collection on a timer, in the long-running `snapshot`.
+#[derive(Debug, Clone, Copy)]
+pub struct Periodic {
+    pub period: Duration,
+    pub policy: Policy,
+    pub delta_retention: Duration,
+}
+
+/// Collect every `period` until SIGTERM/SIGINT.
+pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic) {
+    loop {
+        crate::signals::sleep(gc.period);
+        if crate::signals::interrupted() {
+            return;
+        }
+        if let Err(e) = collect(endpoints, gc.policy, gc.delta_retention, crate::report::unix_now() as i64, false) {
+            warn!("{e}");
+        }
+    }
+}
+
+/// One garbage collection cycle over every endpoint; returns the
+/// (endpoint, name) pairs deleted, or that would be with `dry_run`.
+///
+/// A snapshot is deleted from an endpoint only when the policy drops it
+/// both from that endpoint's own list and from the merged list of both.
+/// So each endpoint keeps its own latest chain, and nothing still within
+/// policy loses its last copy. No endpoint is touched when one cannot be
+/// listed: its contents are then unknown. `Err` says why nothing was done,
+/// or which deletions failed.
+pub fn collect(
+    endpoints: &[Endpoint],
+    policy: Policy,
+    delta_retention: Duration,
+    now: i64,
+    dry_run: bool,
+) -> Result<Vec<(Role, String)>, String> {
+    let catalog = match Catalog::list(endpoints) {
+        Ok(c) if c.failures.is_empty() => c,
+        Ok(c) => {
+            let why: Vec<String> = c.failures.iter().map(|(r, e)| format!("{}: {e}", r.name())).collect();
+            return Err(format!("Garbage collection skipped: cannot list every endpoint ({})", why.join("; ")));
+        }
+        Err(e) => return Err(format!("Garbage collection skipped: {e}")),
+    };
+    let retention = delta_retention.as_secs() as i64;
+    let names: Vec<SnapshotName> = catalog.entries.iter().map(|e| e.snapshot.clone()).collect();
+    let merged: HashSet<&str> =
+        select(&names, now, policy, retention).into_iter().map(|i| catalog.entries[i].name.as_str()).collect();
+    let mut deleted = Vec::new();
+    let mut failed = Vec::new();
+    for ep in endpoints {
+        let own: Vec<_> = catalog.entries.iter().filter(|e| e.size_on(ep.role).is_some()).collect();
+        let own_names: Vec<SnapshotName> = own.iter().map(|e| e.snapshot.clone()).collect();
+        let failed_before = failed.len();
+        for i in select(&own_names, now, policy, retention) {
+            let name = &own[i].name;
+            if !merged.contains(name.as_str()) {
+                debug!("Garbage collection keeps {name} on {} endpoint: within policy on the merged list", ep.name());
+                continue;
+            }
+            if dry_run {
+                info!("Garbage collection would delete {name} from {} endpoint", ep.name());
+                deleted.push((ep.role, name.clone()));
+                continue;
+            }
+            match ep.store.delete(name) {
+                Ok(()) => {
+                    info!("Garbage collection deleted {name} from {} endpoint", ep.name());
+                    deleted.push((ep.role, name.clone()));
+                }
+                Err(e) => {
+                    warn!("Garbage collection could not delete {name} from {} endpoint: {e}", ep.name());
+                    failed.push(format!("{name} on {}", ep.name()));
+                    // As upstream: a store that keeps refusing is left for the next cycle.
+                    if failed.len() - failed_before >= 5 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(deleted)
+    } else {
+        Err(format!("Garbage collection could not delete {}", failed.join(", ")))
+    }
 }
 
 #[cfg(test)]

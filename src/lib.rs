@@ -4,10 +4,13 @@
 pub mod backup;
 pub mod bbolt;
 pub mod catalog;
+pub mod commands;
 pub mod compression;
+pub mod continuous;
 pub mod credentials;
 pub mod cron;
 pub mod delta;
+pub mod endpoint;
 pub mod etcd;
 pub mod flags;
 pub mod gc;
@@ -15,11 +18,11 @@ pub mod logging;
 pub mod member;
 pub mod metrics;
 pub(crate) mod pb;
+pub mod report;
 pub mod restore;
 pub mod signals;
 pub mod snap;
 pub mod snapshot;
-pub mod snapshotter;
 pub mod store;
 pub mod wal;
 

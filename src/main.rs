@@ -2,7 +2,7 @@
 
 use etcd_backup_restore::flags::hiargs::{GcOnceConfig, ListConfig, RestoreConfig, SnapshotConfig};
 use etcd_backup_restore::flags::{self, Command, Parsed};
-use etcd_backup_restore::{backup, catalog, exit, logging, restore, signals, snapshotter};
+use etcd_backup_restore::{commands, exit, logging, signals};
 
 fn main() {
     let env = |k: &str| std::env::var(k).ok();
@@ -19,10 +19,10 @@ fn main() {
             logging::init(low.log_level.unwrap_or(log::LevelFilter::Info));
             signals::install();
             let code = match command {
-                Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| backup::run(&c)),
-                Command::Restore => RestoreConfig::new(*low, &env).map(|c| restore::command(&c)),
-                Command::List => ListConfig::new(*low, &env).map(|c| catalog::command(&c)),
-                Command::Gc => GcOnceConfig::new(*low, &env).map(|c| snapshotter::gc_command(&c)),
+                Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| commands::snapshot::run(&c)),
+                Command::Restore => RestoreConfig::new(*low, &env).map(|c| commands::restore::run(&c)),
+                Command::List => ListConfig::new(*low, &env).map(|c| commands::list::run(&c)),
+                Command::Gc => GcOnceConfig::new(*low, &env).map(|c| commands::gc::run(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))
         }

@@ -4,8 +4,7 @@
 //! Counters and the last success survive failed runs: the previous file is
 //! read back first.
 
-use crate::backup::Outcome;
-use crate::flags::Role;
+use crate::endpoint::Role;
 use crate::snapshot::{Kind, SnapshotName};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -25,13 +24,13 @@ const METRICS: [(&str, &str, &str); 7] = [
 /// A metric sample's identity: name and rendered labels.
 type Series = (String, String);
 
-/// Record one attempt. `outcome` is `None` when nothing could be tried
-/// (etcd unreachable): every endpoint in `roles` failed.
+/// Record one attempt: whether each endpoint stored it, and the snapshot
+/// (with the bytes stored) when one was taken.
 pub fn record(
     path: &Path,
-    roles: &[Role],
+    stored: &[(Role, bool)],
     kind: Kind,
-    outcome: Option<&Outcome>,
+    snapshot: Option<&(SnapshotName, u64)>,
     duration_secs: f64,
     now: u64,
 ) -> std::io::Result<()> {
@@ -40,26 +39,21 @@ pub fn record(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(e),
     };
-    let name = outcome.and_then(|o| SnapshotName::parse(&o.name));
-    let kind = match kind {
-        Kind::Full => "Full",
-        Kind::Incr => "Incr",
-    };
-    for &role in roles {
+    let kind = kind.name();
+    for &(role, ok) in stored {
         let ep = format!("endpoint=\"{}\"", role.name());
         let by_kind = format!("{ep},kind=\"{kind}\"");
-        let ok = outcome.is_some_and(|o| o.stored_on(role));
         let mut set = |metric: &str, labels: &str, v: f64| {
             samples.insert((metric.to_string(), labels.to_string()), v);
         };
         set("etcdbr_snapshot_last_run_timestamp", &by_kind, now as f64);
         set("etcdbr_snapshot_last_run_success", &by_kind, if ok { 1.0 } else { 0.0 });
         set("etcdbr_snapshot_last_run_duration_seconds", &by_kind, duration_secs);
-        match (&name, outcome) {
-            (Some(n), Some(o)) if ok => {
+        match snapshot {
+            Some((n, bytes)) if ok => {
                 set("etcdbr_snapshot_latest_timestamp", &by_kind, n.created as f64);
                 set("etcdbr_snapshot_latest_revision", &by_kind, n.last_revision as f64);
-                set("etcdbr_snapshot_uploaded_bytes", &by_kind, o.bytes as f64);
+                set("etcdbr_snapshot_uploaded_bytes", &by_kind, *bytes as f64);
             }
             _ => {
                 *samples.entry(("etcdbr_snapshot_failures_total".into(), by_kind.clone())).or_insert(0.0) += 1.0;
@@ -118,15 +112,8 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn outcome(primary_ok: bool) -> Outcome {
-        Outcome {
-            name: "Full-00000000-00000042-1700000000.gz".into(),
-            results: vec![
-                (Role::Primary, if primary_ok { Ok(()) } else { Err("refused".into()) }),
-                (Role::Secondary, Ok(())),
-            ],
-            bytes: 1234,
-        }
+    fn stored(primary_ok: bool) -> [(Role, bool); 2] {
+        [(Role::Primary, primary_ok), (Role::Secondary, true)]
     }
 
     #[test]
@@ -134,10 +121,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ebr-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("etcdbr.prom");
-        let roles = [Role::Primary, Role::Secondary];
-        record(&path, &roles, Kind::Full, Some(&outcome(true)), 1.5, 1_700_000_001).unwrap();
-        record(&path, &roles, Kind::Full, Some(&outcome(false)), 2.5, 1_700_000_100).unwrap();
-        record(&path, &roles, Kind::Full, None, 0.1, 1_700_000_200).unwrap();
+        let taken = (SnapshotName::parse("Full-00000000-00000042-1700000000.gz").unwrap(), 1234);
+        let none = [(Role::Primary, false), (Role::Secondary, false)];
+        record(&path, &stored(true), Kind::Full, Some(&taken), 1.5, 1_700_000_001).unwrap();
+        record(&path, &stored(false), Kind::Full, Some(&taken), 2.5, 1_700_000_100).unwrap();
+        record(&path, &none, Kind::Full, None, 0.1, 1_700_000_200).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         for line in [
             "# TYPE etcdbr_snapshot_failures_total counter",

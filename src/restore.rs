@@ -6,9 +6,8 @@
 //! Everything is built in a staging directory next to the target and
 //! renamed into place only when complete; an error or a signal removes it.
 
-use crate::catalog::{self, Catalog, Entry, Gap, Source};
-use crate::flags::Role;
-use crate::flags::hiargs::RestoreConfig;
+use crate::catalog::{self, Catalog, Entry, Gap};
+use crate::endpoint::{self, Endpoint, Role};
 use crate::member::{self, Member};
 use crate::snapshot::{Kind, SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::{bbolt, compression, delta, signals, snap, store, wal};
@@ -33,27 +32,22 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// The `restore` command: open the endpoints, restore, return the exit code.
-pub fn command(cfg: &RestoreConfig) -> i32 {
-    let sources: Result<Vec<Source>, _> = cfg.endpoints.iter().map(|e| e.source()).collect();
-    let result = match sources {
-        Ok(sources) => run(cfg, &sources),
-        Err(e) => Err(Failure::Usage(e.0)),
-    };
-    match result {
-        Ok(()) => crate::exit::OK,
-        Err(Failure::Usage(msg)) => {
-            log::error!("{msg}");
-            crate::exit::USAGE
-        }
-        Err(Failure::Failed(e)) => {
-            log::error!("Failed to restore: {e:#}");
-            crate::exit::FAILED
-        }
-    }
+/// What to restore and the data directory to write.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub skip_hash_check: bool,
+    /// `--bump-revision` with `--mark-compacted`.
+    pub bump_revision: Option<u64>,
+    /// `--snapshot`: restore up to this one instead of the latest.
+    pub snapshot: Option<String>,
 }
 
-pub fn run(cfg: &RestoreConfig, sources: &[Source]) -> Result<(), Failure> {
+pub fn run(cfg: &Options, sources: &[Endpoint]) -> Result<(), Failure> {
     // Everything that can be checked without the network first.
     let members = member::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
         .map_err(|e| Failure::Usage(format!("--initial-cluster: {e}")))?;
@@ -134,7 +128,7 @@ fn check_target(dir: &Path) -> Result<(), String> {
 fn choose<'a>(
     catalog: &'a Catalog,
     wanted: Option<&str>,
-    sources: &[Source],
+    sources: &[Endpoint],
 ) -> Result<(&'a Entry, Vec<&'a Entry>), Failure> {
     let upto = match wanted {
         Some(name) => {
@@ -180,11 +174,8 @@ fn choose<'a>(
     Ok((full, deltas))
 }
 
-/// "primary endpoint s3://... and secondary endpoint s3://..."
-fn where_(sources: &[Source]) -> String {
-    let each: Vec<String> =
-        sources.iter().map(|s| format!("{} endpoint {}", s.role.name(), s.store.location())).collect();
-    each.join(" or ")
+fn where_(sources: &[Endpoint]) -> String {
+    endpoint::describe(sources)
 }
 
 /// Ranged GETs of this size, this many at once: one S3 stream is limited
@@ -197,7 +188,7 @@ const PARALLEL_PARTS: usize = 4;
 /// fails, the parts still missing come from the other one if both copies
 /// have the same size; the SHA-256 trailer, checked over the plain
 /// snapshot, still covers the whole result.
-fn fetch(entry: &Entry, sources: &[Source], dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
+fn fetch(entry: &Entry, sources: &[Endpoint], dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
     let name = &entry.name;
     let mut plan: Vec<(usize, bool)> =
         (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
@@ -266,7 +257,7 @@ const PARALLEL_DELTAS: usize = 4;
 
 /// Fetch every delta (each from the primary, else the secondary) into the
 /// staging directory, verified; returns (name, plain file) in chain order.
-fn fetch_deltas(deltas: &[&Entry], sources: &[Source], dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+fn fetch_deltas(deltas: &[&Entry], sources: &[Endpoint], dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let files: Vec<(String, PathBuf)> =
         deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("delta-{i:06}")))).collect();
     let indices: Vec<usize> = (0..deltas.len()).collect();
@@ -337,7 +328,7 @@ fn part_len(part: usize, size: u64) -> u64 {
 /// Fetch the parts not yet `done` from `src`, `PARALLEL_PARTS` at a time,
 /// each retried by the endpoint's policy; stops at the first part that
 /// still fails.
-fn download(src: &Source, name: &str, size: u64, file: &File, done: &mut [bool]) -> anyhow::Result<()> {
+fn download(src: &Endpoint, name: &str, size: u64, file: &File, done: &mut [bool]) -> anyhow::Result<()> {
     let missing: Vec<usize> = (0..done.len()).filter(|&p| !done[p]).collect();
     let (finished, error) = in_parallel(
         &missing,
@@ -346,16 +337,7 @@ fn download(src: &Source, name: &str, size: u64, file: &File, done: &mut [bool])
         |buf, part| {
             let offset = part as u64 * PART;
             let len = part_len(part, size);
-            src.retry
-                .run(
-                    || fetch_part(src, name, offset, len, file, buf),
-                    |n, e, w| {
-                        warn!(
-                            "{} endpoint: fetching {name} failed (attempt {n}), retrying in {w:?}: {e}",
-                            src.role.name()
-                        )
-                    },
-                )
+            src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf))
                 .map_err(|e| anyhow!(e))
         },
     );
@@ -370,7 +352,7 @@ fn download(src: &Source, name: &str, size: u64, file: &File, done: &mut [bool])
 }
 
 /// Bytes `offset..offset+len` of `name` into the same place of `file`.
-fn fetch_part(src: &Source, name: &str, offset: u64, len: u64, file: &File, buf: &mut [u8]) -> store::Result<()> {
+fn fetch_part(src: &Endpoint, name: &str, offset: u64, len: u64, file: &File, buf: &mut [u8]) -> store::Result<()> {
     let mut reader = src.store.load(name, offset, Some(len))?;
     let mut got = 0u64;
     while got < len {

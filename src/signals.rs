@@ -54,6 +54,14 @@ pub fn install() {
     }
 }
 
+/// Sleep for `d`, waking within 200 ms of SIGINT/SIGTERM.
+pub fn sleep(d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while std::time::Instant::now() < end && !interrupted() {
+        std::thread::sleep(Duration::from_millis(200).min(end.saturating_duration_since(std::time::Instant::now())));
+    }
+}
+
 fn clean_up_and_exit() -> ! {
     // Holding the lock for good: a commit in progress finishes first, and
     // none can start after.

@@ -10,6 +10,16 @@ pub enum Kind {
     Incr,
 }
 
+impl Kind {
+    /// Upstream's word, as in object names and `etcdbr_*` labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Full => "Full",
+            Kind::Incr => "Incr",
+        }
+    }
+}
+
 /// A parsed snapshot object name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotName {

@@ -3,80 +3,25 @@
 
 use super::lowargs::{LowArgs, Role, StoreArgs};
 use super::parse::UsageError;
+use crate::backup::Job;
+use crate::continuous::Settings;
 use crate::credentials::{self, Env, S3Credentials};
+use crate::endpoint::{Backend, Config as EndpointConfig, Parts};
 use crate::etcd::EtcdConfig;
+use crate::gc::Periodic;
+use crate::report::MetricsFile;
 use crate::store::RetryPolicy;
 use crate::store::s3::S3Config;
 use std::time::Duration;
 
-/// One store endpoint, ready to open.
-#[derive(Debug, Clone)]
-pub struct EndpointConfig {
-    pub role: Role,
-    pub backend: Backend,
-    pub max_parallel_uploads: usize,
-    pub min_part_size: u64,
-    pub retry: RetryPolicy,
-}
-
-impl EndpointConfig {
-    /// Open the store; an error names the endpoint.
-    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::store::Store>, UsageError> {
-        let opened: Result<std::sync::Arc<dyn crate::store::Store>, crate::store::Error> = match &self.backend {
-            Backend::S3(c) => crate::store::s3::S3Store::new((**c).clone()).map(|s| std::sync::Arc::new(s) as _),
-            Backend::Local { container, prefix } => {
-                crate::store::local::LocalStore::new(container, prefix).map(|s| std::sync::Arc::new(s) as _)
-            }
-        };
-        opened.map_err(|e| UsageError(format!("{} endpoint: {e}", self.role.name())))
-    }
-
-    /// Open the store as a source to read snapshots from.
-    pub fn source(&self) -> Result<crate::catalog::Source, UsageError> {
-        Ok(crate::catalog::Source { role: self.role, store: self.open()?, retry: self.retry })
-    }
-}
-
-/// Where an endpoint keeps its snapshots.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    S3(Box<S3Config>),
-    /// `<container>/<prefix>/v2/` on a local or mounted file system.
-    Local {
-        container: std::path::PathBuf,
-        prefix: String,
-    },
-}
-
 #[derive(Debug)]
 pub struct SnapshotConfig {
-    pub etcd: EtcdConfig,
     /// The primary, then the secondary when configured.
     pub endpoints: Vec<EndpointConfig>,
+    pub job: Job,
     pub require_all_endpoints: bool,
-    /// `None` with `--compress-snapshots=false`.
-    pub compression: Option<crate::compression::Policy>,
     /// `None` with `--once`.
-    pub scheduled: Option<Scheduled>,
-    pub metrics_file: Option<std::path::PathBuf>,
-}
-
-/// What the long-running `snapshot` does besides full snapshots.
-#[derive(Debug, Clone)]
-pub struct Scheduled {
-    pub schedule: crate::cron::Schedule,
-    /// `None` when delta snapshots are off (period below 1s).
-    pub delta_period: Option<Duration>,
-    pub delta_memory_limit: usize,
-    /// `None` when garbage collection is off (period of 1s or less).
-    pub gc: Option<GcConfig>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct GcConfig {
-    pub period: Duration,
-    pub policy: crate::gc::Policy,
-    pub delta_retention: Duration,
+    pub scheduled: Option<Settings>,
 }
 
 /// Upstream's default, also used for a limit below 1.
@@ -86,13 +31,12 @@ impl SnapshotConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<SnapshotConfig, UsageError> {
         let endpoints = endpoints(&low.stores, &low.secondary_flags_given, env)?;
         let scheduled = if low.once { None } else { Some(scheduled(&low)?) };
+        let metrics = MetricsFile { path: low.metrics_file.clone(), roles: endpoints.iter().map(|e| e.role).collect() };
         Ok(SnapshotConfig {
-            etcd: etcd(&low)?,
+            job: Job { etcd: etcd(&low)?, compression: low.compress.then_some(low.compression_policy), metrics },
             endpoints,
             require_all_endpoints: low.require_all_endpoints,
-            compression: low.compress.then_some(low.compression_policy),
             scheduled,
-            metrics_file: low.metrics_file.clone(),
         })
     }
 }
@@ -127,17 +71,17 @@ fn gc_policy(low: &LowArgs) -> Result<crate::gc::Policy, UsageError> {
     }
 }
 
-fn scheduled(low: &LowArgs) -> Result<Scheduled, UsageError> {
+fn scheduled(low: &LowArgs) -> Result<Settings, UsageError> {
     let schedule = crate::cron::Schedule::parse(&low.schedule).map_err(|e| UsageError(format!("--schedule: {e}")))?;
     let policy = gc_policy(low)?;
-    Ok(Scheduled {
+    Ok(Settings {
         schedule,
         delta_period: Some(low.delta_period).filter(|p| *p >= Duration::from_secs(1)),
         delta_memory_limit: match low.delta_memory_limit {
             0 => DELTA_MEMORY_LIMIT,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
-        gc: (low.gc_period > Duration::from_secs(1)).then_some(GcConfig {
+        gc: (low.gc_period > Duration::from_secs(1)).then_some(Periodic {
             period: low.gc_period,
             policy,
             delta_retention: low.delta_retention,
@@ -149,15 +93,7 @@ fn scheduled(low: &LowArgs) -> Result<Scheduled, UsageError> {
 #[derive(Debug)]
 pub struct RestoreConfig {
     pub endpoints: Vec<EndpointConfig>,
-    pub data_dir: std::path::PathBuf,
-    pub name: String,
-    pub initial_cluster: String,
-    pub initial_cluster_token: String,
-    pub initial_advertise_peer_urls: Vec<String>,
-    pub skip_hash_check: bool,
-    /// `--bump-revision` with `--mark-compacted`.
-    pub bump_revision: Option<u64>,
-    pub snapshot: Option<String>,
+    pub options: crate::restore::Options,
 }
 
 impl RestoreConfig {
@@ -175,14 +111,16 @@ impl RestoreConfig {
         }
         Ok(RestoreConfig {
             endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
-            data_dir: r.data_dir,
-            name: r.name,
-            initial_cluster: r.initial_cluster,
-            initial_cluster_token: r.initial_cluster_token,
-            initial_advertise_peer_urls: r.initial_advertise_peer_urls,
-            skip_hash_check: r.skip_hash_check,
-            bump_revision,
-            snapshot: r.snapshot,
+            options: crate::restore::Options {
+                data_dir: r.data_dir,
+                name: r.name,
+                initial_cluster: r.initial_cluster,
+                initial_cluster_token: r.initial_cluster_token,
+                initial_advertise_peer_urls: r.initial_advertise_peer_urls,
+                skip_hash_check: r.skip_hash_check,
+                bump_revision,
+                snapshot: r.snapshot,
+            },
         })
     }
 }
@@ -258,12 +196,12 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
     })?;
     let initial = s.chunk_upload_backoff;
     let retry = RetryPolicy { attempts: s.chunk_upload_attempts, initial_backoff: initial, max_backoff: initial * 16 };
+    let parts = Parts { max_parallel: s.max_parallel_chunk_uploads, min_size: s.min_chunk_size };
     if local {
         return Ok(EndpointConfig {
             role,
             backend: Backend::Local { container: bucket.into(), prefix: s.prefix.clone() },
-            max_parallel_uploads: s.max_parallel_chunk_uploads,
-            min_part_size: s.min_chunk_size,
+            parts,
             retry,
         });
     }
@@ -306,8 +244,7 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),
             request_timeout: s.chunk_upload_timeout,
         })),
-        max_parallel_uploads: s.max_parallel_chunk_uploads,
-        min_part_size: s.min_chunk_size,
+        parts,
         retry,
     })
 }

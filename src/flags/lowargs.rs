@@ -4,34 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Primary,
-    Secondary,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        }
-    }
-    /// Prefix of the generated flag (`--secondary-<name>`) and of its
-    /// environment variables (`SECONDARY_<VAR>`).
-    pub fn flag_prefix(self) -> &'static str {
-        match self {
-            Role::Primary => "",
-            Role::Secondary => "secondary-",
-        }
-    }
-    pub fn env_prefix(self) -> &'static str {
-        match self {
-            Role::Primary => "",
-            Role::Secondary => "SECONDARY_",
-        }
-    }
-}
+pub use crate::endpoint::Role;
 
 #[derive(Debug, Default)]
 pub struct LowArgs {

@@ -7,18 +7,28 @@
 //! resume from there (compacted, or etcd went back in time) the next step
 //! is a full snapshot.
 
-use crate::backup::{self, Outcome, Target, unix_now};
-use crate::catalog::{self, Catalog, Source};
+use crate::backup::Job;
+use crate::catalog::{self, Catalog};
 use crate::compression::{self, Policy};
-use crate::delta;
+use crate::endpoint::{Endpoint, on_each};
 use crate::etcd::{self, WatchError};
-use crate::flags::Role;
-use crate::flags::hiargs::{GcConfig, Scheduled, SnapshotConfig};
-use crate::signals;
+use crate::report::{self, Outcome, unix_now};
+use crate::signals::{self, sleep};
 use crate::snapshot::{Kind, SnapshotName};
+use crate::{delta, gc};
 use log::{debug, error, info, warn};
-use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What the long-running `snapshot` does besides full snapshots.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schedule: crate::cron::Schedule,
+    /// `None` when delta snapshots are off (period below 1s).
+    pub delta_period: Option<Duration>,
+    pub delta_memory_limit: usize,
+    /// `None` when garbage collection is off (period of 1s or less).
+    pub gc: Option<gc::Periodic>,
+}
 
 /// How often waits wake up to notice a signal.
 const TICK: Duration = Duration::from_millis(200);
@@ -30,24 +40,18 @@ const HOLD_LIMITS: usize = 4;
 /// How long a stop waits for events still on their way.
 const DRAIN: Duration = Duration::from_secs(3);
 
-pub fn run(cfg: &SnapshotConfig, sch: &Scheduled) -> i32 {
-    let targets = match backup::open_targets(&cfg.endpoints) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let sources: Vec<Source> =
-        targets.iter().map(|t| Source { role: t.role, store: t.store.clone(), retry: t.retry }).collect();
+/// Run until SIGTERM/SIGINT; the exit code.
+pub fn run(job: &Job, endpoints: &[Endpoint], sch: &Settings) -> i32 {
     info!(
         "Snapshotter started: full snapshots on {}, delta snapshots {}, garbage collection {}",
         sch.schedule,
         sch.delta_period.map_or("off".to_string(), |p| format!("every {p:?}")),
         sch.gc.map_or("off".to_string(), |g| format!("every {:?} ({:?})", g.period, g.policy)),
     );
-    let mut s = Snapshotter { cfg, sch, targets: &targets, sources: &sources, last_revision: 0, last_full: None };
+    let mut s = Snapshotter { job, sch, endpoints, last_revision: 0, last_full: None };
     std::thread::scope(|scope| {
-        if let Some(gc) = sch.gc {
-            let sources = &sources;
-            scope.spawn(move || gc_loop(sources, gc));
+        if let Some(periodic) = sch.gc {
+            scope.spawn(move || gc::run_periodically(endpoints, periodic));
         }
         s.run();
     });
@@ -56,10 +60,9 @@ pub fn run(cfg: &SnapshotConfig, sch: &Scheduled) -> i32 {
 }
 
 struct Snapshotter<'a> {
-    cfg: &'a SnapshotConfig,
-    sch: &'a Scheduled,
-    targets: &'a [Target],
-    sources: &'a [Source],
+    job: &'a Job,
+    sch: &'a Settings,
+    endpoints: &'a [Endpoint],
     /// Everything up to this revision is stored on at least one endpoint.
     last_revision: u64,
     /// Creation time of the latest full snapshot (unix seconds).
@@ -114,7 +117,7 @@ impl Snapshotter<'_> {
     /// Where to go on from what is stored: the end of the newest chain, or
     /// `true` for a full snapshot first (none stored, or one was missed).
     fn resume_point(&mut self) -> bool {
-        let catalog = match Catalog::list(self.sources) {
+        let catalog = match Catalog::list(self.endpoints) {
             Ok(c) => c,
             Err(e) => {
                 warn!("Cannot list the stored snapshots ({e}); starting with a full snapshot");
@@ -146,7 +149,7 @@ impl Snapshotter<'_> {
 
     /// Take a full snapshot now and go on from it.
     fn full_snapshot(&mut self) -> Option<SnapshotName> {
-        let name = take_full(self.cfg, self.targets)?;
+        let name = take_full(self.job, self.endpoints)?;
         self.last_revision = name.last_revision;
         self.last_full = Some(name.created);
         Some(name)
@@ -158,7 +161,7 @@ impl Snapshotter<'_> {
     /// long full snapshot; the chain needs no break for them, as a restore
     /// skips what the full snapshot already holds.
     fn watch(&mut self, period: Duration) -> Next {
-        let (cfg, targets, schedule) = (self.cfg, self.targets, &self.sch.schedule);
+        let (job, endpoints, schedule) = (self.job, self.endpoints, &self.sch.schedule);
         let mut last_full = self.last_full;
         let next = std::thread::scope(|scope| {
             let mut full: Option<std::thread::ScopedJoinHandle<'_, Option<SnapshotName>>> = None;
@@ -174,7 +177,7 @@ impl Snapshotter<'_> {
                     }
                 }
                 if full.is_none() && past(due) {
-                    full = Some(scope.spawn(move || take_full(cfg, targets)));
+                    full = Some(scope.spawn(move || take_full(job, endpoints)));
                 }
             });
             // A signal aborts it; otherwise it completes normally.
@@ -189,7 +192,7 @@ impl Snapshotter<'_> {
 
     /// The watch loop of `watch`; `tick` runs on every wake-up.
     fn watch_with(&mut self, period: Duration, tick: &mut dyn FnMut()) -> Next {
-        let mut client = match etcd::Client::connect(&self.cfg.etcd) {
+        let mut client = match etcd::Client::connect(&self.job.etcd) {
             Ok(c) => c,
             Err(e) => {
                 error!("Cannot watch etcd for delta snapshots: {e:#}");
@@ -333,11 +336,11 @@ impl Snapshotter<'_> {
     fn save_delta(&mut self, pending: &mut delta::Writer) -> bool {
         let Some(last) = pending.last_revision() else { return true };
         let mut name = SnapshotName::delta(self.last_revision + 1, last as u64, unix_now());
-        name.compression = self.cfg.compression.map_or("", Policy::suffix).to_string();
+        name.compression = self.job.compression.map_or("", Policy::suffix).to_string();
         let name = name.to_string();
         let events = pending.events();
         let raw = pending.clone().finish();
-        let data = match self.cfg.compression {
+        let data = match self.job.compression {
             Some(p) => match compression::compress(p, &raw) {
                 Ok(d) => d,
                 Err(e) => {
@@ -348,10 +351,10 @@ impl Snapshotter<'_> {
             None => raw,
         };
         let started = Instant::now();
-        let outcome = store_everywhere(self.targets, &name, &data);
-        backup::record_metrics(self.cfg, self.targets, Kind::Incr, Some(&outcome), started);
+        let outcome = store_everywhere(self.endpoints, &name, &data);
+        self.job.metrics.record(Kind::Incr, Some(&outcome), started);
         debug!("Delta snapshot {name}: {events} events, {} bytes stored", data.len());
-        backup::report(&outcome, false);
+        report::report(&outcome, false);
         let stored = outcome.stored_anywhere();
         if stored {
             self.last_revision = last as u64;
@@ -377,43 +380,16 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
 }
 
 /// Take a full snapshot; its name when at least one endpoint stored it.
-fn take_full(cfg: &SnapshotConfig, targets: &[Target]) -> Option<SnapshotName> {
-    let started = Instant::now();
-    let result = backup::full_snapshot(&cfg.etcd, targets, cfg.compression);
-    backup::record_metrics(cfg, targets, Kind::Full, result.as_ref().ok(), started);
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => {
-            error!("Failed to take snapshot: {e:#}");
-            return None;
-        }
-    };
-    backup::report(&outcome, false);
-    outcome.stored_anywhere().then(|| SnapshotName::parse(&outcome.name)).flatten()
+fn take_full(job: &Job, endpoints: &[Endpoint]) -> Option<SnapshotName> {
+    job.take(endpoints, false).1
 }
 
-/// Write a small object to every target in parallel, each with its retry
+/// Write a small object to every endpoint in parallel, each with its retry
 /// policy.
-fn store_everywhere(targets: &[Target], name: &str, data: &[u8]) -> Outcome {
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                s.spawn(move || {
-                    let saved = t.retry.run(
-                        || crate::store::save(&*t.store, name, data),
-                        |n, e, w| {
-                            warn!(
-                                "{} endpoint: saving {name} failed (attempt {n}), retrying in {w:?}: {e}",
-                                t.role.name()
-                            )
-                        },
-                    );
-                    (t.role, saved.map_err(|e| e.to_string()))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("save thread panicked")).collect()
+fn store_everywhere(endpoints: &[Endpoint], name: &str, data: &[u8]) -> Outcome {
+    let results = on_each(endpoints, |ep| {
+        let saved = ep.call(&format!("saving {name}"), || crate::store::save(&*ep.store, name, data));
+        (ep.role, saved.map_err(|e| e.to_string()))
     });
     Outcome { name: name.to_string(), results, bytes: data.len() as u64 }
 }
@@ -437,115 +413,4 @@ fn wait_until(unix: i64) -> Next {
         std::thread::sleep(TICK);
     }
     Next::FullSnapshot
-}
-
-fn sleep(d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end && !signals::interrupted() {
-        std::thread::sleep(TICK);
-    }
-}
-
-/// The `snapshot gc` command: one cycle, now.
-pub fn gc_command(cfg: &crate::flags::hiargs::GcOnceConfig) -> i32 {
-    let sources = match crate::catalog::open_sources(&cfg.endpoints) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    match collect_garbage(&sources, cfg.policy, cfg.delta_retention, unix_now() as i64, cfg.dry_run) {
-        Ok(deleted) => {
-            let verb = if cfg.dry_run { "would delete" } else { "deleted" };
-            info!("Garbage collection {verb} {} objects", deleted.len());
-            crate::exit::OK
-        }
-        Err(e) => {
-            error!("{e}");
-            crate::exit::FAILED
-        }
-    }
-}
-
-fn gc_loop(sources: &[Source], gc: GcConfig) {
-    loop {
-        sleep(gc.period);
-        if signals::interrupted() {
-            return;
-        }
-        if let Err(e) = collect_garbage(sources, gc.policy, gc.delta_retention, unix_now() as i64, false) {
-            warn!("{e}");
-        }
-    }
-}
-
-/// One garbage collection cycle over every endpoint; returns the
-/// (endpoint, name) pairs deleted, or that would be with `dry_run`.
-///
-/// A snapshot is deleted from an endpoint only when the policy drops it
-/// both from that endpoint's own list and from the merged list of both.
-/// So each endpoint keeps its own latest chain, and nothing still within
-/// policy loses its last copy. No endpoint is touched when one cannot be
-/// listed: its contents are then unknown. `Err` says why nothing was done,
-/// or which deletions failed.
-pub fn collect_garbage(
-    sources: &[Source],
-    policy: crate::gc::Policy,
-    delta_retention: Duration,
-    now: i64,
-    dry_run: bool,
-) -> Result<Vec<(Role, String)>, String> {
-    let catalog = match Catalog::list(sources) {
-        Ok(c) if c.failures.is_empty() => c,
-        Ok(c) => {
-            let why: Vec<String> = c.failures.iter().map(|(r, e)| format!("{}: {e}", r.name())).collect();
-            return Err(format!("Garbage collection skipped: cannot list every endpoint ({})", why.join("; ")));
-        }
-        Err(e) => return Err(format!("Garbage collection skipped: {e}")),
-    };
-    let retention = delta_retention.as_secs() as i64;
-    let names: Vec<SnapshotName> = catalog.entries.iter().map(|e| e.snapshot.clone()).collect();
-    let merged: HashSet<&str> = crate::gc::select(&names, now, policy, retention)
-        .into_iter()
-        .map(|i| catalog.entries[i].name.as_str())
-        .collect();
-    let mut deleted = Vec::new();
-    let mut failed = Vec::new();
-    for src in sources {
-        let own: Vec<_> = catalog.entries.iter().filter(|e| e.size_on(src.role).is_some()).collect();
-        let own_names: Vec<SnapshotName> = own.iter().map(|e| e.snapshot.clone()).collect();
-        let failed_before = failed.len();
-        for i in crate::gc::select(&own_names, now, policy, retention) {
-            let name = &own[i].name;
-            if !merged.contains(name.as_str()) {
-                debug!(
-                    "Garbage collection keeps {name} on {} endpoint: within policy on the merged list",
-                    src.role.name()
-                );
-                continue;
-            }
-            if dry_run {
-                info!("Garbage collection would delete {name} from {} endpoint", src.role.name());
-                deleted.push((src.role, name.clone()));
-                continue;
-            }
-            match src.store.delete(name) {
-                Ok(()) => {
-                    info!("Garbage collection deleted {name} from {} endpoint", src.role.name());
-                    deleted.push((src.role, name.clone()));
-                }
-                Err(e) => {
-                    warn!("Garbage collection could not delete {name} from {} endpoint: {e}", src.role.name());
-                    failed.push(format!("{name} on {}", src.role.name()));
-                    // As upstream: a store that keeps refusing is left for the next cycle.
-                    if failed.len() - failed_before >= 5 {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    if failed.is_empty() {
-        Ok(deleted)
-    } else {
-        Err(format!("Garbage collection could not delete {}", failed.join(", ")))
-    }
 }

@@ -1,0 +1,87 @@
+//! What became of one snapshot on each endpoint, and how it is told: the
+//! per-endpoint log lines the spec shows, the exit code, and the
+//! `--metrics-file` record.
+
+use crate::endpoint::Role;
+use crate::snapshot::{Kind, SnapshotName};
+use log::{error, info, warn};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What became of one snapshot on each endpoint.
+#[derive(Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub results: Vec<(Role, Result<(), String>)>,
+    pub bytes: u64,
+}
+
+impl Outcome {
+    pub fn stored_on(&self, role: Role) -> bool {
+        self.results.iter().any(|(r, res)| *r == role && res.is_ok())
+    }
+
+    pub fn stored_anywhere(&self) -> bool {
+        self.results.iter().any(|(_, res)| res.is_ok())
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Log what happened on each endpoint and pick the exit code.
+pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
+    let name = &o.name;
+    for (role, r) in &o.results {
+        match r {
+            Ok(()) => info!("Successfully saved snapshot {name} to {} endpoint", role.name()),
+            Err(e) => error!("Failed to save snapshot {name} to {} endpoint: {e}", role.name()),
+        }
+    }
+    let ok = o.results.iter().filter(|(_, r)| r.is_ok()).count();
+    if ok == o.results.len() {
+        if ok > 1 {
+            info!("Snapshot {name} successfully saved to both endpoints");
+        }
+        crate::exit::OK
+    } else if ok > 0 {
+        warn!(
+            "Snapshot {name} saved to only one endpoint - Primary: {}, Secondary: {}",
+            o.stored_on(Role::Primary),
+            o.stored_on(Role::Secondary)
+        );
+        if require_all_endpoints { crate::exit::DEGRADED } else { crate::exit::OK }
+    } else {
+        let causes: Vec<String> = o
+            .results
+            .iter()
+            .filter_map(|(role, r)| r.as_ref().err().map(|e| format!("{}: {e}", role.name())))
+            .collect();
+        error!("Snapshot {name} was not saved to any endpoint - {}", causes.join("; "));
+        crate::exit::FAILED
+    }
+}
+
+/// `--metrics-file`, when given, for the endpoints in `roles`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsFile {
+    pub path: Option<PathBuf>,
+    pub roles: Vec<Role>,
+}
+
+impl MetricsFile {
+    /// Record one attempt; `outcome` is `None` when nothing could be tried
+    /// (etcd unreachable). A failure to write is logged; the backup's own
+    /// result stands.
+    pub fn record(&self, kind: Kind, outcome: Option<&Outcome>, started: Instant) {
+        let Some(path) = &self.path else { return };
+        let stored: Vec<(Role, bool)> =
+            self.roles.iter().map(|&r| (r, outcome.is_some_and(|o| o.stored_on(r)))).collect();
+        let snapshot = outcome.and_then(|o| SnapshotName::parse(&o.name).map(|n| (n, o.bytes)));
+        let secs = started.elapsed().as_secs_f64();
+        if let Err(e) = crate::metrics::record(path, &stored, kind, snapshot.as_ref(), secs, unix_now()) {
+            error!("Cannot write the metrics file {}: {e}", path.display());
+        }
+    }
+}
