@@ -220,7 +220,7 @@ impl S3Admin {
             s if s >= 500 || s == 429 => ErrorKind::Transient,
             _ => ErrorKind::Permanent,
         };
-        Err(Error::new(kind, format!("{what}: HTTP {} {code}", reply.status)))
+        Err(Error::new(kind, format!("{what}: HTTP {} {code}", reply.status).trim_end()))
     }
 
     /// Send a request; any answer is a `Reply`, only a transport failure an error.
