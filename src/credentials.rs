@@ -193,13 +193,6 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("ebr-cred-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     const JSON: &str = r#"{"accessKeyID":"AKID","secretAccessKey":"S3CR3T","region":"eu-west-1",
         "endpoint":"http://127.0.0.1:9","s3ForcePathStyle":true,"insecureSkipVerify":true,
         "trustedCaCert":"-----BEGIN CERTIFICATE-----","sseCustomerKey":"k","sseCustomerAlgorithm":"AES256","bucketName":"ignored"}"#;
@@ -231,7 +224,7 @@ mod tests {
 
     #[test]
     fn json_file_and_dir_with_json_and_field_files_agree() {
-        let d = tmp("forms");
+        let d = crate::test_scratch::dir("cred-forms");
         let file = d.join("creds.json");
         std::fs::write(&file, JSON).unwrap();
         let dir_json = d.join("secret-json");
@@ -270,12 +263,11 @@ mod tests {
             assert!(c.source.starts_with(var), "{}", c.source);
             seen.push(c);
         }
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn json_var_wins_over_directory_var() {
-        let d = tmp("order");
+        let d = crate::test_scratch::dir("cred-order");
         let a = d.join("a.json");
         std::fs::write(&a, r#"{"accessKeyID":"from-json-var","secretAccessKey":"x"}"#).unwrap();
         let b = d.join("b.json");
@@ -285,12 +277,11 @@ mod tests {
             ("AWS_APPLICATION_CREDENTIALS", b.to_str().unwrap()),
         ]);
         assert_eq!(load("", &env).unwrap().unwrap().access_key_id, "from-json-var");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn errors_name_the_file_but_never_the_secret() {
-        let d = tmp("errors");
+        let d = crate::test_scratch::dir("cred-errors");
         let bad = d.join("bad.json");
         std::fs::write(&bad, r#"{"accessKeyID":"AKID","secretAccessKey":"TOPSECRET" "#).unwrap();
         let wrong_type = d.join("wrong.json");
@@ -313,7 +304,6 @@ mod tests {
             assert!(!err.contains("TOPSECRET"), "{err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

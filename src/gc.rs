@@ -25,14 +25,8 @@ pub enum Policy {
     LimitBased { max_backups: usize },
 }
 
-/// Sort in upstream's SnapList order (last_revision asc, then created asc).
-/// Go's sort is not stable; here equal keys keep their input order.
-pub fn sort_upstream(list: &mut [SnapshotName]) {
-    list.sort_by_key(|s| (s.last_revision, s.created));
-}
-
-/// `list` is sorted as upstream sorts (see [`sort_upstream`]). Returns the indices
-/// into `list` that upstream's GC would delete, ascending.
+/// `list` is sorted as upstream sorts (last_revision asc, then created asc).
+/// Returns the indices into `list` that upstream's GC would delete, ascending.
 pub fn select(list: &[SnapshotName], now: i64, policy: Policy, delta_retention_secs: i64) -> Vec<usize> {
     if list.is_empty() {
         return Vec::new();
@@ -447,18 +441,5 @@ mod tests {
         // Days 33..=40 are within 8 days of eod; then week windows counted from the
         // previous day's end keep days 32, 25, 18 and 11, and nothing of 5+ weeks ago.
         assert_eq!(kept, [11, 18, 25, 32, 33, 34, 35, 36, 37, 38, 39, 40]);
-    }
-
-    #[test]
-    fn sorts_by_revision_then_time() {
-        let mut list = vec![
-            snap(Kind::Full, 0, 20, 300),
-            snap(Kind::Incr, 11, 20, 200),
-            snap(Kind::Full, 0, 10, 400),
-            snap(Kind::Incr, 5, 10, 100),
-        ];
-        sort_upstream(&mut list);
-        let order: Vec<(u64, u64)> = list.iter().map(|s| (s.last_revision, s.created)).collect();
-        assert_eq!(order, [(10, 100), (10, 400), (20, 200), (20, 300)]);
     }
 }

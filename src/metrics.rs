@@ -118,8 +118,7 @@ mod tests {
 
     #[test]
     fn failures_count_up_and_the_last_success_stays() {
-        let dir = std::env::temp_dir().join(format!("ebr-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_scratch::dir("metrics");
         let path = dir.join("etcdbr.prom");
         let taken = (SnapshotName::parse("Full-00000000-00000042-1700000000.gz").unwrap(), 1234);
         let none = [(Role::Primary, false), (Role::Secondary, false)];
@@ -139,7 +138,6 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(&*dir).unwrap().count(), 1, "no temporary file left");
     }
 }

@@ -677,21 +677,19 @@ mod tests {
 
     #[test]
     fn target_must_be_missing_or_empty() {
-        let d = std::env::temp_dir().join(format!("ebr-target-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let scratch = crate::test_scratch::dir("target");
+        let d = scratch.join("target");
         assert!(check_target(&d).is_ok());
         fs::create_dir_all(&d).unwrap();
         assert!(check_target(&d).is_ok());
         fs::write(d.join("x"), "").unwrap();
         let e = check_target(&d).unwrap_err();
         assert!(e.contains("is not empty") && e.contains(d.to_str().unwrap()), "{e}");
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn staging_is_removed_unless_committed() {
-        let d = std::env::temp_dir().join(format!("ebr-staging-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        let d = crate::test_scratch::dir("staging");
         let target = d.join("data");
         let s = Staging::create(&target).unwrap();
         let path = s.path.clone();
@@ -702,7 +700,6 @@ mod tests {
         fs::create_dir_all(s.path.join("member/wal")).unwrap();
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());
-        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

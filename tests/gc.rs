@@ -53,10 +53,30 @@ fn gc_run(prefix: &str, extra: &[&str]) -> Run {
     run(&refs(&args), &as_refs(&creds()))
 }
 
+/// Sort in upstream's SnapList order (last_revision asc, then created asc),
+/// as `gc::select` expects it. Go's sort is not stable; here equal keys keep
+/// their input order. (The binary sorts its merged catalog instead.)
+fn sort_upstream(list: &mut [SnapshotName]) {
+    list.sort_by_key(|s| (s.last_revision, s.created));
+}
+
+#[test]
+fn sorts_by_revision_then_time() {
+    let mut list = vec![
+        SnapshotName::full(20, 300),
+        SnapshotName::delta(11, 20, 200),
+        SnapshotName::full(10, 400),
+        SnapshotName::delta(5, 10, 100),
+    ];
+    sort_upstream(&mut list);
+    let order: Vec<(u64, u64)> = list.iter().map(|s| (s.last_revision, s.created)).collect();
+    assert_eq!(order, [(10, 100), (10, 400), (20, 200), (20, 300)]);
+}
+
 /// What upstream's policy keeps of `names` at `now`.
 fn survivors(names: &BTreeSet<String>, now: u64, policy: Policy) -> BTreeSet<String> {
     let mut list: Vec<SnapshotName> = names.iter().map(|n| SnapshotName::parse(n).unwrap()).collect();
-    gc::sort_upstream(&mut list);
+    sort_upstream(&mut list);
     let gone: BTreeSet<usize> = gc::select(&list, now as i64, policy, 0).into_iter().collect();
     list.iter().enumerate().filter(|(i, _)| !gone.contains(i)).map(|(_, n)| n.to_string()).collect()
 }

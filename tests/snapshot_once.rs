@@ -4,7 +4,8 @@
 mod common;
 
 use common::cli::*;
-use common::{env, unique};
+use common::s3_admin::admin;
+use common::{Server, env, unique};
 use etcd_backup_restore::store::Store;
 use std::process::Command;
 
@@ -232,8 +233,9 @@ fn different_chunk_settings_give_different_part_counts() {
     let size = a.len() as u64;
     let mib = 1u64 << 20;
     let mut counts = Vec::new();
-    for (s, part) in [(primary(&prefix), 5 * mib), (primary(&other), 8 * mib)] {
-        let (_, etag) = s.head(&name).unwrap();
+    for (p, part) in [(&prefix, 5 * mib), (&other, 8 * mib)] {
+        let s = primary(p);
+        let (_, etag) = admin(Server::A, p).head(&name).unwrap();
         let want = format!("-{}", size.div_ceil(part));
         assert!(etag.ends_with(&want), "{}: ETag {etag} should end in {want} for {size} bytes", s.location());
         counts.push(want);

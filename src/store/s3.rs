@@ -101,11 +101,9 @@ struct Inner {
     /// The endpoint as shown in messages: no userinfo, no query.
     endpoint: String,
     /// SSE-C headers (name, value), sent (and signed) on create-multipart,
-    /// upload-part, get and head.
+    /// upload-part and get.
     sse_headers: Vec<(&'static str, String)>,
     request_timeout: Duration,
-    /// Keys per ListObjectsV2 page (None: the server's default, 1000 on S3).
-    list_page_size: Option<u16>,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
 }
@@ -183,135 +181,14 @@ impl S3Store {
                 endpoint,
                 sse_headers,
                 request_timeout: cfg.request_timeout,
-                list_page_size: None,
                 secrets,
             }),
         })
     }
 
-    /// List with at most `n` keys per ListObjectsV2 page (to exercise
-    /// pagination in tests; S3's default and maximum is 1000).
-    pub fn with_list_page_size(mut self, n: u16) -> S3Store {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.list_page_size = Some(n.max(1));
-        }
-        self
-    }
-
     /// The object key for `name`: `<prefix>/v2/<name>`.
-    pub fn key(&self, name: &str) -> String {
+    fn key(&self, name: &str) -> String {
         format!("{}{name}", self.inner.key_prefix)
-    }
-
-    /// CreateBucket. A bucket that already exists and that we can use is fine.
-    pub fn create_bucket(&self) -> Result<()> {
-        let inner = &self.inner;
-        let ctx = format!("CreateBucket s3://{} at {}", inner.bucket.name(), inner.endpoint);
-        let action = inner.bucket.create_bucket(&inner.credentials);
-        let body = action.body();
-        let url = action.sign(PRESIGN_EXPIRY);
-        match inner.exec(&ctx, http::Method::PUT, url.as_str(), &[], Some(body.as_bytes()), Kind::Bucket) {
-            Ok(resp) => {
-                drain(resp);
-                Ok(())
-            }
-            Err(e) if e.msg.contains("BucketAlreadyOwnedByYou") => Ok(()),
-            // What s3s-fs and rclone say about a bucket of ours (on AWS: of
-            // someone else): fine if we can use it.
-            Err(e) if e.msg.contains("BucketAlreadyExists") => {
-                let url = inner.bucket.head_bucket(Some(&inner.credentials)).sign(PRESIGN_EXPIRY);
-                match inner.exec(&ctx, http::Method::HEAD, url.as_str(), &[], None, Kind::Bucket) {
-                    Ok(resp) => {
-                        drain(resp);
-                        Ok(())
-                    }
-                    Err(_) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// DeleteBucket; the bucket must be empty.
-    pub fn delete_bucket(&self) -> Result<()> {
-        let inner = &self.inner;
-        let ctx = format!("DeleteBucket s3://{} at {}", inner.bucket.name(), inner.endpoint);
-        let url = inner.bucket.delete_bucket(&inner.credentials).sign(PRESIGN_EXPIRY);
-        let resp = inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Bucket)?;
-        drain(resp);
-        Ok(())
-    }
-
-    /// HeadObject: the object's size and its ETag without quotes.
-    pub fn head(&self, name: &str) -> Result<(u64, String)> {
-        let inner = &self.inner;
-        let key = self.key(name);
-        let ctx = inner.ctx("HeadObject", &key);
-        let mut action = inner.bucket.head_object(Some(&inner.credentials), &key);
-        inner.add_sse(&mut action);
-        let url = action.sign(PRESIGN_EXPIRY);
-        let resp = inner.exec(&ctx, http::Method::HEAD, url.as_str(), &inner.sse_refs(), None, Kind::Object)?;
-        let size = header(&resp, "content-length")
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| inner.err(ErrorKind::Permanent, format!("{ctx}: no Content-Length in the response")))?;
-        let etag = header(&resp, "etag").unwrap_or_default().trim_matches('"').to_string();
-        drain(resp);
-        Ok((size, etag))
-    }
-
-    /// ListMultipartUploads under `<prefix>/v2/`: (key, upload id) of every
-    /// upload begun and neither completed nor aborted. Not every server
-    /// implements it (s3s-fs answers 501 NotImplemented).
-    pub fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>> {
-        let inner = &self.inner;
-        let ctx =
-            format!("ListMultipartUploads of s3://{}/{} at {}", inner.bucket.name(), inner.key_prefix, inner.endpoint);
-        let mut out = Vec::new();
-        let mut marker: Option<(String, String)> = None;
-        loop {
-            // rusty-s3 has no ListMultipartUploads; it is ListObjectsV2's
-            // `GET /<bucket>/` with another query string.
-            let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
-            let q = action.query_mut();
-            q.remove("list-type");
-            q.remove("encoding-type");
-            q.insert("uploads", "");
-            q.insert("prefix", inner.key_prefix.as_str());
-            if let Some((k, u)) = &marker {
-                q.insert("key-marker", k.clone());
-                q.insert("upload-id-marker", u.clone());
-            }
-            let url = action.sign(PRESIGN_EXPIRY);
-            let resp = match inner.exec(&ctx, http::Method::GET, url.as_str(), &[], None, Kind::Bucket) {
-                Err(e) if e.msg.contains(": HTTP 501 ") => {
-                    return Err(Error::new(
-                        ErrorKind::Permanent,
-                        format!("{}; this server does not support ListMultipartUploads", e.msg),
-                    ));
-                }
-                other => other?,
-            };
-            let body = inner.read_small_body(&ctx, resp)?;
-            for upload in xml::elements(&body, "Upload") {
-                let key = xml::text(upload, "Key").unwrap_or_default();
-                let id = xml::text(upload, "UploadId").unwrap_or_default();
-                if key.starts_with(&inner.key_prefix) {
-                    out.push((key, id));
-                }
-            }
-            if xml::text(&body, "IsTruncated").as_deref() != Some("true") {
-                break;
-            }
-            let next = (
-                xml::text(&body, "NextKeyMarker").unwrap_or_default(),
-                xml::text(&body, "NextUploadIdMarker").unwrap_or_default(),
-            );
-            if next.0.is_empty() || marker.as_ref() == Some(&next) {
-                return Err(inner.err(ErrorKind::Transient, format!("{ctx}: truncated listing without a next marker")));
-            }
-            marker = Some(next);
-        }
-        Ok(out)
     }
 }
 
@@ -403,9 +280,6 @@ impl Store for S3Store {
         loop {
             let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
             action.with_prefix(inner.key_prefix.as_str());
-            if let Some(n) = inner.list_page_size {
-                action.with_max_keys(n.into());
-            }
             if let Some(t) = &token {
                 action.with_continuation_token(t.as_str());
             }
@@ -548,7 +422,7 @@ impl Upload for S3Upload {
 /// What a request addresses, which decides what a 404 means.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// The bucket itself (list, create): a 404 is a missing bucket.
+    /// The bucket itself (a listing): a 404 is a missing bucket.
     Bucket,
     /// An object: 404 NoSuchKey (or a bodiless 404 to HEAD) is NotFound.
     Object,
@@ -722,8 +596,8 @@ impl Inner {
 }
 
 fn classify(status: u16, code: &str, kind: Kind, is_head: bool) -> ErrorKind {
-    // 501: the server does not do that (s3s-fs: ListMultipartUploads;
-    // rclone: replacing a part it already streamed); asking again won't help.
+    // 501: the server does not do that (rclone: replacing a part it
+    // already streamed); asking again won't help.
     if status == 501 || code == "NotImplemented" {
         return ErrorKind::Permanent;
     }

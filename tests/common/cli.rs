@@ -1,6 +1,7 @@
 //! Driving the real binary: run it with a clean environment, the flags of
 //! a dual-endpoint run, and checks on what it stored.
 
+use super::s3_admin::admin;
 use super::{Server, env, s3_store};
 use etcd_backup_restore::store::s3::S3Store;
 use etcd_backup_restore::store::{ObjectInfo, Store};
@@ -141,7 +142,7 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 pub fn no_uploads_left_on_secondary(prefix: &str) {
-    let uploads = secondary(prefix).list_multipart_uploads().unwrap();
+    let uploads = admin(Server::B, prefix).list_multipart_uploads().unwrap();
     assert!(
         !uploads.iter().any(|(key, _)| key.contains(prefix)),
         "multipart uploads left on the secondary: {uploads:?}"
