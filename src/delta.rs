@@ -76,7 +76,9 @@ impl Writer {
         kv.bytes("value", &e.value);
         kv.int("lease", e.lease);
         b.push_str(r#"}},"time":""#);
-        push_rfc3339_nano(b, unix_secs, nanos);
+        // Go's MarshalJSON refuses years outside [0,9999]; callers pass clock times.
+        debug_assert!((-62_167_219_200..=253_402_300_799).contains(&unix_secs), "{unix_secs} out of RFC 3339 range");
+        crate::time::push_rfc3339_nano(b, unix_secs, nanos);
         b.push_str("\"}");
 
         self.events += 1;
@@ -155,25 +157,6 @@ impl JsonFields<'_> {
             self.buf.push('"');
         }
     }
-}
-
-/// Go's `time.RFC3339Nano` in UTC: fraction trimmed of trailing zeros, none when zero.
-fn push_rfc3339_nano(buf: &mut String, unix_secs: i64, nanos: u32) {
-    let secs = unix_secs + i64::from(nanos / 1_000_000_000);
-    let nanos = nanos % 1_000_000_000;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::cron::civil_from_days(days);
-    // Go's MarshalJSON refuses years outside [0,9999]; callers pass clock times.
-    debug_assert!((0..=9999).contains(&y), "year {y} out of RFC 3339 range");
-    let _ = write!(buf, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60);
-    if nanos != 0 {
-        let _ = write!(buf, ".{nanos:09}");
-        // Safe to trim: the fraction has a non-zero digit, so this stops inside it.
-        while buf.ends_with('0') {
-            buf.pop();
-        }
-    }
-    buf.push('Z');
 }
 
 // Parsing: small structs only; `time` and `prev_kv` are skipped without being built.
@@ -447,23 +430,6 @@ mod tests {
         let out = w.finish();
         assert_eq!(out, with_sha("[]"));
         assert_eq!(parse(&out).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn time_formatting() {
-        let cases = [
-            (0, 0, "1970-01-01T00:00:00Z"),
-            (0, 100_000_000, "1970-01-01T00:00:00.1Z"),
-            (-1, 999_999_999, "1969-12-31T23:59:59.999999999Z"),
-            (951_868_800, 0, "2000-03-01T00:00:00Z"),
-            (253_402_300_799, 0, "9999-12-31T23:59:59Z"),
-            (10, 2_500_000_000, "1970-01-01T00:00:12.5Z"),
-        ];
-        for (secs, nanos, want) in cases {
-            let mut s = String::new();
-            push_rfc3339_nano(&mut s, secs, nanos);
-            assert_eq!(s, want);
-        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod snap;
 pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
+pub mod time;
 pub mod wal;
 
 #[cfg(test)]
