@@ -2,27 +2,23 @@
 //! streaming pass, and restore from whichever endpoint has the data.
 
 pub mod backup;
-pub mod bbolt;
 pub mod catalog;
 pub mod compression;
 pub mod credentials;
 pub mod cron;
+pub mod datadir;
 pub mod delta;
 pub mod etcd;
 pub mod flags;
 pub mod gc;
 pub mod logging;
-pub mod member;
 pub mod metrics;
-pub(crate) mod pb;
 pub mod restore;
 pub mod signals;
-pub mod snap;
 pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
 pub mod time;
-pub mod wal;
 
 #[cfg(test)]
 pub(crate) mod test_scratch;
