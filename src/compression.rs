@@ -12,13 +12,15 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 /// A reader that decompresses `inner` as the suffix says ("" = as is).
 pub fn decoder<'a>(suffix: &str, inner: impl Read + 'a) -> Result<Box<dyn Read + 'a>, String> {
-    match suffix {
-        "" => Ok(Box::new(inner)),
-        ".gz" => Ok(Box::new(MultiGzDecoder::new(inner))),
-        ".zlib" => Ok(Box::new(ZlibDecoder::new(inner))),
-        ".Z" => Ok(Box::new(LzwReader::new(inner))),
-        ".zst" => Ok(Box::new(zstd::stream::read::Decoder::new(inner).map_err(|e| format!("zstd: {e}"))?)),
-        other => Err(format!("compression {other:?} is not supported")),
+    if suffix.is_empty() {
+        return Ok(Box::new(inner));
+    }
+    match Policy::from_suffix(suffix) {
+        Some(Policy::Gzip) => Ok(Box::new(MultiGzDecoder::new(inner))),
+        Some(Policy::Zlib) => Ok(Box::new(ZlibDecoder::new(inner))),
+        Some(Policy::Lzw) => Ok(Box::new(LzwReader::new(inner))),
+        Some(Policy::Zstd) => Ok(Box::new(zstd::stream::read::Decoder::new(inner).map_err(|e| format!("zstd: {e}"))?)),
+        None => Err(format!("compression {suffix:?} is not supported")),
     }
 }
 
@@ -33,25 +35,42 @@ pub enum Policy {
     Zstd,
 }
 
+/// Every compression: its `--compression-policy` name and the object name
+/// suffix upstream gives it. Names are parsed, written and decoded by this
+/// one table, in the order of [`Policy`].
+const FORMATS: [(Policy, &str, &str); 4] = [
+    (Policy::Gzip, "gzip", ".gz"),
+    (Policy::Zlib, "zlib", ".zlib"),
+    (Policy::Lzw, "lzw", ".Z"),
+    (Policy::Zstd, "zstd", ".zst"),
+];
+
+// `Policy::suffix` indexes the table by the enum's value.
+const _: () = {
+    let mut i = 0;
+    while i < FORMATS.len() {
+        assert!(FORMATS[i].0 as usize == i, "FORMATS is in the order of Policy");
+        i += 1;
+    }
+};
+
 impl Policy {
     pub fn parse(s: &str) -> Result<Policy, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "gzip" => Ok(Policy::Gzip),
-            "zlib" => Ok(Policy::Zlib),
-            "lzw" => Ok(Policy::Lzw),
-            "zstd" => Ok(Policy::Zstd),
-            _ => Err(format!("unknown compression policy {s:?}: use gzip, zlib, lzw or zstd")),
-        }
+        FORMATS
+            .iter()
+            .find(|(_, name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(p, ..)| p)
+            .ok_or_else(|| format!("unknown compression policy {s:?}: use gzip, zlib, lzw or zstd"))
     }
 
     /// The object name suffix upstream uses.
     pub fn suffix(self) -> &'static str {
-        match self {
-            Policy::Gzip => ".gz",
-            Policy::Zlib => ".zlib",
-            Policy::Lzw => ".Z",
-            Policy::Zstd => ".zst",
-        }
+        FORMATS[self as usize].2
+    }
+
+    /// The compression an object name suffix (with its dot) stands for.
+    pub fn from_suffix(suffix: &str) -> Option<Policy> {
+        FORMATS.iter().find(|&&(.., s)| s == suffix).map(|&(p, ..)| p)
     }
 }
 
@@ -656,6 +675,8 @@ mod tests {
         assert_eq!(Policy::parse("zstd"), Ok(Policy::Zstd));
         assert_eq!(unpack(".zst", &compress(Policy::Zstd, b"small delta").unwrap()).unwrap(), b"small delta");
         assert!(Policy::parse("brotli").is_err());
+        assert_eq!(Policy::from_suffix(".zlib"), Some(Policy::Zlib));
+        assert!(decoder(".bz2", &b""[..]).is_err_and(|e| e == "compression \".bz2\" is not supported"));
     }
 
     #[test]

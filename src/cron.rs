@@ -5,6 +5,8 @@
 //! so UTC is what upstream does in practice. A `TZ=`/`CRON_TZ=` prefix is accepted
 //! only when it names UTC.
 
+use crate::time::{civil_from_days, days_from_civil, parse_duration};
+
 const DAY: i64 = 86_400;
 
 /// Set when a field's expression was `*` or `?` (robfig's `starBit`).
@@ -172,30 +174,6 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn parse_field(field: &str, f: &Field) -> Result<u64, String> {
     let err = |msg: String| format!("{} field {field:?}: {msg}", f.name);
     let mut bits = 0;
@@ -294,9 +272,9 @@ fn parse_descriptor(spec: &str) -> Result<Kind, String> {
             let Some(d) = spec.strip_prefix("@every ") else {
                 return Err(format!("unrecognized descriptor {spec:?}"));
             };
-            let nanos = parse_go_duration(d).map_err(|e| format!("@every {d:?}: {e}"))?;
+            let every = parse_duration(d).map_err(|e| format!("@every {d:?}: {e}"))?;
             // robfig's Every: sub-second parts are dropped and anything under 1s becomes 1s.
-            let secs = (nanos / 1_000_000_000).max(1) as i64;
+            let secs = every.as_secs().max(1) as i64;
             return Ok(Kind::Every { secs });
         }
     };
@@ -305,53 +283,6 @@ fn parse_descriptor(spec: &str) -> Result<Kind, String> {
 
 fn all(f: &Field) -> u64 {
     (f.min..=f.max).fold(STAR, |bits, v| bits | 1 << v)
-}
-
-/// Go's `time.ParseDuration`, in nanoseconds (negative durations as negative values).
-fn parse_go_duration(s: &str) -> Result<i128, String> {
-    let invalid = || "invalid duration".to_string();
-    let (neg, mut rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: i128 = 0;
-    while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, tail) = rest.split_at(num_len);
-        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-            return Err(invalid());
-        }
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit in duration {s:?}")),
-            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-        };
-        let int: i128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| invalid())? };
-        let frac_digits = &frac[..frac.len().min(18)];
-        let frac_value: i128 = if frac_digits.is_empty() { 0 } else { frac_digits.parse().map_err(|_| invalid())? };
-        total +=
-            int.checked_mul(scale).ok_or_else(invalid)? + frac_value * scale / 10i128.pow(frac_digits.len() as u32);
-        if total > i128::from(i64::MAX) {
-            return Err(invalid());
-        }
-        rest = tail;
-    }
-    Ok(if neg { -total } else { total })
 }
 
 #[cfg(test)]
@@ -369,17 +300,6 @@ mod tests {
 
     fn err(spec: &str) -> String {
         Schedule::parse(spec).expect_err(spec)
-    }
-
-    #[test]
-    fn civil_conversions_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        for z in (-800_000..800_000).step_by(97) {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
-        }
     }
 
     #[test]
@@ -497,19 +417,6 @@ mod tests {
         assert_eq!(err("@every 5d"), "@every \"5d\": unknown unit \"d\" in duration \"5d\"");
         assert_eq!(err("@every abc"), "@every \"abc\": invalid duration");
         assert!(err("TZ=Europe/Berlin 0 * * * *").contains("not supported"));
-    }
-
-    #[test]
-    fn go_duration_grammar() {
-        assert_eq!(parse_go_duration("1h30m"), Ok(5_400_000_000_000));
-        assert_eq!(parse_go_duration(".5s"), Ok(500_000_000));
-        assert_eq!(parse_go_duration("1.s"), Ok(1_000_000_000));
-        assert_eq!(parse_go_duration("-2m"), Ok(-120_000_000_000));
-        assert_eq!(parse_go_duration("3µs"), Ok(3_000));
-        assert!(parse_go_duration(".s").is_err());
-        assert!(parse_go_duration("1..5s").is_err());
-        assert!(parse_go_duration("").is_err());
-        assert!(parse_go_duration("3000000h").is_err());
     }
 
     #[test]

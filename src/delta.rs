@@ -2,9 +2,8 @@
 //!
 //! A delta is the JSON array upstream's snapshotter builds from watch events,
 //! `[{"etcdEvent":<clientv3.Event>,"time":<RFC3339Nano>},...]`, followed by the
-//! raw SHA-256 of those JSON bytes. Compression happens outside this module.
-//! [`mvcc_entries`] turns events into the rows etcd's mvcc keeps in the bbolt
-//! `key` bucket, so a restore can write them without a running etcd.
+//! raw SHA-256 of those JSON bytes. Compression happens outside this module;
+//! `datadir::mvcc` turns the events into the rows a restore writes.
 
 use std::fmt::{self, Write as _};
 
@@ -76,7 +75,9 @@ impl Writer {
         kv.bytes("value", &e.value);
         kv.int("lease", e.lease);
         b.push_str(r#"}},"time":""#);
-        push_rfc3339_nano(b, unix_secs, nanos);
+        // Go's MarshalJSON refuses years outside [0,9999]; callers pass clock times.
+        debug_assert!((-62_167_219_200..=253_402_300_799).contains(&unix_secs), "{unix_secs} out of RFC 3339 range");
+        crate::time::push_rfc3339_nano(b, unix_secs, nanos);
         b.push_str("\"}");
 
         self.events += 1;
@@ -155,25 +156,6 @@ impl JsonFields<'_> {
             self.buf.push('"');
         }
     }
-}
-
-/// Go's `time.RFC3339Nano` in UTC: fraction trimmed of trailing zeros, none when zero.
-fn push_rfc3339_nano(buf: &mut String, unix_secs: i64, nanos: u32) {
-    let secs = unix_secs + i64::from(nanos / 1_000_000_000);
-    let nanos = nanos % 1_000_000_000;
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::cron::civil_from_days(days);
-    // Go's MarshalJSON refuses years outside [0,9999]; callers pass clock times.
-    debug_assert!((0..=9999).contains(&y), "year {y} out of RFC 3339 range");
-    let _ = write!(buf, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod / 60 % 60, sod % 60);
-    if nanos != 0 {
-        let _ = write!(buf, ".{nanos:09}");
-        // Safe to trim: the fraction has a non-zero digit, so this stops inside it.
-        while buf.ends_with('0') {
-            buf.pop();
-        }
-    }
-    buf.push('Z');
 }
 
 // Parsing: small structs only; `time` and `prev_kv` are skipped without being built.
@@ -288,88 +270,13 @@ fn json_error(json: &[u8], e: &serde_json::Error) -> String {
     format!("delta snapshot JSON invalid at byte {offset}: {msg}")
 }
 
-/// Assigns etcd's `(main, sub)` revisions to a stream of events and encodes each
-/// as its mvcc `key`-bucket row. Events sharing a mod_revision (one etcd txn)
-/// get sub revisions 0, 1, 2... in the order given.
-#[derive(Debug, Default)]
-pub struct SubRevisions {
-    main: Option<i64>,
-    sub: i64,
-}
-
-impl SubRevisions {
-    pub fn new() -> SubRevisions {
-        SubRevisions::default()
-    }
-
-    /// The bbolt `(key, value)` etcd's `storeTxnWrite.put`/`delete` would store for `e`:
-    /// key = main (8 bytes BE) ‖ `_` ‖ sub (8 bytes BE), plus `t` for a tombstone;
-    /// value = the mvccpb.KeyValue protobuf (a DELETE stores `KeyValue{Key}` only).
-    pub fn entry(&mut self, e: &Event) -> (Vec<u8>, Vec<u8>) {
-        if self.main == Some(e.mod_revision) {
-            self.sub += 1;
-        } else {
-            self.main = Some(e.mod_revision);
-            self.sub = 0;
-        }
-        let mut key = Vec::with_capacity(18);
-        key.extend_from_slice(&e.mod_revision.to_be_bytes());
-        key.push(b'_');
-        key.extend_from_slice(&self.sub.to_be_bytes());
-        let mut value = Vec::with_capacity(e.key.len() + e.value.len() + 40);
-        pb_bytes(&mut value, 1, &e.key);
-        match e.kind {
-            EventKind::Delete => key.push(b't'),
-            EventKind::Put => {
-                pb_int(&mut value, 2, e.create_revision);
-                pb_int(&mut value, 3, e.mod_revision);
-                pb_int(&mut value, 4, e.version);
-                pb_bytes(&mut value, 5, &e.value);
-                pb_int(&mut value, 6, e.lease);
-            }
-        }
-        (key, value)
-    }
-}
-
-/// [`SubRevisions::entry`] for every event of `events`, in order.
-pub fn mvcc_entries(events: &[Event]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut subs = SubRevisions::new();
-    events.iter().map(|e| subs.entry(e)).collect()
-}
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// A proto3 int64 field (gogo `MarshalTo`): skipped when zero, negatives as 10-byte varints.
-fn pb_int(buf: &mut Vec<u8>, field: u32, v: i64) {
-    if v != 0 {
-        varint(buf, u64::from(field) << 3);
-        varint(buf, v as u64);
-    }
-}
-
-/// A proto3 bytes field: skipped when empty.
-fn pb_bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
-    if !data.is_empty() {
-        varint(buf, (u64::from(field) << 3) | 2);
-        varint(buf, data.len() as u64);
-        buf.extend_from_slice(data);
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOLDEN: &[u8] = include_bytes!("../tests/golden/delta/upstream.delta");
+    pub(crate) const GOLDEN: &[u8] = include_bytes!("../tests/golden/delta/upstream.delta");
 
-    fn put(key: &[u8], value: &[u8], create: i64, rev: i64, version: i64, lease: i64) -> Event {
+    pub(crate) fn put(key: &[u8], value: &[u8], create: i64, rev: i64, version: i64, lease: i64) -> Event {
         Event {
             kind: EventKind::Put,
             key: key.to_vec(),
@@ -381,7 +288,7 @@ mod tests {
         }
     }
 
-    fn del(key: &[u8], rev: i64) -> Event {
+    pub(crate) fn del(key: &[u8], rev: i64) -> Event {
         Event { kind: EventKind::Delete, key: key.to_vec(), mod_revision: rev, ..Event::default() }
     }
 
@@ -447,23 +354,6 @@ mod tests {
         let out = w.finish();
         assert_eq!(out, with_sha("[]"));
         assert_eq!(parse(&out).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn time_formatting() {
-        let cases = [
-            (0, 0, "1970-01-01T00:00:00Z"),
-            (0, 100_000_000, "1970-01-01T00:00:00.1Z"),
-            (-1, 999_999_999, "1969-12-31T23:59:59.999999999Z"),
-            (951_868_800, 0, "2000-03-01T00:00:00Z"),
-            (253_402_300_799, 0, "9999-12-31T23:59:59Z"),
-            (10, 2_500_000_000, "1970-01-01T00:00:12.5Z"),
-        ];
-        for (secs, nanos, want) in cases {
-            let mut s = String::new();
-            push_rfc3339_nano(&mut s, secs, nanos);
-            assert_eq!(s, want);
-        }
     }
 
     #[test]
@@ -565,91 +455,5 @@ mod tests {
         let data = w.finish();
         assert!(data.len() > 10 << 20);
         assert_eq!(parse(&data).unwrap(), want);
-    }
-
-    #[test]
-    fn mvcc_put_bytes() {
-        let (key, value) = SubRevisions::new().entry(&put(b"foo", b"bar", 5, 5, 1, 0));
-        assert_eq!(key, [0, 0, 0, 0, 0, 0, 0, 5, b'_', 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(value, [0x0a, 3, b'f', b'o', b'o', 0x10, 5, 0x18, 5, 0x20, 1, 0x2a, 3, b'b', b'a', b'r']);
-    }
-
-    #[test]
-    fn mvcc_put_with_lease_and_multibyte_varints() {
-        let e = put(b"k", b"", 300, 0x1_0000, 2, 0x694d_71d8_1b6f_3c1e);
-        let (key, value) = SubRevisions::new().entry(&e);
-        assert_eq!(key, [0, 0, 0, 0, 0, 1, 0, 0, b'_', 0, 0, 0, 0, 0, 0, 0, 0]);
-        // value is empty, so field 5 is absent; lease 0x694d71d81b6f3c1e as a 9-byte varint.
-        let want = [
-            0x0a, 1, b'k', // key
-            0x10, 0xac, 0x02, // create_revision 300
-            0x18, 0x80, 0x80, 0x04, // mod_revision 65536
-            0x20, 2, // version
-            0x30, 0x9e, 0xf8, 0xbc, 0xdb, 0x81, 0xbb, 0xdc, 0xa6, 0x69, // lease
-        ];
-        assert_eq!(value, want);
-    }
-
-    #[test]
-    fn mvcc_negative_lease_is_ten_byte_varint() {
-        let (_, value) = SubRevisions::new().entry(&put(b"k", b"v", 1, 1, 1, -1));
-        assert_eq!(&value[value.len() - 11..], [0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
-    }
-
-    #[test]
-    fn mvcc_delete_is_tombstone_with_key_only() {
-        let (key, value) = SubRevisions::new().entry(&del(b"foo", 7));
-        assert_eq!(key, [0, 0, 0, 0, 0, 0, 0, 7, b'_', 0, 0, 0, 0, 0, 0, 0, 0, b't']);
-        assert_eq!(value, [0x0a, 3, b'f', b'o', b'o']);
-        // Even if a DELETE carried more fields, etcd stores KeyValue{Key} only.
-        let noisy = Event { value: b"x".to_vec(), create_revision: 3, version: 2, lease: 9, ..del(b"foo", 7) };
-        assert_eq!(SubRevisions::new().entry(&noisy).1, value);
-    }
-
-    #[test]
-    fn mvcc_sub_revisions_across_groups() {
-        let events = [
-            put(b"a", b"1", 10, 10, 1, 0),
-            put(b"b", b"1", 11, 11, 1, 0),
-            del(b"a", 11),
-            put(b"c", b"1", 11, 11, 1, 0),
-            put(b"a", b"2", 12, 12, 1, 0),
-            del(b"b", 13),
-            del(b"c", 13),
-        ];
-        let got: Vec<(i64, i64, bool)> = mvcc_entries(&events)
-            .iter()
-            .map(|(k, _)| {
-                let main = i64::from_be_bytes(k[..8].try_into().unwrap());
-                let sub = i64::from_be_bytes(k[9..17].try_into().unwrap());
-                (main, sub, k.len() == 18 && k[17] == b't')
-            })
-            .collect();
-        let want = [
-            (10, 0, false),
-            (11, 0, false),
-            (11, 1, true),
-            (11, 2, false),
-            (12, 0, false),
-            (13, 0, true),
-            (13, 1, true),
-        ];
-        assert_eq!(got, want);
-        // The streaming form gives the same rows.
-        let mut subs = SubRevisions::new();
-        let streamed: Vec<_> = events.iter().map(|e| subs.entry(e)).collect();
-        assert_eq!(streamed, mvcc_entries(&events));
-    }
-
-    #[test]
-    fn mvcc_entries_of_golden() {
-        let events = parse(GOLDEN).unwrap();
-        let rows = mvcc_entries(&events);
-        let (k, v) = &rows[5]; // DELETE lease-key, second event of revision 9
-        assert_eq!(k, &[0, 0, 0, 0, 0, 0, 0, 9, b'_', 0, 0, 0, 0, 0, 0, 0, 1, b't']);
-        assert_eq!(v, b"\x0a\x09lease-key");
-        let (k, v) = &rows[3]; // non-UTF-8 key, empty value
-        assert_eq!(&k[..9], &[0, 0, 0, 0, 0, 0, 0, 8, b'_']);
-        assert_eq!(v, &[0x0a, 5, 0xfb, 0xff, 0x00, 0x80, b'/', 0x10, 8, 0x18, 8, 0x20, 1]);
     }
 }

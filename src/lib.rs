@@ -2,29 +2,26 @@
 //! streaming pass, and restore from whichever endpoint has the data.
 
 pub mod backup;
-pub mod bbolt;
 pub mod catalog;
 pub mod commands;
 pub mod compression;
 pub mod continuous;
 pub mod credentials;
 pub mod cron;
+pub mod datadir;
 pub mod delta;
 pub mod endpoint;
 pub mod etcd;
 pub mod flags;
 pub mod gc;
 pub mod logging;
-pub mod member;
 pub mod metrics;
-pub(crate) mod pb;
 pub mod report;
 pub mod restore;
 pub mod signals;
-pub mod snap;
 pub mod snapshot;
 pub mod store;
-pub mod wal;
+pub mod time;
 
 #[cfg(test)]
 pub(crate) mod test_scratch;

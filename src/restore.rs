@@ -7,10 +7,10 @@
 //! renamed into place only when complete; an error or a signal removes it.
 
 use crate::catalog::{self, Catalog, Entry, Gap};
+use crate::datadir::{self, member};
 use crate::endpoint::{self, Endpoint, Role};
-use crate::member::{self, Member};
-use crate::snapshot::{Kind, SnapshotName, TRAILER_LEN, TrailerCheck};
-use crate::{bbolt, compression, delta, signals, snap, store, wal};
+use crate::snapshot::{Kind, TrailerCheck};
+use crate::{compression, signals, store};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
 use std::fs::{self, File};
@@ -84,16 +84,16 @@ pub fn run(cfg: &Options, sources: &[Endpoint]) -> Result<(), Failure> {
     }
     let snap_dir = staging.path.join("member/snap");
     let started = Instant::now();
-    let revision = rewrite_db(&plain, &snap_dir.join("db"), &members, cfg.bump_revision, &delta_files)
+    let revision = datadir::db::rewrite(&plain, &snap_dir.join("db"), &members, cfg.bump_revision, &delta_files)
         .with_context(|| format!("restoring snapshot {}", entry.name))?;
     fs::remove_dir_all(&scratch).context("removing the downloads")?;
     debug!("Rewrote the database in {:.2?}", started.elapsed());
     signals::check()?;
     let started = Instant::now();
     let cluster_id = member::cluster_id(&members);
-    wal::write_restore_wal(&staging.path.join("member/wal"), &local, cluster_id, &members)
+    datadir::wal::write_restore_wal(&staging.path.join("member/wal"), &local, cluster_id, &members)
         .context("writing the WAL")?;
-    snap::write_restore_snap(&snap_dir, &members).context("writing the .snap file")?;
+    datadir::raft_snap::write_restore_snap(&snap_dir, &members).context("writing the .snap file")?;
     signals::check()?;
     staging.commit(&cfg.data_dir)?;
     debug!("Wrote the WAL and .snap and committed in {:.2?}", started.elapsed());
@@ -421,192 +421,6 @@ fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: Option<T
     Ok(())
 }
 
-/// etcd's mvcc revision key: 8-byte big-endian main, `_`, 8-byte sub.
-fn revision_key(main: u64, sub: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.extend_from_slice(&main.to_be_bytes());
-    k.push(b'_');
-    k.extend_from_slice(&sub.to_be_bytes());
-    k
-}
-
-/// Rewrite the snapshot db into `dst` as etcdutl 3.5 leaves it after a
-/// restore: `members` replaced, `members_removed` emptied, `meta`
-/// consistent_index = member count and term = 1, and optionally the revision
-/// bumped and marked compacted. The events of `deltas` (name, plain file,
-/// in chain order) are appended to the `key` bucket as etcd's mvcc would
-/// have stored them. Returns the (possibly bumped) revision.
-fn rewrite_db(
-    src: &Path,
-    dst: &Path,
-    members: &[Member],
-    bump: Option<u64>,
-    deltas: &[(String, PathBuf)],
-) -> anyhow::Result<u64> {
-    // The downloaded file still ends in the 32-byte trailer when it had one.
-    let len = fs::metadata(src)?.len();
-    if len % 512 == TRAILER_LEN as u64 {
-        File::options().write(true).open(src)?.set_len(len - TRAILER_LEN as u64)?;
-    }
-    let db = bbolt::Db::open(src)?;
-    let latest = match db.last(b"key")? {
-        Some((k, _)) if k.len() >= 8 => u64::from_be_bytes(k[..8].try_into().unwrap()),
-        _ => 0,
-    };
-    // A first pass checks every delta before anything is written.
-    let known = leases(&db);
-    let mut unknown = std::collections::BTreeSet::new();
-    let applied = apply_deltas(latest, deltas, &mut |e, _, _| {
-        if e.lease != 0 && !known.contains(&e.lease) {
-            unknown.insert(e.lease);
-        }
-        Ok(())
-    })?;
-    if applied > latest {
-        info!("Applying the events of revisions {} to {applied} from delta snapshots", latest + 1);
-    }
-    // Dropping such lease IDs (as upstream does) would change the data, and
-    // etcd's HashKV, against the source.
-    if let Some(first) = unknown.first() {
-        warn!(
-            "Keys restored from delta snapshots refer to {} leases not in the full snapshot (e.g. {first:x}); etcd \
-             keeps those keys, without expiry",
-            unknown.len()
-        );
-    }
-    let revision = applied + bump.unwrap_or(0);
-    let mut names = db.buckets()?;
-    for required in [&b"members"[..], b"members_removed", b"meta"] {
-        if !names.iter().any(|n| n == required) {
-            names.push(required.to_vec());
-        }
-    }
-    names.sort();
-    let mut w = bbolt::Writer::create(dst, db.page_size())?;
-    for name in &names {
-        signals::check()?;
-        w.begin_bucket(name)?;
-        match name.as_slice() {
-            b"members" => {
-                let mut rows: Vec<(String, String)> =
-                    members.iter().map(|m| (format!("{:x}", m.id), member::member_json(m))).collect();
-                rows.sort();
-                for (k, v) in rows {
-                    w.put(k.as_bytes(), v.as_bytes())?;
-                }
-            }
-            b"members_removed" => {}
-            b"meta" => {
-                let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-                copy_bucket(&db, name, &mut |k, v| {
-                    rows.push((k.to_vec(), v.to_vec()));
-                    Ok(())
-                })?;
-                let mut set = |k: &[u8], v: Vec<u8>| {
-                    rows.retain(|(rk, _)| rk != k);
-                    rows.push((k.to_vec(), v));
-                };
-                set(b"consistent_index", (members.len() as u64).to_be_bytes().to_vec());
-                set(b"term", 1u64.to_be_bytes().to_vec());
-                if bump.is_some() {
-                    set(b"scheduledCompactRev", revision_key(revision, 0));
-                }
-                rows.sort();
-                for (k, v) in rows {
-                    w.put(&k, &v)?;
-                }
-            }
-            _ => {
-                copy_bucket(&db, name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
-                if name == b"key" {
-                    apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
-                }
-                if name == b"key" && bump.is_some() {
-                    // An empty entry at the bumped revision makes it the latest.
-                    w.put(&revision_key(revision, 0), b"")?;
-                }
-            }
-        }
-        w.end_bucket()?;
-    }
-    w.finish(db.txid() + 1)?;
-    Ok(revision)
-}
-
-/// Takes an event with its key-bucket key and value.
-type EntrySink<'a> = dyn FnMut(&delta::Event, &[u8], &[u8]) -> anyhow::Result<()> + 'a;
-
-/// Read the deltas in order and hand each new event to `put` with its mvcc
-/// key-bucket entry. Events up to `base` (already in the full snapshot, or
-/// in an overlapping earlier delta) are skipped; every later revision must
-/// follow the previous one. Returns the last revision.
-fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink<'_>) -> anyhow::Result<u64> {
-    let mut applied = base;
-    for (name, path) in deltas {
-        signals::check()?;
-        let data = fs::read(path).with_context(|| format!("reading delta snapshot {name}"))?;
-        let events = delta::parse(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
-        drop(data);
-        // A revision's events always arrive in one watch response, so never
-        // span two deltas: a revision seen before this delta is complete.
-        let floor = applied;
-        let mut subs = delta::SubRevisions::new();
-        for e in events {
-            let rev = e.mod_revision.max(0) as u64;
-            if rev <= floor {
-                continue;
-            }
-            if rev != applied && rev != applied + 1 {
-                bail!(
-                    "delta snapshot {name}: its events jump from revision {applied} to {rev}; revisions in between are \
-                     missing"
-                );
-            }
-            applied = rev;
-            let (k, v) = subs.entry(&e);
-            put(&e, &k, &v)?;
-        }
-        let named = SnapshotName::parse(name).map_or(0, |n| n.last_revision);
-        if applied < named {
-            bail!("delta snapshot {name}: its events end at revision {applied}, before the {named} its name says");
-        }
-    }
-    Ok(applied)
-}
-
-/// The lease IDs in the full snapshot's `lease` bucket.
-fn leases(db: &bbolt::Db) -> std::collections::HashSet<i64> {
-    let mut known = std::collections::HashSet::new();
-    let _ = copy_bucket(db, b"lease", &mut |k, _| {
-        if let Ok(id) = <[u8; 8]>::try_from(k) {
-            known.insert(i64::from_be_bytes(id));
-        }
-        Ok(())
-    });
-    known
-}
-
-fn copy_bucket<F>(db: &bbolt::Db, bucket: &[u8], f: &mut F) -> anyhow::Result<()>
-where
-    F: FnMut(&[u8], &[u8]) -> anyhow::Result<()>,
-{
-    let mut err = None;
-    db.for_each(bucket, &mut |k, v| match v {
-        bbolt::Value::Data(v) => match f(k, v) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                err = Some(e);
-                Err(bbolt::Error::stop())
-            }
-        },
-        bbolt::Value::Bucket(_) => {
-            err = Some(anyhow!("nested bucket {:?} in {:?}: etcd databases have none", k, bucket));
-            Err(bbolt::Error::stop())
-        }
-    })
-    .map_err(|e| err.take().unwrap_or_else(|| e.into()))
-}
-
 /// `<parent>/.<name>.restore-<pid>`: built here, renamed onto the target
 /// when complete, removed on any error or signal.
 struct Staging {
@@ -671,11 +485,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revision_keys_are_etcds() {
-        assert_eq!(revision_key(0x0102, 3), b"\0\0\0\0\0\0\x01\x02_\0\0\0\0\0\0\0\x03".to_vec());
-    }
-
-    #[test]
     fn target_must_be_missing_or_empty() {
         let scratch = crate::test_scratch::dir("target");
         let d = scratch.join("target");
@@ -700,45 +509,5 @@ mod tests {
         fs::create_dir_all(s.path.join("member/wal")).unwrap();
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());
-    }
-
-    #[test]
-    fn applying_deltas_skips_what_the_base_has_and_refuses_holes() {
-        let d = std::env::temp_dir().join(format!("ebr-apply-{}", std::process::id()));
-        fs::create_dir_all(&d).unwrap();
-        let write = |file: &str, revs: &[i64]| {
-            let mut w = delta::Writer::new();
-            for &r in revs {
-                let e = delta::Event {
-                    key: b"k".to_vec(),
-                    mod_revision: r,
-                    create_revision: 1,
-                    version: r,
-                    ..Default::default()
-                };
-                w.push(&e, 0, 0);
-            }
-            fs::write(d.join(file), w.finish()).unwrap();
-            (format!("Incr-00000001-{:08}-1", revs.last().unwrap()), d.join(file))
-        };
-        let deltas = [write("a", &[4, 5, 6, 6]), write("b", &[6, 7])];
-        let mut seen = Vec::new();
-        let last = apply_deltas(5, &deltas, &mut |e, k, _| {
-            seen.push((e.mod_revision, k[9..].to_vec()));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(last, 7);
-        // Revision 6 twice (sub-revisions 0 and 1); its repeat in "b" is skipped.
-        let sub = |n: u64| n.to_be_bytes().to_vec();
-        assert_eq!(seen, [(6, sub(0)), (6, sub(1)), (7, sub(0))]);
-
-        let holes = [write("c", &[6, 8])];
-        let e = apply_deltas(5, &holes, &mut |_, _, _| Ok(())).unwrap_err().to_string();
-        assert!(e.contains("jump from revision 6 to 8"), "{e}");
-        let short = [(String::from("Incr-00000006-00000009-1"), d.join("a"))];
-        let e = apply_deltas(5, &short, &mut |_, _, _| Ok(())).unwrap_err().to_string();
-        assert!(e.contains("end at revision 6, before the 9 its name says"), "{e}");
-        fs::remove_dir_all(&d).unwrap();
     }
 }

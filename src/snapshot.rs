@@ -33,8 +33,6 @@ pub struct SnapshotName {
     pub is_final: bool,
 }
 
-const COMPRESSION_SUFFIXES: [&str; 4] = [".gz", ".Z", ".zlib", ".zst"];
-
 impl SnapshotName {
     /// A full snapshot of everything up to `last_revision`.
     pub fn full(last_revision: u64, created: u64) -> SnapshotName {
@@ -83,7 +81,7 @@ impl SnapshotName {
         if is_final {
             tail.truncate(tail.len() - ".final".len());
         }
-        if !tail.is_empty() && !COMPRESSION_SUFFIXES.contains(&tail.as_str()) {
+        if !tail.is_empty() && crate::compression::Policy::from_suffix(&tail).is_none() {
             return None;
         }
         Some(SnapshotName { kind, start_revision, last_revision, created, compression: tail, is_final })

@@ -1,10 +1,10 @@
 //! bbolt Writer -> Db round trips, corrupt inputs, and real etcd snapshots
 //! rewritten and checked with `etcdutl snapshot status` (bbolt's tx.Check).
 
-#[path = "../src/bbolt/temp_file.rs"]
+#[path = "../src/datadir/bbolt/temp_file.rs"]
 mod temp_file;
 
-use etcd_backup_restore::bbolt::{Db, Error, Value, Writer};
+use etcd_backup_restore::datadir::bbolt::{Db, Error, Value, Writer};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;

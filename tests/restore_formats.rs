@@ -1,8 +1,9 @@
 //! The WAL and `.snap` writers against bytes that etcdutl 3.5.1 wrote for
 //! the same memberships (tests/golden/README.md says how they were made).
 
-use etcd_backup_restore::member::{self, Member};
-use etcd_backup_restore::{snap, wal};
+use etcd_backup_restore::datadir::member::{self, Member};
+use etcd_backup_restore::datadir::pb::crc32c;
+use etcd_backup_restore::datadir::{raft_snap, wal};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -81,7 +82,7 @@ fn snap_is_byte_identical_to_etcdutl() {
     for c in &CASES {
         let (m, _) = members(c);
         let dir = scratch(&format!("snap-{}", c.tag));
-        let path = snap::write_restore_snap(&dir, &m).unwrap();
+        let path = raft_snap::write_restore_snap(&dir, &m).unwrap();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         assert_eq!(name, format!("0000000000000001-{:016x}.snap", m.len()));
         let want = std::fs::read(golden(&format!("{}-{name}", c.tag))).unwrap();
@@ -102,7 +103,7 @@ fn snap_is_byte_identical_to_etcdutl() {
 fn golden_wals_decode_with_valid_crcs() {
     for c in &CASES {
         let (m, local) = members(c);
-        let records = wal::read_records(&golden(&format!("{}.wal", c.tag))).unwrap();
+        let records = read_records(&golden(&format!("{}.wal", c.tag))).unwrap();
         let kinds: Vec<u64> = records.iter().map(|r| r.kind).collect();
         let mut want = vec![wal::CRC, wal::METADATA, wal::SNAPSHOT];
         want.extend(std::iter::repeat_n(wal::ENTRY, m.len()));
@@ -111,9 +112,9 @@ fn golden_wals_decode_with_valid_crcs() {
         // Metadata{NodeID, ClusterID} as etcd computed them.
         let mut pos = 1;
         let meta = &records[1].data;
-        assert_eq!(varint(meta, &mut pos), local.id, "{}: member id", c.tag);
+        assert_eq!(read_varint(meta, &mut pos), Some(local.id), "{}: member id", c.tag);
         pos += 1;
-        assert_eq!(varint(meta, &mut pos), member::cluster_id(&m), "{}: cluster id", c.tag);
+        assert_eq!(read_varint(meta, &mut pos), Some(member::cluster_id(&m)), "{}: cluster id", c.tag);
     }
 }
 
@@ -129,17 +130,107 @@ fn ids_are_the_ones_etcd_computed() {
     assert_eq!(m[0].id, 0x56d5020b395062d4);
 }
 
-fn varint(b: &[u8], pos: &mut usize) -> u64 {
-    let mut v = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = b[*pos];
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
+#[test]
+fn written_wal_decodes_and_a_flipped_bit_breaks_the_crc_chain() {
+    let dir = scratch("crc-chain");
+    let (m, local) = members(&CASES[0]);
+    wal::write_restore_wal(&dir, &local, member::cluster_id(&m), &m).unwrap();
+    let path = dir.join(wal::FIRST_SEGMENT);
+    let kinds: Vec<u64> = read_records(&path).unwrap().iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [wal::CRC, wal::METADATA, wal::SNAPSHOT, wal::ENTRY, wal::STATE, wal::SNAPSHOT]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), wal::SEGMENT_SIZE);
+    // One flipped bit in the entry's data breaks the chain from there.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[120] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = read_records(&path).unwrap_err().to_string();
+    assert!(e.contains("CRC mismatch") || e.contains("malformed"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn varints_read_back() {
+    assert_eq!(read_varint(&[0xac, 0x02], &mut 0), Some(300));
+    let mut pos = 0;
+    assert_eq!(read_varint(&[0xac, 0x02, 0x01], &mut pos), Some(300));
+    assert_eq!(pos, 2);
+    assert_eq!(read_varint(&[0x80], &mut 0), None);
+}
+
+/// One walpb.Record.
+#[derive(Debug)]
+struct Record {
+    kind: u64,
+    crc: u32,
+    data: Vec<u8>,
+}
+
+/// Decodes a WAL segment up to its first zero length field, checking the
+/// running CRC of every record but the CRC records.
+fn read_records(path: &Path) -> std::io::Result<Vec<Record>> {
+    use std::io::{Error, ErrorKind};
+    let bytes = std::fs::read(path)?;
+    let bad = |off: usize, what: &str| {
+        Error::new(ErrorKind::InvalidData, format!("{}: offset {off}: {what}", path.display()))
+    };
+    let mut records = Vec::new();
+    let mut off = 0;
+    let mut crc = 0u32;
+    while off + 8 <= bytes.len() {
+        let field = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap());
+        if field == 0 {
             break;
         }
+        let len = (field & 0x00ff_ffff_ffff_ffff) as usize;
+        let pad = if field >> 63 == 1 { ((field >> 56) & 0x7) as usize } else { 0 };
+        let body = bytes.get(off + 8..off + 8 + len).ok_or_else(|| bad(off, "record runs past the end"))?;
+        let rec = decode_record(body).ok_or_else(|| bad(off, "malformed record"))?;
+        if rec.kind == wal::CRC {
+            crc = rec.crc;
+        } else {
+            crc = crc32c(crc, &rec.data);
+            if crc != rec.crc {
+                return Err(bad(off, &format!("CRC mismatch: stored {:08x}, computed {crc:08x}", rec.crc)));
+            }
+        }
+        records.push(rec);
+        off += 8 + len + pad;
     }
-    v
+    Ok(records)
+}
+
+fn decode_record(mut b: &[u8]) -> Option<Record> {
+    let mut rec = Record { kind: 0, crc: 0, data: Vec::new() };
+    while !b.is_empty() {
+        let mut pos = 0;
+        let tag = read_varint(b, &mut pos)?;
+        match tag {
+            0x08 => rec.kind = read_varint(b, &mut pos)?,
+            0x10 => rec.crc = u32::try_from(read_varint(b, &mut pos)?).ok()?,
+            0x1a => {
+                let len = usize::try_from(read_varint(b, &mut pos)?).ok()?;
+                rec.data = b.get(pos..pos.checked_add(len)?)?.to_vec();
+                pos += len;
+            }
+            _ => return None,
+        }
+        b = &b[pos..];
+    }
+    Some(rec)
+}
+
+/// Reads a varint at `*pos`, moving past it; `None` when truncated or too long.
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn hex(b: &[u8]) -> String {

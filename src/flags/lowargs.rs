@@ -89,36 +89,10 @@ pub fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Go-style durations as upstream takes them: `30s`, `15m`, `1h30m`, `500ms`.
+/// Go-style durations as upstream takes them: `30s`, `15m`, `1h30m`, `500ms`
+/// ([`crate::time::parse_duration`], with the flags' own message).
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let bad = || "expected a duration such as 30s, 15m or 1h30m".to_string();
-    if v == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = v;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let (num, tail) = rest.split_at(digits);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let n: f64 = num.parse().map_err(|_| bad())?;
-        let secs = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::try_from_secs_f64(n * secs).map_err(|_| bad())?;
-        rest = tail;
-    }
-    Ok(total)
+    crate::time::parse_duration(v).map_err(|_| "expected a duration such as 30s, 15m or 1h30m".to_string())
 }
 
 /// A byte count: a plain number, or one with a `Ki`/`Mi`/`Gi` suffix.

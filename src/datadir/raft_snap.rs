@@ -1,9 +1,10 @@
 //! The raft snapshot file (`member/snap/<term>-<index>.snap`) a restore
 //! writes: the v2 store, as etcd 3.4/3.5 serialise it, holding nothing but
 //! the membership that 3.4/3.5 read on start, byte for byte as etcdutl.
+//! (Raft's snapshot, not a backup snapshot: those are `crate::snapshot`.)
 
-use crate::member::{Member, go_json_string};
-use crate::pb;
+use super::member::{Member, go_json_string};
+use super::pb;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -1,7 +1,9 @@
-//! The little protobuf encoding the WAL and `.snap` writers need. etcd's
+//! The little protobuf encoding the data directory's writers need. etcd's
 //! messages are gogo-generated: fields in tag order and zero-valued
-//! non-nullable fields still written, so they are encoded by hand here
-//! rather than with proto3 rules that would drop the zeros.
+//! non-nullable fields still written (the WAL and `.snap` records), so they
+//! are encoded by hand here rather than with proto3 rules that would drop
+//! the zeros; the mvcc KeyValue's scalars do drop them ([`int64`],
+//! [`nonempty_bytes`]).
 
 pub fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -24,18 +26,19 @@ pub fn bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
     buf.extend_from_slice(data);
 }
 
-/// Reads a varint at `*pos`, moving past it; `None` when truncated or too long.
-pub fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Some(v);
-        }
+/// A proto3 int64 field (gogo `MarshalTo`): skipped when zero, a negative
+/// value as its two's complement, a 10-byte varint.
+pub fn int64(buf: &mut Vec<u8>, field: u32, v: i64) {
+    if v != 0 {
+        uint(buf, field, v as u64);
     }
-    None
+}
+
+/// A proto3 bytes field: skipped when empty.
+pub fn nonempty_bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
+    if !data.is_empty() {
+        bytes(buf, field, data);
+    }
 }
 
 /// raftpb.ConfState with every ID a voter, as etcd's restore writes it.
@@ -81,16 +84,23 @@ mod tests {
         let mut b = Vec::new();
         varint(&mut b, 300);
         assert_eq!(b, [0xac, 0x02]);
-        let mut pos = 0;
-        assert_eq!(read_varint(&b, &mut pos), Some(300));
-        assert_eq!(pos, 2);
-        assert_eq!(read_varint(&[0x80], &mut 0), None);
         let mut b = Vec::new();
         uint(&mut b, 1, 0);
         uint(&mut b, 2, 1);
         bytes(&mut b, 4, b"ab");
         assert_eq!(b, [0x08, 0x00, 0x10, 0x01, 0x22, 0x02, b'a', b'b']);
         assert_eq!(conf_state(&[1, 2]), [0x08, 0x01, 0x08, 0x02, 0x28, 0x00]);
+    }
+
+    #[test]
+    fn proto3_fields_skip_zeros() {
+        let mut b = Vec::new();
+        int64(&mut b, 2, 0);
+        nonempty_bytes(&mut b, 5, b"");
+        assert!(b.is_empty());
+        int64(&mut b, 6, -1);
+        nonempty_bytes(&mut b, 1, b"k");
+        assert_eq!(b, [0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x0a, 1, b'k']);
     }
 
     #[test]

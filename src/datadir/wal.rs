@@ -1,8 +1,9 @@
 //! etcd's write-ahead log (`member/wal`): record framing, the running
 //! CRC-32C, and the records `etcdutl snapshot restore` writes, byte for byte.
+//! Only tests read WAL records back: the reader is in tests/restore_formats.rs.
 
-use crate::member::{Member, member_json};
-use crate::pb;
+use super::member::{Member, member_json};
+use super::pb;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -17,13 +18,6 @@ pub const ENTRY: u64 = 2;
 pub const STATE: u64 = 3;
 pub const CRC: u64 = 4;
 pub const SNAPSHOT: u64 = 5;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub kind: u64,
-    pub crc: u32,
-    pub data: Vec<u8>,
-}
 
 /// The WAL of a freshly restored member: the cluster's members as the
 /// committed conf-change entries 1..n, hard state {term 1, commit n} and a
@@ -136,59 +130,6 @@ fn frame_len(len: usize) -> u64 {
     }
 }
 
-/// Decodes a WAL segment up to its first zero length field, checking the
-/// running CRC of every record but the CRC records.
-pub fn read_records(path: &Path) -> io::Result<Vec<Record>> {
-    let bytes = fs::read(path)?;
-    let bad = |off: usize, what: &str| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{}: offset {off}: {what}", path.display()))
-    };
-    let mut records = Vec::new();
-    let mut off = 0;
-    let mut crc = 0u32;
-    while off + 8 <= bytes.len() {
-        let field = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap());
-        if field == 0 {
-            break;
-        }
-        let len = (field & 0x00ff_ffff_ffff_ffff) as usize;
-        let pad = if field >> 63 == 1 { ((field >> 56) & 0x7) as usize } else { 0 };
-        let body = bytes.get(off + 8..off + 8 + len).ok_or_else(|| bad(off, "record runs past the end"))?;
-        let rec = decode_record(body).ok_or_else(|| bad(off, "malformed record"))?;
-        if rec.kind == CRC {
-            crc = rec.crc;
-        } else {
-            crc = pb::crc32c(crc, &rec.data);
-            if crc != rec.crc {
-                return Err(bad(off, &format!("CRC mismatch: stored {:08x}, computed {crc:08x}", rec.crc)));
-            }
-        }
-        records.push(rec);
-        off += 8 + len + pad;
-    }
-    Ok(records)
-}
-
-fn decode_record(mut b: &[u8]) -> Option<Record> {
-    let mut rec = Record { kind: 0, crc: 0, data: Vec::new() };
-    while !b.is_empty() {
-        let mut pos = 0;
-        let tag = pb::read_varint(b, &mut pos)?;
-        match tag {
-            0x08 => rec.kind = pb::read_varint(b, &mut pos)?,
-            0x10 => rec.crc = u32::try_from(pb::read_varint(b, &mut pos)?).ok()?,
-            0x1a => {
-                let len = usize::try_from(pb::read_varint(b, &mut pos)?).ok()?;
-                rec.data = b.get(pos..pos.checked_add(len)?)?.to_vec();
-                pos += len;
-            }
-            _ => return None,
-        }
-        b = &b[pos..];
-    }
-    Some(rec)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,24 +146,5 @@ mod tests {
         let mut e = Encoder::default();
         e.record(CRC, None);
         assert_eq!(e.buf, [0x04, 0, 0, 0, 0, 0, 0, 0x84, 0x08, 0x04, 0x10, 0x00, 0, 0, 0, 0]);
-    }
-
-    #[test]
-    fn records_decode_and_crcs_chain() {
-        let dir = std::env::temp_dir().join(format!("ebr-wal-unit-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let m = crate::member::parse_initial_cluster("s1=http://127.0.0.1:24480", "tok-single").unwrap();
-        write_restore_wal(&dir, &m[0], crate::member::cluster_id(&m), &m).unwrap();
-        let path = dir.join(FIRST_SEGMENT);
-        let kinds: Vec<u64> = read_records(&path).unwrap().iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, [CRC, METADATA, SNAPSHOT, ENTRY, STATE, SNAPSHOT]);
-        assert_eq!(fs::metadata(&path).unwrap().len(), SEGMENT_SIZE);
-        // One flipped bit in the entry's data breaks the chain from there.
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[120] ^= 1;
-        fs::write(&path, &bytes).unwrap();
-        let e = read_records(&path).unwrap_err().to_string();
-        assert!(e.contains("CRC mismatch") || e.contains("malformed"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

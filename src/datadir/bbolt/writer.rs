@@ -367,11 +367,10 @@ pub(super) mod tests {
     pub(crate) use super::super::temp_file::TempFile;
 
     pub(crate) fn temp_path(tag: &str) -> TempFile {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
         // Files only, each removed when dropped: nothing accumulates.
-        let name = format!("ebr-bbolt-unit-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        TempFile(std::env::temp_dir().join(name))
+        let path = crate::test_scratch::path(&format!("bbolt-{tag}"));
+        std::fs::create_dir_all(crate::test_scratch::root()).expect("creating the scratch root");
+        TempFile(path)
     }
 
     fn page(file: &[u8], ps: usize, id: usize) -> &[u8] {
