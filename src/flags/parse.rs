@@ -1,9 +1,10 @@
 //! argv → command + low-level arguments, and the help text, both driven by
-//! the one flag table in `defs`.
+//! the one flag table in `defs`; the credentials part of the help comes from
+//! the credential loader's own list of variables.
 
 use super::defs::{FLAGS, Flag, Group};
 use super::lowargs::{LowArgs, Role};
-use crate::credentials::Env;
+use crate::credentials::{Env, VARIABLES};
 use std::ffi::OsString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,18 +199,21 @@ Commands:
 
 {}",
         env!("CARGO_PKG_VERSION"),
-        FOOTER
+        footer()
     )
 }
 
-const FOOTER: &str = "Credentials (primary; the secondary reads the same names with a SECONDARY_ prefix
+fn footer() -> String {
+    let width = VARIABLES.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    let vars: String = VARIABLES.iter().map(|(name, holds)| format!("  {name:width$}{holds}\n")).collect();
+    format!(
+        "Credentials, tried in this order (the secondary reads the same names with a SECONDARY_ prefix
 and falls back to the primary's when it has none):
-  AWS_APPLICATION_CREDENTIALS_JSON  path of a JSON file
-  AWS_APPLICATION_CREDENTIALS       path of a JSON file, or of a directory with a *.json file or one file per field
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_SESSION_TOKEN
-
+{vars}
 Exit codes: 0 success, 1 failure, 2 usage or configuration error,
-            3 stored on one endpoint only (with --require-all-endpoints)";
+            3 stored on one endpoint only (with --require-all-endpoints)"
+    )
+}
 
 pub fn command_help(command: Command) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
@@ -241,7 +245,7 @@ pub fn command_help(command: Command) -> String {
             out.push_str(&format!("  {left:width$}{right}\n"));
         }
     }
-    out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{FOOTER}\n", "", w = width.saturating_sub(8)));
+    out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{}\n", "", footer(), w = width.saturating_sub(8)));
     out
 }
 
@@ -418,6 +422,14 @@ mod tests {
         // Upstream's restore takes every snapstore flag: accepted, ignored.
         let args = ["restore", "--min-chunk-size=6Mi", "--secondary-max-parallel-chunk-uploads=2"];
         assert!(matches!(parse(args.map(OsString::from), &no_env), Ok(Parsed::Run(Command::Restore, _))));
+    }
+
+    #[test]
+    fn help_footer_lists_what_the_credential_loader_reads() {
+        for (name, _) in VARIABLES {
+            assert!(top_help().contains(&format!("\n  {name} ")), "{name}");
+            assert!(command_help(Command::Restore).contains(&format!("\n  {name} ")), "{name}");
+        }
     }
 
     /// A definition without its own `set` keeps `Flag::DEFAULT`'s, which fails.
