@@ -1,9 +1,7 @@
 //! S3 credentials, found the way the upstream tool finds them, per endpoint:
-//! `<P>AWS_APPLICATION_CREDENTIALS_JSON` (a JSON file),
-//! `<P>AWS_APPLICATION_CREDENTIALS` (a JSON file, or a directory holding a
-//! `*.json` file or one file per field), then `<P>AWS_ACCESS_KEY_ID` /
-//! `<P>AWS_SECRET_ACCESS_KEY` / `<P>AWS_REGION` / `<P>AWS_SESSION_TOKEN`,
-//! where `<P>` is empty for the primary and `SECONDARY_` for the secondary.
+//! from the variables in `VARIABLES`, each read with the endpoint's prefix
+//! (empty for the primary, `SECONDARY_` for the secondary). That list is the
+//! only one: the help footer and the README's table are rendered from it.
 //!
 //! Errors name the variable and the file, never what the file holds.
 
@@ -53,6 +51,22 @@ struct JsonCredentials {
     role_arn: Option<String>,
 }
 
+/// The variables `load` reads, in the order it tries them (the first three
+/// are alternatives, upstream's order), with what each one holds.
+pub const VARIABLES: [(&str, &str); 7] = [
+    ("AWS_APPLICATION_CREDENTIALS_JSON", "path of a JSON file"),
+    (
+        "AWS_APPLICATION_CREDENTIALS",
+        "path of a JSON file, or of a directory (a Kubernetes secret volume) holding a *.json file or one file per \
+         field",
+    ),
+    ("AWS_ACCESS_KEY_ID", "access key ID (with AWS_SECRET_ACCESS_KEY)"),
+    ("AWS_SECRET_ACCESS_KEY", "secret access key"),
+    ("AWS_SESSION_TOKEN", "session token (optional)"),
+    ("AWS_REGION", "region (default us-east-1)"),
+    ("AWS_DEFAULT_REGION", "region when AWS_REGION is not set"),
+];
+
 /// Look up an environment variable (a function so tests need no process env).
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -63,25 +77,24 @@ pub fn load(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
         let full = format!("{prefix}{name}");
         env(&full).filter(|v| !v.is_empty()).map(|v| (full, v))
     };
-    let creds = if let Some((name, path)) = var("AWS_APPLICATION_CREDENTIALS_JSON") {
+    let [json, dir, key_id, secret, token, region, default_region] = VARIABLES.map(|(name, _)| name);
+    let creds = if let Some((name, path)) = var(json) {
         from_json_file(&name, Path::new(&path))?
-    } else if let Some((name, path)) = var("AWS_APPLICATION_CREDENTIALS") {
+    } else if let Some((name, path)) = var(dir) {
         let p = Path::new(&path);
         if p.is_dir() { from_dir(&name, p)? } else { from_json_file(&name, p)? }
-    } else if let Some((name, key)) = var("AWS_ACCESS_KEY_ID") {
-        let secret = var("AWS_SECRET_ACCESS_KEY")
-            .ok_or_else(|| format!("{name} is set but {prefix}AWS_SECRET_ACCESS_KEY is not"))?
-            .1;
+    } else if let Some((name, key)) = var(key_id) {
+        let (_, secret_value) = var(secret).ok_or_else(|| format!("{name} is set but {prefix}{secret} is not"))?;
         S3Credentials {
             access_key_id: key,
-            secret_access_key: secret,
-            session_token: var("AWS_SESSION_TOKEN").map(|v| v.1),
-            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).map(|v| v.1),
-            source: format!("{prefix}AWS_ACCESS_KEY_ID/{prefix}AWS_SECRET_ACCESS_KEY"),
+            secret_access_key: secret_value,
+            session_token: var(token).map(|v| v.1),
+            region: var(region).or_else(|| var(default_region)).map(|v| v.1),
+            source: format!("{prefix}{key_id}/{prefix}{secret}"),
             ..S3Credentials::default()
         }
-    } else if let Some((name, _)) = var("AWS_SECRET_ACCESS_KEY") {
-        return Err(format!("{name} is set but {prefix}AWS_ACCESS_KEY_ID is not"));
+    } else if let Some((name, _)) = var(secret) {
+        return Err(format!("{name} is set but {prefix}{key_id} is not"));
     } else {
         return Ok(None);
     };

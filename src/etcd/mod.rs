@@ -26,8 +26,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use proto::path;
 
-/// How to reach etcd, as given by the `--endpoints`, TLS and auth flags.
-#[derive(Clone)]
+/// How to reach etcd, as given by the `--endpoints`, TLS and auth flags
+/// (which fill it in directly; `Default` is their starting point).
+#[derive(Clone, Default)]
 pub struct EtcdConfig {
     /// Tried in order; `host:port` without a scheme is allowed.
     pub endpoints: Vec<String>,

@@ -1,13 +1,17 @@
 //! Every flag, defined once: name, value, default, environment fallback,
-//! help, and how it sets the low-level arguments. Store flags are defined
-//! for the primary only; `--secondary-<name>` and `SECONDARY_<VAR>` are
-//! generated from the same definition.
+//! help, the commands that use it, and how it sets the low-level arguments.
+//! Store flags are defined for the primary only; `--secondary-<name>` and
+//! `SECONDARY_<VAR>` are generated from the same definition.
 //!
 //! Defaults are applied by running `set` on the `default` text, so the help
-//! output and the behaviour cannot drift apart.
+//! output and the behaviour cannot drift apart. A definition states only what
+//! differs from its group's template (`ETCD`, `STORE`, ...), which in turn
+//! differs from `Flag::DEFAULT`.
 
 use super::lowargs::*;
+use super::parse::Command::{self, Gc, List, Restore, Snapshot};
 
+/// A help section. Sections are shown in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Global,
@@ -15,15 +19,26 @@ pub enum Group {
     /// Exists once per store endpoint.
     Store,
     Snapshot,
-    Restore,
-    List,
     /// Garbage collection: `snapshot` and `snapshot gc`.
     Gc,
     /// `snapshot gc` only.
     GcOnce,
+    Restore,
+    List,
 }
 
 impl Group {
+    pub const ALL: [Group; 8] = [
+        Group::Global,
+        Group::Etcd,
+        Group::Store,
+        Group::Snapshot,
+        Group::Gc,
+        Group::GcOnce,
+        Group::Restore,
+        Group::List,
+    ];
+
     pub fn title(self) -> &'static str {
         match self {
             Group::Global => "General",
@@ -36,6 +51,11 @@ impl Group {
             Group::GcOnce => "One garbage collection",
         }
     }
+
+    /// The endpoints a flag of this group exists for.
+    pub fn roles(self) -> &'static [Role] {
+        if self == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
+    }
 }
 
 pub struct Flag {
@@ -47,32 +67,69 @@ pub struct Flag {
     /// Environment variable read when the flag is not given.
     pub env: Option<&'static str>,
     pub group: Group,
+    /// The commands that read the flag; `<command> --help` lists only these.
+    pub uses: &'static [Command],
+    /// Commands that accept the flag but ignore it: upstream's `restore`
+    /// takes every snapstore flag, and `snapshot list`/`snapshot gc` always
+    /// took every store and garbage collection flag.
+    pub ignored_by: &'static [Command],
     pub help: &'static str,
     pub set: fn(&mut LowArgs, Role, &str) -> Result<(), String>,
 }
 
-fn path(v: &str) -> Option<std::path::PathBuf> {
-    Some(v.into()).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty())
+impl Flag {
+    /// A switch of every command. `set` fails, so a definition that forgets
+    /// its own is caught by the `every_flag_sets_something` test.
+    pub const DEFAULT: Flag = Flag {
+        name: "",
+        short: None,
+        value: None,
+        default: None,
+        env: None,
+        group: Group::Global,
+        uses: ALL,
+        ignored_by: &[],
+        help: "",
+        set: |_, _, _| Err("the flag has no `set` in defs.rs".into()),
+    };
+
+    /// Whether `command` takes the flag on its command line.
+    pub fn accepted_by(&self, command: Command) -> bool {
+        self.uses.contains(&command) || self.ignored_by.contains(&command)
+    }
 }
 
-fn text(v: &str) -> Option<String> {
-    Some(v.to_string()).filter(|s| !s.is_empty())
+/// In the order the README lists commands.
+pub const ALL: &[Command] = &[Snapshot, List, Gc, Restore];
+
+const ETCD: Flag = Flag { group: Group::Etcd, uses: &[Snapshot], ..Flag::DEFAULT };
+const STORE: Flag = Flag { group: Group::Store, ..Flag::DEFAULT };
+/// Flags of the upload path; the other commands only list, fetch and delete.
+const UPLOAD: Flag = Flag { uses: &[Snapshot], ignored_by: &[Restore, List, Gc], ..STORE };
+const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag::DEFAULT };
+const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc], ..Flag::DEFAULT };
+const RESTORE: Flag = Flag { group: Group::Restore, uses: &[Restore], ..Flag::DEFAULT };
+
+fn path(v: &str) -> Result<Option<std::path::PathBuf>, String> {
+    Ok(Some(v.into()).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty()))
+}
+
+fn text(v: &str) -> Result<Option<String>, String> {
+    Ok(Some(v.to_string()).filter(|s| !s.is_empty()))
+}
+
+fn whole(v: &str) -> Result<u64, String> {
+    v.parse().map_err(|_| "expected a whole number".to_string())
 }
 
 pub static FLAGS: &[Flag] = &[
-    // General
     Flag {
         name: "log-level",
-        short: None,
         value: Some("LEVEL"),
         default: Some("info"),
-        env: None,
-        group: Group::Global,
         help: "Log level: error, warn, info, debug or trace.",
-        set: |a, _, v| {
-            a.log_level = Some(parse_level(v)?);
-            Ok(())
-        },
+        set: |a, _, v| parse_level(v).map(|l| a.log_level = Some(l)),
+        ..Flag::DEFAULT
     },
     // etcd connection
     Flag {
@@ -80,218 +137,135 @@ pub static FLAGS: &[Flag] = &[
         short: Some('e'),
         value: Some("URLS"),
         default: Some("http://127.0.0.1:2379"),
-        env: None,
-        group: Group::Etcd,
         help: "etcd client URLs, comma separated, tried in order; host:port without a scheme is allowed.",
         set: |a, _, v| {
             a.etcd.endpoints = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
             if a.etcd.endpoints.is_empty() { Err("expected at least one endpoint".into()) } else { Ok(()) }
         },
+        ..ETCD
     },
     Flag {
         name: "cacert",
-        short: None,
         value: Some("FILE"),
-        default: None,
-        env: None,
-        group: Group::Etcd,
         help: "CA bundle (PEM) that signed etcd's server certificate.",
-        set: |a, _, v| {
-            a.etcd.cacert = path(v);
-            Ok(())
-        },
+        set: |a, _, v| path(v).map(|p| a.etcd.ca_file = p),
+        ..ETCD
     },
     Flag {
         name: "cert",
-        short: None,
         value: Some("FILE"),
-        default: None,
-        env: None,
-        group: Group::Etcd,
         help: "Client certificate (PEM) for etcd.",
-        set: |a, _, v| {
-            a.etcd.cert = path(v);
-            Ok(())
-        },
+        set: |a, _, v| path(v).map(|p| a.etcd.cert_file = p),
+        ..ETCD
     },
     Flag {
         name: "key",
-        short: None,
         value: Some("FILE"),
-        default: None,
-        env: None,
-        group: Group::Etcd,
         help: "Client private key (PEM) for etcd.",
-        set: |a, _, v| {
-            a.etcd.key = path(v);
-            Ok(())
-        },
+        set: |a, _, v| path(v).map(|p| a.etcd.key_file = p),
+        ..ETCD
     },
     Flag {
         name: "insecure-transport",
-        short: None,
-        value: None,
         default: Some("true"),
-        env: None,
-        group: Group::Etcd,
         help: "Talk to scheme-less etcd endpoints in plain text unless a TLS file is given.",
-        set: |a, _, v| {
-            a.etcd.insecure_transport = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.etcd.insecure_transport = b),
+        ..ETCD
     },
     Flag {
         name: "insecure-skip-tls-verify",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
-        group: Group::Etcd,
         help: "Accept any etcd server certificate (unlike upstream, off by default).",
-        set: |a, _, v| {
-            a.etcd.insecure_skip_tls_verify = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.etcd.insecure_skip_tls_verify = b),
+        ..ETCD
     },
     Flag {
         name: "etcd-username",
-        short: None,
         value: Some("NAME"),
-        default: None,
-        env: None,
-        group: Group::Etcd,
         help: "etcd user name (with --etcd-password).",
-        set: |a, _, v| {
-            a.etcd.username = text(v);
-            Ok(())
-        },
+        set: |a, _, v| text(v).map(|t| a.etcd.username = t),
+        ..ETCD
     },
     Flag {
         name: "etcd-password",
-        short: None,
         value: Some("PASSWORD"),
-        default: None,
-        env: None,
-        group: Group::Etcd,
         help: "etcd password (with --etcd-username).",
-        set: |a, _, v| {
-            a.etcd.password = text(v);
-            Ok(())
-        },
+        set: |a, _, v| text(v).map(|t| a.etcd.password = t),
+        ..ETCD
     },
     Flag {
         name: "etcd-connection-timeout",
-        short: None,
         value: Some("DURATION"),
         default: Some("30s"),
-        env: None,
-        group: Group::Etcd,
         help: "Time allowed to connect to one etcd endpoint.",
-        set: |a, _, v| {
-            a.etcd.connection_timeout = parse_duration(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_duration(v).map(|d| a.etcd.connection_timeout = d),
+        ..ETCD
     },
     Flag {
         name: "etcd-snapshot-timeout",
-        short: None,
         value: Some("DURATION"),
         default: Some("15m"),
-        env: None,
-        group: Group::Etcd,
         help: "Time allowed for streaming the whole snapshot from etcd.",
-        set: |a, _, v| {
-            a.etcd.snapshot_timeout = parse_duration(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_duration(v).map(|d| a.etcd.snapshot_timeout = d),
+        ..ETCD
     },
     // Store (primary; the secondary variant is generated)
     Flag {
         name: "storage-provider",
-        short: None,
         value: Some("PROVIDER"),
-        default: None,
-        env: None,
-        group: Group::Store,
         help: "Storage provider: S3, or Local (files under the container directory, e.g. an NFS mount).",
-        set: |a, r, v| {
-            a.store(r).provider = text(v);
-            Ok(())
-        },
+        set: |a, r, v| text(v).map(|t| a.store(r).provider = t),
+        ..STORE
     },
     Flag {
         name: "store-container",
-        short: None,
         value: Some("BUCKET"),
-        default: None,
         env: Some("STORAGE_CONTAINER"),
-        group: Group::Store,
         help: "Bucket that holds the snapshots (Local: an existing directory).",
-        set: |a, r, v| {
-            a.store(r).container = text(v);
-            Ok(())
-        },
+        set: |a, r, v| text(v).map(|t| a.store(r).container = t),
+        ..STORE
     },
     Flag {
         name: "store-prefix",
-        short: None,
         value: Some("PREFIX"),
-        default: None,
-        env: None,
-        group: Group::Store,
         help: "Key prefix inside the bucket; objects are <prefix>/v2/<snapshot>.",
         set: |a, r, v| {
             a.store(r).prefix = v.trim_matches('/').to_string();
             Ok(())
         },
+        ..STORE
     },
     Flag {
         name: "store-endpoint-override",
-        short: None,
         value: Some("URL"),
-        default: None,
-        env: None,
-        group: Group::Store,
-        help: "URL of an S3-compatible server instead of AWS.",
-        set: |a, r, v| {
-            a.store(r).endpoint_override = text(v);
-            Ok(())
-        },
+        help: "URL of an S3-compatible server instead of AWS (path-style requests unless the credentials say \
+               otherwise).",
+        set: |a, r, v| text(v).map(|t| a.store(r).endpoint_override = t),
+        ..STORE
     },
     Flag {
         name: "store-ca-file",
-        short: None,
         value: Some("PATH"),
-        default: None,
         env: Some("AWS_CA_BUNDLE"),
-        group: Group::Store,
-        help: "PEM file of the CAs to trust for this S3 endpoint's TLS (a private CA), in addition to trustedCaCert from the credentials; replaces the built-in roots.",
-        set: |a, r, v| {
-            a.store(r).ca_file = path(v);
-            Ok(())
-        },
+        help: "PEM file of the CAs to trust for this S3 endpoint's TLS (a private CA), in addition to trustedCaCert \
+               from the credentials; replaces the built-in roots.",
+        set: |a, r, v| path(v).map(|p| a.store(r).ca_file = p),
+        ..STORE
     },
     Flag {
         name: "max-parallel-chunk-uploads",
-        short: None,
         value: Some("N"),
         default: Some("5"),
-        env: None,
-        group: Group::Store,
-        help: "Parts uploaded at the same time.",
-        set: |a, r, v| {
-            a.store(r).max_parallel_chunk_uploads = parse_positive(v)? as usize;
-            Ok(())
-        },
+        help: "S3 parts uploaded at the same time, per endpoint.",
+        set: |a, r, v| parse_positive(v).map(|n| a.store(r).max_parallel_chunk_uploads = n as usize),
+        ..UPLOAD
     },
     Flag {
         name: "min-chunk-size",
-        short: None,
         value: Some("BYTES"),
         default: Some("5242880"),
-        env: None,
-        group: Group::Store,
-        help: "Size of one uploaded part (at least 5 MiB; grows to keep under 10,000 parts).",
+        help: "Size of one uploaded S3 part: at least 5 MiB (Ki/Mi/Gi suffixes accepted); grows to stay under \
+               10,000 parts.",
         set: |a, r, v| {
             let n = parse_bytes(v)?;
             if n < MIN_PART_SIZE {
@@ -300,173 +274,117 @@ pub static FLAGS: &[Flag] = &[
             a.store(r).min_chunk_size = n;
             Ok(())
         },
+        ..UPLOAD
     },
     Flag {
         name: "chunk-upload-timeout",
-        short: None,
         value: Some("DURATION"),
         default: Some("3m"),
-        env: None,
-        group: Group::Store,
-        help: "Time allowed for one request, a part upload included.",
-        set: |a, r, v| {
-            a.store(r).chunk_upload_timeout = parse_duration(v)?;
-            Ok(())
-        },
+        help: "Time allowed for one S3 request, a part upload included.",
+        set: |a, r, v| parse_duration(v).map(|d| a.store(r).chunk_upload_timeout = d),
+        ..STORE
     },
     Flag {
         name: "chunk-upload-attempts",
-        short: None,
         value: Some("N"),
         default: Some("6"),
-        env: None,
-        group: Group::Store,
-        help: "Tries per request before the endpoint is given up.",
-        set: |a, r, v| {
-            a.store(r).chunk_upload_attempts = parse_positive(v)?.min(100) as u32;
-            Ok(())
-        },
+        help: "Tries per request (a part upload, a listing or a fetch) before the endpoint is given up.",
+        set: |a, r, v| parse_positive(v).map(|n| a.store(r).chunk_upload_attempts = n.min(100) as u32),
+        ..STORE
     },
     Flag {
         name: "chunk-upload-backoff",
-        short: None,
         value: Some("DURATION"),
         default: Some("1s"),
-        env: None,
-        group: Group::Store,
         help: "Wait before the first retry; doubled for each next one, up to 16 times this.",
-        set: |a, r, v| {
-            a.store(r).chunk_upload_backoff = parse_duration(v)?;
-            Ok(())
-        },
+        set: |a, r, v| parse_duration(v).map(|d| a.store(r).chunk_upload_backoff = d),
+        ..STORE
     },
     // Snapshot
     Flag {
         name: "once",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
-        group: Group::Snapshot,
         help: "Take one full snapshot and exit, instead of running on --schedule with delta snapshots.",
-        set: |a, _, v| {
-            a.once = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.once = b),
+        ..SNAPSHOT
     },
     Flag {
         name: "compress-snapshots",
-        short: None,
-        value: None,
         default: Some("true"),
-        env: None,
-        group: Group::Snapshot,
-        help: "Compress snapshots before storing them (as upstream does by default); =false stores etcd's bytes as they are.",
-        set: |a, _, v| {
-            a.compress = parse_bool(v)?;
-            Ok(())
-        },
+        help: "Compress snapshots before storing them (as upstream does by default); =false stores etcd's bytes \
+               as they are.",
+        set: |a, _, v| parse_bool(v).map(|b| a.compress = b),
+        ..SNAPSHOT
     },
     Flag {
         name: "compression-policy",
-        short: None,
         value: Some("POLICY"),
         default: Some("gzip"),
-        env: None,
-        group: Group::Snapshot,
-        help: "gzip (.gz) or zlib (.zlib), compressed on every core; lzw (.Z, Go's LZW); or zstd (.zst, multithreaded; upstream cannot read it).",
-        set: |a, _, v| {
-            a.compression_policy = crate::compression::Policy::parse(v)?;
-            Ok(())
-        },
+        help: "gzip (.gz) or zlib (.zlib), compressed on every core; lzw (.Z, Go's LZW); or zstd (.zst, \
+               multithreaded; upstream cannot read it).",
+        set: |a, _, v| crate::compression::Policy::parse(v).map(|p| a.compression_policy = p),
+        ..SNAPSHOT
     },
     Flag {
         name: "require-all-endpoints",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
-        group: Group::Snapshot,
         help: "Exit 3 when the snapshot reached only one of two endpoints.",
-        set: |a, _, v| {
-            a.require_all_endpoints = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.require_all_endpoints = b),
+        ..SNAPSHOT
     },
     Flag {
         name: "metrics-file",
-        short: None,
         value: Some("PATH"),
-        default: None,
-        env: None,
-        group: Group::Snapshot,
-        help: "After every snapshot, write per-endpoint metrics here for node_exporter's textfile collector (Prometheus text, replaced atomically; name it *.prom).",
-        set: |a, _, v| {
-            a.metrics_file = path(v);
-            Ok(())
-        },
+        help: "After every snapshot, write per-endpoint metrics here for node_exporter's textfile collector \
+               (Prometheus text, replaced atomically; name it *.prom).",
+        set: |a, _, v| path(v).map(|p| a.metrics_file = p),
+        ..SNAPSHOT
     },
     Flag {
         name: "schedule",
         short: Some('s'),
         value: Some("CRON"),
         default: Some("0 */1 * * *"),
-        env: None,
-        group: Group::Snapshot,
         help: "When to take full snapshots without --once: 5-field cron in UTC, or @hourly, @daily, @every 30m.",
-        set: |a, _, v| {
-            crate::cron::Schedule::parse(v)?;
-            a.schedule = v.to_string();
-            Ok(())
-        },
+        set: |a, _, v| crate::cron::Schedule::parse(v).map(|_| a.schedule = v.to_string()),
+        ..SNAPSHOT
     },
     Flag {
         name: "delta-snapshot-period",
-        short: None,
         value: Some("DURATION"),
         default: Some("20s"),
-        env: None,
-        group: Group::Snapshot,
-        help: "Save the changes watched since the last snapshot this often, as a delta snapshot; below 1s turns delta snapshots off.",
-        set: |a, _, v| {
-            a.delta_period = parse_duration(v)?;
-            Ok(())
-        },
+        help: "Save the changes watched since the last snapshot this often, as a delta snapshot; below 1s turns \
+               delta snapshots off.",
+        set: |a, _, v| parse_duration(v).map(|d| a.delta_period = d),
+        ..SNAPSHOT
     },
     Flag {
         name: "delta-snapshot-memory-limit",
-        short: None,
         value: Some("BYTES"),
         default: Some("10485760"),
-        env: None,
-        group: Group::Snapshot,
-        help: "Save a delta snapshot early when the watched changes reach this size in memory; 0 means the default.",
-        set: |a, _, v| {
-            a.delta_memory_limit = parse_bytes(v)?;
-            Ok(())
-        },
+        help: "Save a delta snapshot early when the watched changes reach this size in memory; 0 means the \
+               default.",
+        set: |a, _, v| parse_bytes(v).map(|n| a.delta_memory_limit = n),
+        ..SNAPSHOT
     },
+    // Garbage collection
     Flag {
         name: "garbage-collection-period",
-        short: None,
         value: Some("DURATION"),
         default: Some("1m"),
-        env: None,
-        group: Group::Gc,
         help: "Delete old snapshots on each endpoint this often; 1s or less turns garbage collection off.",
-        set: |a, _, v| {
-            a.gc_period = parse_duration(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_duration(v).map(|d| a.gc_period = d),
+        // `snapshot gc` runs once, now.
+        uses: &[Snapshot],
+        ignored_by: &[Gc],
+        ..GC
     },
     Flag {
         name: "garbage-collection-policy",
-        short: None,
         value: Some("POLICY"),
         default: Some("Exponential"),
-        env: None,
-        group: Group::Gc,
-        help: "Exponential (hourly for a day, daily for a week, weekly for 4 weeks) or LimitBased (the newest --max-backups full snapshots).",
+        help: "Exponential (hourly for a day, daily for a week, weekly for 4 weeks) or LimitBased (the newest \
+               --max-backups full snapshots).",
         set: |a, _, v| match v {
             "Exponential" | "LimitBased" => {
                 a.gc_policy = v.to_string();
@@ -474,45 +392,34 @@ pub static FLAGS: &[Flag] = &[
             }
             _ => Err("expected Exponential or LimitBased".into()),
         },
+        ..GC
     },
     Flag {
         name: "max-backups",
         short: Some('m'),
         value: Some("N"),
         default: Some("7"),
-        env: None,
-        group: Group::Gc,
         help: "Full snapshots kept by the LimitBased policy.",
-        set: |a, _, v| {
-            a.max_backups = v.parse().map_err(|_| "expected a whole number".to_string())?;
-            Ok(())
-        },
+        set: |a, _, v| whole(v).map(|n| a.max_backups = n),
+        ..GC
     },
     Flag {
         name: "delta-snapshot-retention-period",
-        short: None,
         value: Some("DURATION"),
         default: Some("0"),
-        env: None,
-        group: Group::Gc,
-        help: "Keep delta snapshots of older full snapshots for this long (0: delete them with the garbage collection).",
-        set: |a, _, v| {
-            a.delta_retention = parse_duration(v)?;
-            Ok(())
-        },
+        help: "Keep delta snapshots of older full snapshots for this long (0: delete them with the garbage \
+               collection).",
+        set: |a, _, v| parse_duration(v).map(|d| a.delta_retention = d),
+        ..GC
     },
     Flag {
         name: "dry-run",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
         group: Group::GcOnce,
+        uses: &[Gc],
         help: "Print what would be deleted, delete nothing.",
-        set: |a, _, v| {
-            a.dry_run = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.dry_run = b),
+        ..Flag::DEFAULT
     },
     // Restore
     Flag {
@@ -520,117 +427,86 @@ pub static FLAGS: &[Flag] = &[
         short: Some('d'),
         value: Some("DIR"),
         default: Some("default.etcd"),
-        env: None,
-        group: Group::Restore,
         help: "etcd data directory to create; must not exist or be empty.",
         set: |a, _, v| {
             a.restore.data_dir = v.into();
             Ok(())
         },
+        ..RESTORE
     },
     Flag {
         name: "name",
-        short: None,
         value: Some("NAME"),
         default: Some("default"),
-        env: None,
-        group: Group::Restore,
         help: "Member name of the restored etcd (its entry in --initial-cluster).",
         set: |a, _, v| {
             a.restore.name = v.to_string();
             Ok(())
         },
+        ..RESTORE
     },
     Flag {
         name: "initial-cluster",
-        short: None,
         value: Some("NAME=URL,..."),
         default: Some("default=http://localhost:2380"),
-        env: None,
-        group: Group::Restore,
         help: "Every member of the restored cluster with its peer URLs.",
         set: |a, _, v| {
             a.restore.initial_cluster = v.to_string();
             Ok(())
         },
+        ..RESTORE
     },
     Flag {
         name: "initial-cluster-token",
-        short: None,
         value: Some("TOKEN"),
         default: Some("etcd-cluster"),
-        env: None,
-        group: Group::Restore,
         help: "Cluster token; member and cluster IDs are derived from it.",
         set: |a, _, v| {
             a.restore.initial_cluster_token = v.to_string();
             Ok(())
         },
+        ..RESTORE
     },
     Flag {
         name: "initial-advertise-peer-urls",
-        short: None,
         value: Some("URLS"),
         default: Some("http://localhost:2380"),
-        env: None,
-        group: Group::Restore,
         help: "Peer URLs of this member, comma separated; must match its --initial-cluster entry.",
         set: |a, _, v| {
             a.restore.initial_advertise_peer_urls = v.split(',').map(|u| u.trim().to_string()).collect();
             Ok(())
         },
+        ..RESTORE
     },
     Flag {
         name: "skip-hash-check",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
-        group: Group::Restore,
         help: "Do not verify the snapshot's SHA-256 trailer (for a db copied out of a data directory).",
-        set: |a, _, v| {
-            a.restore.skip_hash_check = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.restore.skip_hash_check = b),
+        ..RESTORE
     },
     Flag {
         name: "bump-revision",
-        short: None,
         value: Some("N"),
         default: Some("0"),
-        env: None,
-        group: Group::Restore,
         help: "Add N to the restored revision (with --mark-compacted), so watchers see a compaction.",
-        set: |a, _, v| {
-            a.restore.bump_revision = v.parse().map_err(|_| "expected a whole number".to_string())?;
-            Ok(())
-        },
+        set: |a, _, v| whole(v).map(|n| a.restore.bump_revision = n),
+        ..RESTORE
     },
     Flag {
         name: "mark-compacted",
-        short: None,
-        value: None,
         default: Some("false"),
-        env: None,
-        group: Group::Restore,
         help: "Mark the bumped revision as compacted (with --bump-revision).",
-        set: |a, _, v| {
-            a.restore.mark_compacted = parse_bool(v)?;
-            Ok(())
-        },
+        set: |a, _, v| parse_bool(v).map(|b| a.restore.mark_compacted = b),
+        ..RESTORE
     },
     Flag {
         name: "snapshot",
-        short: None,
         value: Some("NAME"),
-        default: None,
-        env: None,
-        group: Group::Restore,
-        help: "Restore up to this snapshot: a full snapshot alone, or a delta snapshot with the full snapshot and deltas before it.",
-        set: |a, _, v| {
-            a.restore.snapshot = Some(v.to_string()).filter(|s| !s.is_empty());
-            Ok(())
-        },
+        help: "Restore up to this snapshot: a full snapshot alone, or a delta snapshot with the full snapshot and \
+               deltas before it.",
+        set: |a, _, v| text(v).map(|t| a.restore.snapshot = t),
+        ..RESTORE
     },
     // snapshot list
     Flag {
@@ -638,17 +514,17 @@ pub static FLAGS: &[Flag] = &[
         short: Some('o'),
         value: Some("FORMAT"),
         default: Some("text"),
-        env: None,
         group: Group::List,
+        uses: &[List],
         help: "text (one line per snapshot) or json.",
-        set: |a, _, v| {
-            a.json = match v {
-                "text" => false,
-                "json" => true,
-                _ => return Err("expected text or json".into()),
-            };
-            Ok(())
+        set: |a, _, v| match v {
+            "text" | "json" => {
+                a.json = v == "json";
+                Ok(())
+            }
+            _ => Err("expected text or json".into()),
         },
+        ..Flag::DEFAULT
     },
 ];
 

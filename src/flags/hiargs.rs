@@ -143,24 +143,13 @@ fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
     if e.username.is_some() != e.password.is_some() {
         return Err(UsageError("--etcd-username and --etcd-password must be given together".into()));
     }
-    if e.cert.is_some() != e.key.is_some() {
+    if e.cert_file.is_some() != e.key_file.is_some() {
         return Err(UsageError("--cert and --key must be given together".into()));
     }
     if e.snapshot_timeout < e.connection_timeout {
         return Err(UsageError("--etcd-snapshot-timeout must not be shorter than --etcd-connection-timeout".into()));
     }
-    Ok(EtcdConfig {
-        endpoints: e.endpoints.clone(),
-        ca_file: e.cacert.clone(),
-        cert_file: e.cert.clone(),
-        key_file: e.key.clone(),
-        insecure_transport: e.insecure_transport,
-        insecure_skip_tls_verify: e.insecure_skip_tls_verify,
-        username: e.username.clone(),
-        password: e.password.clone(),
-        connection_timeout: e.connection_timeout,
-        snapshot_timeout: e.snapshot_timeout,
-    })
+    Ok(e.clone())
 }
 
 /// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.

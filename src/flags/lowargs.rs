@@ -9,7 +9,8 @@ pub use crate::endpoint::Role;
 #[derive(Debug, Default)]
 pub struct LowArgs {
     pub log_level: Option<log::LevelFilter>,
-    pub etcd: EtcdArgs,
+    /// Checked against itself in `hiargs::etcd`, then used as it is.
+    pub etcd: crate::etcd::EtcdConfig,
     pub stores: [StoreArgs; 2],
     pub once: bool,
     pub compress: bool,
@@ -37,20 +38,6 @@ impl LowArgs {
     pub fn store(&mut self, role: Role) -> &mut StoreArgs {
         &mut self.stores[role as usize]
     }
-}
-
-#[derive(Debug, Default)]
-pub struct EtcdArgs {
-    pub endpoints: Vec<String>,
-    pub cacert: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub insecure_transport: bool,
-    pub insecure_skip_tls_verify: bool,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub connection_timeout: Duration,
-    pub snapshot_timeout: Duration,
 }
 
 #[derive(Debug, Default)]

@@ -1,9 +1,10 @@
 //! argv → command + low-level arguments, and the help text, both driven by
-//! the one flag table in `defs`.
+//! the one flag table in `defs`; the credentials part of the help comes from
+//! the credential loader's own list of variables.
 
 use super::defs::{FLAGS, Flag, Group};
 use super::lowargs::{LowArgs, Role};
-use crate::credentials::Env;
+use crate::credentials::{Env, VARIABLES};
 use std::ffi::OsString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,15 +16,7 @@ pub enum Command {
 }
 
 impl Command {
-    fn groups(self) -> &'static [Group] {
-        match self {
-            Command::Snapshot => &[Group::Global, Group::Etcd, Group::Store, Group::Snapshot, Group::Gc],
-            Command::Restore => &[Group::Global, Group::Store, Group::Restore],
-            Command::List => &[Group::Global, Group::Store, Group::List],
-            Command::Gc => &[Group::Global, Group::Store, Group::Gc, Group::GcOnce],
-        }
-    }
-    fn words(self) -> &'static str {
+    pub(super) fn words(self) -> &'static str {
         match self {
             Command::Snapshot => "snapshot",
             Command::Restore => "restore",
@@ -159,16 +152,11 @@ fn command_of(words: &[&str]) -> Result<Command, UsageError> {
     }
 }
 
-/// The roles a flag exists for.
-fn roles(f: &Flag) -> &'static [Role] {
-    if f.group == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
-}
-
 /// Defaults, then environment fallbacks, then the command line.
 fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, UsageError> {
     let mut low = LowArgs::default();
-    for f in FLAGS.iter().filter(|f| command.groups().contains(&f.group)) {
-        for &role in roles(f) {
+    for f in FLAGS.iter().filter(|f| f.accepted_by(command)) {
+        for &role in f.group.roles() {
             if let Some(d) = f.default {
                 (f.set)(&mut low, role, d).unwrap_or_else(|e| panic!("default of --{}: {e}", f.name));
             }
@@ -182,7 +170,7 @@ fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, Us
         }
     }
     for g in given {
-        if !command.groups().contains(&g.flag.group) {
+        if !g.flag.accepted_by(command) {
             return Err(UsageError(format!("{} is not a flag of `{}` (see --help)", g.shown, command.words())));
         }
         (g.flag.set)(&mut low, g.role, &g.value)
@@ -211,25 +199,32 @@ Commands:
 
 {}",
         env!("CARGO_PKG_VERSION"),
-        FOOTER
+        footer()
     )
 }
 
-const FOOTER: &str = "Credentials (primary; the secondary reads the same names with a SECONDARY_ prefix
+fn footer() -> String {
+    let width = VARIABLES.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    let vars: String = VARIABLES.iter().map(|(name, holds)| format!("  {name:width$}{holds}\n")).collect();
+    format!(
+        "Credentials, tried in this order (the secondary reads the same names with a SECONDARY_ prefix
 and falls back to the primary's when it has none):
-  AWS_APPLICATION_CREDENTIALS_JSON  path of a JSON file
-  AWS_APPLICATION_CREDENTIALS       path of a JSON file, or of a directory with a *.json file or one file per field
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_SESSION_TOKEN
-
+{vars}
 Exit codes: 0 success, 1 failure, 2 usage or configuration error,
-            3 stored on one endpoint only (with --require-all-endpoints)";
+            3 stored on one endpoint only (with --require-all-endpoints)"
+    )
+}
 
 pub fn command_help(command: Command) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut out = format!("Usage: etcd-backup-restore {} [FLAGS]\n\n{}\n", command.words(), command.about());
     let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for &group in command.groups() {
-        for &role in roles_of_group(group) {
+    for group in Group::ALL {
+        let flags: Vec<&Flag> = FLAGS.iter().filter(|f| f.group == group && f.uses.contains(&command)).collect();
+        if flags.is_empty() {
+            continue;
+        }
+        for &role in group.roles() {
             let title = match (group, role) {
                 (Group::Store, Role::Primary) => "Primary store".to_string(),
                 (Group::Store, Role::Secondary) => {
@@ -237,8 +232,7 @@ pub fn command_help(command: Command) -> String {
                 }
                 _ => group.title().to_string(),
             };
-            let flags = FLAGS.iter().filter(|f| f.group == group).map(|f| help_row(f, role)).collect();
-            sections.push((title, flags));
+            sections.push((title, flags.iter().map(|f| help_row(f, role)).collect()));
         }
     }
     for (_, r) in &sections {
@@ -251,12 +245,8 @@ pub fn command_help(command: Command) -> String {
             out.push_str(&format!("  {left:width$}{right}\n"));
         }
     }
-    out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{FOOTER}\n", "", w = width.saturating_sub(8)));
+    out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{}\n", "", footer(), w = width.saturating_sub(8)));
     out
-}
-
-fn roles_of_group(g: Group) -> &'static [Role] {
-    if g == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
 }
 
 fn help_row(f: &Flag, role: Role) -> (String, String) {
@@ -381,7 +371,7 @@ mod tests {
             let mut args: Vec<&str> = words.to_vec();
             args.push("--help");
             let Parsed::Help(h) = parse(args.iter().map(OsString::from), &no_env).unwrap() else { panic!() };
-            for f in FLAGS.iter().filter(|f| command.groups().contains(&f.group)) {
+            for f in FLAGS.iter().filter(|f| f.uses.contains(&command)) {
                 let row = h.lines().find(|l| l.starts_with("  ") && l.contains(&format!("--{} ", f.name)));
                 let row = row.unwrap_or_else(|| panic!("{words:?}: --{} missing", f.name));
                 assert!(row.contains("[default: "), "{row}");
@@ -396,5 +386,58 @@ mod tests {
         assert!(!h.contains("--data-dir"), "restore flags are not snapshot flags");
         let Parsed::Help(top) = parse(["help"].map(OsString::from), &no_env).unwrap() else { panic!() };
         assert!(top.contains("snapshot --once") && top.contains("restore"));
+    }
+
+    /// Every command accepts exactly the flags it accepted when acceptance
+    /// went by help section; the table below is that old rule.
+    #[test]
+    fn accepted_flags_per_command_are_unchanged() {
+        use Group::*;
+        for (command, groups) in [
+            (Command::Snapshot, &[Global, Etcd, Store, Snapshot, Gc][..]),
+            (Command::Restore, &[Global, Store, Restore]),
+            (Command::List, &[Global, Store, List]),
+            (Command::Gc, &[Global, Store, Gc, GcOnce]),
+        ] {
+            for f in FLAGS {
+                assert_eq!(f.accepted_by(command), groups.contains(&f.group), "--{} in {command:?}", f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn help_lists_only_the_flags_a_command_uses_but_it_accepts_upstreams() {
+        let help = |words: &[&str]| {
+            let args = words.iter().chain(&["--help"]).map(OsString::from);
+            let Parsed::Help(h) = parse(args, &no_env).unwrap() else { panic!() };
+            h
+        };
+        for words in [&["restore"][..], &["snapshot", "list"], &["snapshot", "gc"]] {
+            let h = help(words);
+            assert!(!h.contains("--min-chunk-size") && !h.contains("--max-parallel-chunk-uploads"), "{words:?}");
+            assert!(h.contains("--secondary-chunk-upload-timeout"), "{words:?}");
+        }
+        assert!(!help(&["snapshot", "gc"]).contains("--garbage-collection-period DURATION"));
+        assert!(help(&["snapshot"]).contains("--secondary-min-chunk-size"));
+        // Upstream's restore takes every snapstore flag: accepted, ignored.
+        let args = ["restore", "--min-chunk-size=6Mi", "--secondary-max-parallel-chunk-uploads=2"];
+        assert!(matches!(parse(args.map(OsString::from), &no_env), Ok(Parsed::Run(Command::Restore, _))));
+    }
+
+    #[test]
+    fn help_footer_lists_what_the_credential_loader_reads() {
+        for (name, _) in VARIABLES {
+            assert!(top_help().contains(&format!("\n  {name} ")), "{name}");
+            assert!(command_help(Command::Restore).contains(&format!("\n  {name} ")), "{name}");
+        }
+    }
+
+    /// A definition without its own `set` keeps `Flag::DEFAULT`'s, which fails.
+    #[test]
+    fn every_flag_sets_something() {
+        for f in FLAGS {
+            let mut low = LowArgs::default();
+            (f.set)(&mut low, Role::Primary, f.default.unwrap_or("x")).unwrap_or_else(|e| panic!("--{}: {e}", f.name));
+        }
     }
 }
