@@ -4,8 +4,7 @@
 use log::{Level, LevelFilter};
 use std::io::Write;
 
-// Kept under this name for the callers that format times as the logs do.
-pub use crate::time::utc_rfc3339;
+use crate::time::utc_rfc3339;
 
 pub fn init(level: LevelFilter) {
     let mut b = env_logger::Builder::new();

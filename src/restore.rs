@@ -1,7 +1,7 @@
-//! `restore`: pick the latest full snapshot on either endpoint, fetch it with
-//! failover (and ranged resume) to the other endpoint, verify it, and write
-//! an etcd data directory from it natively: the bbolt db rewritten with the
-//! new membership, the WAL and the `.snap` file, exactly as etcdutl does.
+//! `restore`: pick the latest full snapshot (and the deltas after it) on
+//! either endpoint, fetch each with failover (and ranged resume) to the
+//! other endpoint, verify it, and have `datadir` write the etcd data
+//! directory from it.
 //!
 //! Everything is built in a staging directory next to the target and
 //! renamed into place only when complete; an error or a signal removes it.
@@ -33,7 +33,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// What to restore and the data directory to write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub data_dir: PathBuf,
     pub name: String,

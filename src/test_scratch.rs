@@ -28,9 +28,10 @@ pub fn root() -> PathBuf {
     target.join("tmp")
 }
 
-/// A unique path under [`root`], not yet created.
+/// A unique path under [`root`] (which exists), not yet created itself.
 pub fn path(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
+    std::fs::create_dir_all(root()).expect("creating the scratch root under the target directory");
     root().join(format!("unit-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
 }
 

@@ -36,7 +36,7 @@ fn to_text(catalog: &Catalog) -> String {
             s.kind.name(),
             s.start_revision,
             s.last_revision,
-            crate::logging::utc_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created)),
+            crate::time::utc_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created)),
             size,
             e.location()
         ));

@@ -490,14 +490,14 @@ pub static FLAGS: &[Flag] = &[
         value: Some("N"),
         default: Some("0"),
         help: "Add N to the restored revision (with --mark-compacted), so watchers see a compaction.",
-        set: |a, _, v| whole(v).map(|n| a.restore.bump_revision = n),
+        set: |a, _, v| whole(v).map(|n| a.bump_revision = n),
         ..RESTORE
     },
     Flag {
         name: "mark-compacted",
         default: Some("false"),
         help: "Mark the bumped revision as compacted (with --bump-revision).",
-        set: |a, _, v| parse_bool(v).map(|b| a.restore.mark_compacted = b),
+        set: |a, _, v| parse_bool(v).map(|b| a.mark_compacted = b),
         ..RESTORE
     },
     Flag {

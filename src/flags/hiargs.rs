@@ -98,29 +98,19 @@ pub struct RestoreConfig {
 
 impl RestoreConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<RestoreConfig, UsageError> {
-        let r = low.restore;
-        let bump_revision = match (r.bump_revision, r.mark_compacted) {
+        let bump_revision = match (low.bump_revision, low.mark_compacted) {
             (0, false) => None,
             (n, true) if n > 0 => Some(n),
             _ => {
                 return Err(UsageError("--bump-revision N (N > 0) and --mark-compacted must be given together".into()));
             }
         };
-        if r.data_dir.as_os_str().is_empty() {
+        if low.restore.data_dir.as_os_str().is_empty() {
             return Err(UsageError("--data-dir must not be empty".into()));
         }
         Ok(RestoreConfig {
             endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
-            options: crate::restore::Options {
-                data_dir: r.data_dir,
-                name: r.name,
-                initial_cluster: r.initial_cluster,
-                initial_cluster_token: r.initial_cluster_token,
-                initial_advertise_peer_urls: r.initial_advertise_peer_urls,
-                skip_hash_check: r.skip_hash_check,
-                bump_revision,
-                snapshot: r.snapshot,
-            },
+            options: crate::restore::Options { bump_revision, ..low.restore },
         })
     }
 }

@@ -26,7 +26,10 @@ pub struct LowArgs {
     pub max_backups: u64,
     pub delta_retention: Duration,
     pub dry_run: bool,
-    pub restore: RestoreArgs,
+    /// Every restore setting but the bump, which needs both flags below.
+    pub restore: crate::restore::Options,
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
     /// `snapshot list --output json`.
     pub json: bool,
     /// Secondary store flags given on the command line, by flag name, to
@@ -38,19 +41,6 @@ impl LowArgs {
     pub fn store(&mut self, role: Role) -> &mut StoreArgs {
         &mut self.stores[role as usize]
     }
-}
-
-#[derive(Debug, Default)]
-pub struct RestoreArgs {
-    pub data_dir: PathBuf,
-    pub name: String,
-    pub initial_cluster: String,
-    pub initial_cluster_token: String,
-    pub initial_advertise_peer_urls: Vec<String>,
-    pub skip_hash_check: bool,
-    pub bump_revision: u64,
-    pub mark_compacted: bool,
-    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Default)]

@@ -368,9 +368,7 @@ pub(super) mod tests {
 
     pub(crate) fn temp_path(tag: &str) -> TempFile {
         // Files only, each removed when dropped: nothing accumulates.
-        let path = crate::test_scratch::path(&format!("bbolt-{tag}"));
-        std::fs::create_dir_all(crate::test_scratch::root()).expect("creating the scratch root");
-        TempFile(path)
+        TempFile(crate::test_scratch::path(&format!("bbolt-{tag}")))
     }
 
     fn page(file: &[u8], ps: usize, id: usize) -> &[u8] {
