@@ -75,14 +75,7 @@ impl Catalog {
             let causes: Vec<_> = catalog.failures.iter().map(|(_, e)| e.as_str()).collect();
             return Err(format!("cannot list snapshots on any endpoint - {}", causes.join("; ")));
         }
-        // Upstream's order; on a tie a full snapshot goes after the delta
-        // it covers, so that it heads the chain that follows.
-        catalog.entries.sort_by(|a, b| {
-            let key = |e: &Entry| {
-                (e.snapshot.last_revision, e.snapshot.created, e.snapshot.kind == Kind::Full, e.name.clone())
-            };
-            key(a).cmp(&key(b))
-        });
+        order(&mut catalog.entries);
         if endpoints.len() > 1 {
             let count = |r: Role| counts.iter().find(|(role, _)| *role == r).map_or(0, |(_, n)| *n);
             info!(
@@ -114,6 +107,56 @@ impl Catalog {
         let i = self.entries.iter().rposition(|e| e.snapshot.kind == Kind::Full)?;
         Some((&self.entries[i], self.entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect()))
     }
+}
+
+/// Put snapshots in the order every reader of the store uses (list,
+/// restore, GC, the snapshotter's resume): by history, then upstream's order
+/// within a history (last revision, creation time; on a tie a full snapshot
+/// goes after the delta it covers, so that it heads the chain that follows).
+///
+/// etcd's revisions only grow, which is why upstream orders by revision
+/// alone. When etcd goes back in time (restored from an older snapshot into a
+/// cluster that keeps backing up to the same prefix, or re-created from
+/// scratch), the snapshots taken from then on have lower revisions than the
+/// abandoned ones, and revision order would keep restoring, resuming from
+/// and protecting the abandoned history. So: a full snapshot whose revision
+/// is below that of a snapshot created in an earlier second starts a new
+/// history; every snapshot belongs to the newest history started at or
+/// before its creation time (in the very second a history starts, only
+/// deltas that continue its first full snapshot join it), and a newer
+/// history sorts after an older one. The older history stays reachable by
+/// name (`restore --snapshot`). This relies on the snapshotting hosts'
+/// clocks: a clock set back by more than the full-snapshot interval can
+/// split one history in two.
+pub fn order(entries: &mut [Entry]) {
+    entries.sort_by_key(|e| (e.snapshot.created, e.snapshot.last_revision));
+    // (creation time, revision) of each full snapshot that starts a history.
+    let mut starts: Vec<(u64, u64)> = Vec::new();
+    let (mut high_before, mut high_in_second, mut second) = (0u64, 0u64, None);
+    for e in entries.iter() {
+        let s = &e.snapshot;
+        if second != Some(s.created) {
+            high_before = high_before.max(high_in_second);
+            high_in_second = 0;
+            second = Some(s.created);
+        }
+        if s.kind == Kind::Full && s.last_revision < high_before {
+            starts.push((s.created, s.last_revision));
+        }
+        high_in_second = high_in_second.max(s.last_revision);
+    }
+    let history = |s: &SnapshotName| {
+        starts
+            .iter()
+            .filter(|&&(at, rev)| {
+                at < s.created || (at == s.created && (s.kind == Kind::Full || s.start_revision <= rev + 1))
+            })
+            .count()
+    };
+    entries.sort_by_cached_key(|e| {
+        let s = &e.snapshot;
+        (history(s), s.last_revision, s.created, s.kind == Kind::Full, e.name.clone())
+    });
 }
 
 /// Where a chain of delta snapshots breaks: `before` ends at revision
@@ -157,8 +200,77 @@ mod tests {
         for &(role, name, size) in objects {
             c.add(role, SnapshotName::parse(name).unwrap(), name.to_string(), size);
         }
-        c.entries.sort_by_key(|e| (e.snapshot.last_revision, e.snapshot.created));
+        order(&mut c.entries);
         c
+    }
+
+    fn names(c: &Catalog) -> Vec<&str> {
+        c.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_history_started_after_etcd_went_back_in_time_comes_last() {
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000100-1000", 5),
+            (Role::Primary, "Incr-00000101-00000200-1010", 1),
+            // etcd restored to revision 50 (or re-created): a new history.
+            (Role::Primary, "Full-00000000-00000050-1020", 5),
+            (Role::Secondary, "Incr-00000051-00000060-1030", 1),
+        ]);
+        assert_eq!(
+            names(&c),
+            [
+                "Full-00000000-00000100-1000",
+                "Incr-00000101-00000200-1010",
+                "Full-00000000-00000050-1020",
+                "Incr-00000051-00000060-1030"
+            ]
+        );
+        let (full, deltas) = c.latest_full().unwrap();
+        assert_eq!(full.name, "Full-00000000-00000050-1020");
+        assert_eq!(deltas.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["Incr-00000051-00000060-1030"]);
+    }
+
+    #[test]
+    fn in_the_second_a_history_starts_only_its_own_deltas_join_it() {
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000100-1000", 5),
+            (Role::Primary, "Incr-00000101-00000200-1020", 1),
+            (Role::Primary, "Full-00000000-00000050-1020", 5),
+            (Role::Primary, "Incr-00000051-00000055-1020", 1),
+        ]);
+        assert_eq!(
+            names(&c),
+            [
+                "Full-00000000-00000100-1000",
+                "Incr-00000101-00000200-1020",
+                "Full-00000000-00000050-1020",
+                "Incr-00000051-00000055-1020"
+            ]
+        );
+    }
+
+    #[test]
+    fn one_history_keeps_upstreams_order() {
+        // A full snapshot taken while deltas go on (its name is its start):
+        // deltas created after it may cover revisions before and after it.
+        let c = catalog(&[
+            (Role::Primary, "Full-00000000-00000010-100", 5),
+            (Role::Primary, "Incr-00000011-00000020-105", 1),
+            (Role::Primary, "Full-00000000-00000020-106", 5),
+            (Role::Primary, "Incr-00000021-00000025-106", 1),
+            (Role::Primary, "Incr-00000015-00000030-107", 1),
+        ]);
+        assert_eq!(
+            names(&c),
+            [
+                "Full-00000000-00000010-100",
+                "Incr-00000011-00000020-105",
+                "Full-00000000-00000020-106",
+                "Incr-00000021-00000025-106",
+                "Incr-00000015-00000030-107"
+            ]
+        );
     }
 
     #[test]

@@ -48,10 +48,12 @@ pub fn run(job: &Job, endpoints: &[Endpoint], sch: &Settings) -> i32 {
         sch.delta_period.map_or("off".to_string(), |p| format!("every {p:?}")),
         sch.gc.map_or("off".to_string(), |g| format!("every {:?} ({:?})", g.period, g.policy)),
     );
-    let mut s = Snapshotter { job, sch, endpoints, last_revision: 0, last_full: None };
+    let chain = CurrentChain::default();
+    let mut s = Snapshotter { job, sch, endpoints, chain: &chain, last_revision: 0, last_full: None };
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
-            scope.spawn(move || gc::run_periodically(endpoints, periodic));
+            let chain = &chain;
+            scope.spawn(move || gc::run_periodically(endpoints, periodic, &|name| chain.contains(name)));
         }
         s.run();
     });
@@ -59,10 +61,36 @@ pub fn run(job: &Job, endpoints: &[Endpoint], sch: &Settings) -> i32 {
     crate::exit::OK
 }
 
+/// The snapshots a restore of what this process has stored needs: the
+/// latest full snapshot it took or resumed from, and the deltas after it.
+/// Garbage collection never deletes them, whatever the listing says.
+#[derive(Default)]
+struct CurrentChain(std::sync::Mutex<Vec<(String, u64)>>);
+
+impl CurrentChain {
+    fn contains(&self, name: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|(n, _)| n == name)
+    }
+
+    /// A new full snapshot heads the chain; deltas stored while it was
+    /// taken stay when they reach past it, unless etcd went back in time.
+    fn start(&self, full: &str, revision: u64) {
+        let mut chain = self.0.lock().unwrap();
+        let same_history = chain.first().is_some_and(|&(_, head)| revision >= head);
+        chain.retain(|(name, last)| same_history && name.starts_with("Incr-") && *last > revision);
+        chain.insert(0, (full.to_string(), revision));
+    }
+
+    fn push(&self, delta: &str, last_revision: u64) {
+        self.0.lock().unwrap().push((delta.to_string(), last_revision));
+    }
+}
+
 struct Snapshotter<'a> {
     job: &'a Job,
     sch: &'a Settings,
     endpoints: &'a [Endpoint],
+    chain: &'a CurrentChain,
     /// Everything up to this revision is stored on at least one endpoint.
     last_revision: u64,
     /// Creation time of the latest full snapshot (unix seconds).
@@ -138,6 +166,10 @@ impl Snapshotter<'_> {
         };
         let last = chain.last().unwrap_or(&full).snapshot.last_revision;
         self.last_revision = last;
+        self.chain.start(&full.name, full.snapshot.last_revision);
+        for d in &chain {
+            self.chain.push(&d.name, d.snapshot.last_revision);
+        }
         let missed = self.sch.schedule.next_after(full.snapshot.created as i64).is_some_and(|t| t <= unix_now() as i64);
         if missed {
             info!("The latest full snapshot {} is older than the schedule allows; taking one now", full.name);
@@ -149,7 +181,16 @@ impl Snapshotter<'_> {
 
     /// Take a full snapshot now and go on from it.
     fn full_snapshot(&mut self) -> Option<SnapshotName> {
-        let name = take_full(self.job, self.endpoints)?;
+        let name = take_full(self.job, self.endpoints, self.chain)?;
+        if name.last_revision < self.last_revision {
+            warn!(
+                "etcd went back in time: snapshot {name} is at revision {}, below revision {} already stored. etcd \
+                 was restored from an older snapshot or re-created; this snapshot starts a new history, which restore, \
+                 snapshot list and garbage collection now treat as the latest (the older history stays reachable with \
+                 restore --snapshot). To keep revisions monotonic, restore with --bump-revision and --mark-compacted",
+                name.last_revision, self.last_revision
+            );
+        }
         self.last_revision = name.last_revision;
         self.last_full = Some(name.created);
         Some(name)
@@ -161,7 +202,7 @@ impl Snapshotter<'_> {
     /// long full snapshot; the chain needs no break for them, as a restore
     /// skips what the full snapshot already holds.
     fn watch(&mut self, period: Duration) -> Next {
-        let (job, endpoints, schedule) = (self.job, self.endpoints, &self.sch.schedule);
+        let (job, endpoints, chain, schedule) = (self.job, self.endpoints, self.chain, &self.sch.schedule);
         let mut last_full = self.last_full;
         let next = std::thread::scope(|scope| {
             let mut full: Option<std::thread::ScopedJoinHandle<'_, Option<SnapshotName>>> = None;
@@ -177,7 +218,7 @@ impl Snapshotter<'_> {
                     }
                 }
                 if full.is_none() && past(due) {
-                    full = Some(scope.spawn(move || take_full(job, endpoints)));
+                    full = Some(scope.spawn(move || take_full(job, endpoints, chain)));
                 }
             });
             // A signal aborts it; otherwise it completes normally.
@@ -201,7 +242,7 @@ impl Snapshotter<'_> {
         };
         match client.status() {
             Ok(s) if (s.revision.max(0) as u64) < self.last_revision => {
-                warn!(
+                info!(
                     "etcd at {} is at revision {}, behind the {} already stored; taking a full snapshot",
                     client.endpoint(),
                     s.revision,
@@ -357,6 +398,7 @@ impl Snapshotter<'_> {
         report::report(&outcome, false);
         let stored = outcome.stored_anywhere();
         if stored {
+            self.chain.push(&name, last as u64);
             self.last_revision = last as u64;
             *pending = delta::Writer::new();
         }
@@ -379,9 +421,12 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
     );
 }
 
-/// Take a full snapshot; its name when at least one endpoint stored it.
-fn take_full(job: &Job, endpoints: &[Endpoint]) -> Option<SnapshotName> {
-    job.take(endpoints, false).1
+/// Take a full snapshot; its name when at least one endpoint stored it,
+/// which then heads the current chain.
+fn take_full(job: &Job, endpoints: &[Endpoint], chain: &CurrentChain) -> Option<SnapshotName> {
+    let name = job.take(endpoints, false).1?;
+    chain.start(&name.to_string(), name.last_revision);
+    Some(name)
 }
 
 /// Write a small object to every endpoint in parallel, each with its retry

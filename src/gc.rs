@@ -116,14 +116,16 @@ pub struct Periodic {
     pub delta_retention: Duration,
 }
 
-/// Collect every `period` until SIGTERM/SIGINT.
-pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic) {
+/// Collect every `period` until SIGTERM/SIGINT, never deleting what `keep`
+/// names.
+pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic, keep: &dyn Fn(&str) -> bool) {
     loop {
         crate::signals::sleep(gc.period);
         if crate::signals::interrupted() {
             return;
         }
-        if let Err(e) = collect(endpoints, gc.policy, gc.delta_retention, crate::report::unix_now() as i64, false) {
+        let now = crate::report::unix_now() as i64;
+        if let Err(e) = collect(endpoints, gc.policy, gc.delta_retention, now, false, keep) {
             warn!("{e}");
         }
     }
@@ -136,14 +138,16 @@ pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic) {
 /// both from that endpoint's own list and from the merged list of both.
 /// So each endpoint keeps its own latest chain, and nothing still within
 /// policy loses its last copy. No endpoint is touched when one cannot be
-/// listed: its contents are then unknown. `Err` says why nothing was done,
-/// or which deletions failed.
+/// listed: its contents are then unknown. Nothing `keep` names is deleted
+/// (the running snapshotter's current chain). `Err` says why nothing was
+/// done, or which deletions failed.
 pub fn collect(
     endpoints: &[Endpoint],
     policy: Policy,
     delta_retention: Duration,
     now: i64,
     dry_run: bool,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<(Role, String)>, String> {
     let catalog = match Catalog::list(endpoints) {
         Ok(c) if c.failures.is_empty() => c,
@@ -167,6 +171,14 @@ pub fn collect(
             let name = &own[i].name;
             if !merged.contains(name.as_str()) {
                 debug!("Garbage collection keeps {name} on {} endpoint: within policy on the merged list", ep.name());
+                continue;
+            }
+            if keep(name) {
+                warn!(
+                    "Garbage collection keeps {name} on {} endpoint: the policy would drop it, but it is in the \
+                     running snapshotter's current chain",
+                    ep.name()
+                );
                 continue;
             }
             if dry_run {

@@ -355,3 +355,92 @@ fn sigterm_during_a_full_snapshot_aborts_it() {
     assert!(listed(&primary(&prefix)).is_empty() && listed(&secondary(&prefix)).is_empty());
     no_uploads_left_on_secondary(&prefix);
 }
+
+/// etcd goes back in time (here: re-created from scratch, so its revision
+/// is below the snapshots already stored under the prefix). The snapshotter
+/// warns once, starts a new history, and its GC deletes none of it; list
+/// and restore pick the new history; `--snapshot` still reaches the old one
+/// while the policy keeps it.
+fn new_history_after_etcd_went_back(policy: &[&str], old_kept: bool) {
+    let v = v35();
+    let dir = scratch("rollback");
+    let prefix = unique("rollback");
+    let private = |name: &str| {
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let etcd = Etcd::start(&v.etcd, &v.ctl, &dir.join(name), name, &peer, &format!("{name}={peer}"));
+        (Version { endpoint: etcd.client_url.clone(), etcd: v.etcd.clone(), ctl: v.ctl.clone() }, etcd)
+    };
+    // The old history: an etcd at a higher revision than the new one will reach.
+    let (old, _old_etcd) = private("old");
+    for i in 0..40 {
+        etcdctl_put(&old.ctl, &old.endpoint, &format!("/old/{i}"), "old");
+    }
+    let r = run(&refs(&with(dual_args(&old.endpoint, &prefix), &["--once"])), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old_full = only_snapshot(&primary(&prefix)).0;
+    std::thread::sleep(Duration::from_millis(1100)); // a later creation second
+
+    let (new, _new_etcd) = private("new");
+    etcdctl_put(&new.ctl, &new.endpoint, "/new/first", "1");
+    let mut extra = vec![YEARLY, "--garbage-collection-period=2s"];
+    extra.extend_from_slice(policy);
+    let s = start(&new.endpoint, &prefix, &extra);
+    s.wait_for("WARN etcd went back in time");
+    for i in 0..8 {
+        etcdctl_put(&new.ctl, &new.endpoint, &format!("/new/{i}"), "new");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    s.wait_for_lines(&["INFO Snapshot Incr-", "successfully saved to both endpoints"], 2);
+    std::thread::sleep(Duration::from_secs(5)); // two garbage collections
+    let log = s.stop();
+    assert_eq!(log.matches("WARN etcd went back in time").count(), 1, "one WARN explains it");
+
+    // Nothing this run stored was deleted, on either endpoint.
+    let saved: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("INFO Snapshot ").nth(1)?.strip_suffix(" successfully saved to both endpoints"))
+        .collect();
+    assert!(saved.iter().any(|n| n.starts_with("Full-")) && saved.iter().any(|n| n.starts_with("Incr-")), "{log}");
+    for store in [primary(&prefix), secondary(&prefix)] {
+        let on: Vec<String> = listed(&store).into_iter().map(|o| o.name).collect();
+        for n in &saved {
+            assert!(on.iter().any(|o| o == n), "{n} was deleted; left: {on:?}\n{log}");
+        }
+        assert_eq!(on.contains(&old_full), old_kept, "the old history under this policy: {on:?}");
+    }
+
+    // `snapshot list` ends with the new history.
+    let mut args = vec!["snapshot".to_string(), "list".into(), "--output=json".into()];
+    args.extend(store_args(&prefix));
+    let list = binary(&args).output().unwrap();
+    assert_eq!(list.status.code(), Some(0), "{}", String::from_utf8_lossy(&list.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let last = rows.as_array().unwrap().last().unwrap()["name"].as_str().unwrap().to_string();
+    assert_eq!(last, *saved.last().unwrap(), "the newest snapshot of the new history is listed last");
+
+    // restore: the new history, every key as the new etcd has it.
+    let r = restore_and_start(&new, &prefix, &dir.join("latest"), "n1", &[]);
+    assert_eq!(r.run.code, 0, "{}", r.run.stderr);
+    let e = r.etcd.unwrap();
+    assert_eq!(kvs(&new, &e.client_url, "/new/"), kvs(&new, &new.endpoint, "/new/"));
+    assert_eq!(kvs(&new, &e.client_url, "/old/"), serde_json::json!(null), "nothing of the old history");
+    drop(e);
+
+    if old_kept {
+        let r = restore_and_start(&old, &prefix, &dir.join("old"), "o1", &[&format!("--snapshot={old_full}")]);
+        assert_eq!(r.run.code, 0, "{}", r.run.stderr);
+        let e = r.etcd.unwrap();
+        assert_eq!(kvs(&old, &e.client_url, "/old/"), kvs(&old, &old.endpoint, "/old/"));
+    }
+}
+
+#[test]
+fn etcd_back_in_time_exponential_gc_keeps_the_new_history() {
+    new_history_after_etcd_went_back(&["--garbage-collection-policy=Exponential"], true);
+}
+
+#[test]
+fn etcd_back_in_time_limit_based_gc_keeps_the_new_history() {
+    // One backup kept: the old history is the one to go.
+    new_history_after_etcd_went_back(&["--garbage-collection-policy=LimitBased", "--max-backups=1"], false);
+}

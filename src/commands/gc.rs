@@ -9,7 +9,8 @@ pub fn run(cfg: &GcOnceConfig) -> i32 {
         Ok(e) => e,
         Err(code) => return code,
     };
-    match gc::collect(&endpoints, cfg.policy, cfg.delta_retention, report::unix_now() as i64, cfg.dry_run) {
+    let now = report::unix_now() as i64;
+    match gc::collect(&endpoints, cfg.policy, cfg.delta_retention, now, cfg.dry_run, &|_| false) {
         Ok(deleted) => {
             let verb = if cfg.dry_run { "would delete" } else { "deleted" };
             info!("Garbage collection {verb} {} objects", deleted.len());
