@@ -10,16 +10,16 @@
 //! aborted, so nothing partial ever becomes visible.
 
 use crate::compression::{Packer, Policy};
-use crate::endpoint::{Endpoint, on_each};
+use crate::endpoint::{Endpoint, Endpoints, LATE, Role, collect_within};
 use crate::etcd::{self, EtcdConfig};
 use crate::report::{MetricsFile, Outcome, report, unix_now};
 use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::store::Upload;
 use crate::store::s3::MAX_PARTS;
-use crossbeam_channel::{Receiver, Sender, bounded};
-use log::{debug, error, info};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, bounded};
+use log::{debug, error, info, warn};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Size of one shared buffer. Parts are whole numbers of buffers.
 pub const BUFFER: usize = 1 << 20;
@@ -57,7 +57,7 @@ impl Job {
     /// Take one full snapshot, record it in the metrics file and log what
     /// each endpoint did. Returns the exit code and, when at least one
     /// endpoint stored it, the snapshot's name.
-    pub fn take(&self, endpoints: &[Endpoint], require_all_endpoints: bool) -> (i32, Option<SnapshotName>) {
+    pub fn take(&self, endpoints: &Endpoints, require_all_endpoints: bool) -> (i32, Option<SnapshotName>) {
         let started = Instant::now();
         let result = full_snapshot(&self.etcd, endpoints, self.compression);
         self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
@@ -79,7 +79,7 @@ impl Job {
 /// per-endpoint failures are in the `Outcome`.
 pub fn full_snapshot(
     etcd_cfg: &EtcdConfig,
-    endpoints: &[Endpoint],
+    endpoints: &Endpoints,
     compression: Option<Policy>,
 ) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
@@ -94,17 +94,29 @@ pub fn full_snapshot(
         status.revision
     );
 
-    // Start every upload first, in parallel, so that a slow or dead endpoint
-    // is known before etcd starts streaming.
-    let uploads = on_each(endpoints, |ep| {
-        ep.call("starting the upload", || ep.store.begin(&name)).map_err(|e| format!("cannot start the upload: {e}"))
-    });
+    // Start every upload at once, so that a slow or dead endpoint is known
+    // before etcd starts streaming. One that has not started `max_lag`
+    // after another did is left out; an upload it starts later is aborted.
+    let lag = endpoints.max_lag;
+    let (begin_name, late_name) = (name.clone(), name.clone());
+    let uploads = endpoints.each_within(
+        move |ep| {
+            ep.call("starting the upload", || ep.store.begin(&begin_name))
+                .map_err(|e| format!("cannot start the upload: {e}"))
+        },
+        move |ep, started| {
+            if let Ok(upload) = started {
+                abort(ep, &late_name, &*upload);
+            }
+        },
+    );
     let mut results: Vec<Option<Result<(), String>>> = vec![None; endpoints.len()];
     let mut live = Vec::new();
     for (i, u) in uploads.into_iter().enumerate() {
         match u {
-            Ok(u) => live.push((i, u)),
-            Err(e) => results[i] = Some(Err(e)),
+            Some(Ok(u)) => live.push((i, u)),
+            Some(Err(e)) => results[i] = Some(Err(e)),
+            None => results[i] = Some(Err(format!("{LATE} starting the upload: detached from this snapshot"))),
         }
     }
     let mut bytes = 0;
@@ -120,30 +132,45 @@ pub fn full_snapshot(
             }
         };
         let started = Instant::now();
-        let ended = std::thread::scope(|s| {
-            let mut senders = Vec::new();
-            let mut handles = Vec::new();
-            let mut bpps = Vec::new();
-            // Compressed output can exceed its input a little (stored blocks).
-            let stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
-            for (i, upload) in live.drain(..) {
-                let ep = &endpoints[i];
-                let bpp = buffers_per_part(ep.parts.min_size, stored);
-                bpps.push((ep.parts.max_parallel, bpp));
-                let (tx, rx) = bounded(bpp);
-                senders.push(tx);
-                let name = &name;
-                handles.push((i, s.spawn(move || endpoint_upload(ep, name, upload, rx, bpp))));
-            }
-            let packer = compression.map(Packer::new);
-            let bound = memory_bound(&bpps) + packer.as_ref().map_or(0, Packer::memory_bound);
-            debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
-            let ended = read_and_broadcast(&mut stream, first, size, &Pool::new(pool_capacity(&bpps)), senders, packer);
-            for (i, h) in handles {
-                results[i] = Some(h.join().unwrap_or_else(|_| Err("uploader thread panicked".into())));
-            }
-            ended
-        });
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut lanes = Vec::new();
+        let mut bpps = Vec::new();
+        // Compressed output can exceed its input a little (stored blocks).
+        let stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
+        for (i, upload) in live.drain(..) {
+            let ep = endpoints[i].clone();
+            let bpp = buffers_per_part(ep.parts.min_size, stored);
+            bpps.push((ep.parts.max_parallel, bpp));
+            let (tx, rx) = bounded(bpp);
+            let why = Arc::new(Mutex::new(None));
+            lanes.push(Lane { tx, role: ep.role, held: Duration::ZERO, why: why.clone() });
+            let (name, done_tx) = (name.clone(), done_tx.clone());
+            // Not scoped: an endpoint that falls behind must not hold this
+            // function (and so the other endpoint's outcome) until it ends.
+            let _running = Background::enter();
+            std::thread::spawn(move || {
+                let _running = _running;
+                let result = endpoint_upload(&ep, &name, upload, rx, bpp, &why);
+                if let Err(crossbeam_channel::SendError((_, result))) = done_tx.send((i, result)) {
+                    match result {
+                        Ok(()) => info!("Saved snapshot {name} to {} endpoint after all (late)", ep.name()),
+                        Err(e) => warn!("{} endpoint: the detached upload of {name} ended: {e}", ep.name()),
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let packer = compression.map(Packer::new);
+        let bound = memory_bound(&bpps) + packer.as_ref().map_or(0, Packer::memory_bound);
+        debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
+        let pool = Pool::new(pool_capacity(&bpps));
+        let ended = read_and_broadcast(&mut stream, first, size, &pool, Lanes { lanes, max_lag: lag }, packer);
+        for (i, r) in collect_within(&done_rx, results.iter().filter(|r| r.is_none()).count(), lag) {
+            results[i] = Some(r);
+        }
+        for r in results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(Err(format!("{LATE} finishing the upload: it goes on in the background")));
+        }
         match ended {
             Ended::Verified(total, stored) => {
                 bytes = stored;
@@ -163,6 +190,35 @@ pub fn full_snapshot(
     let results =
         endpoints.iter().zip(results).map(|(ep, r)| (ep.role, r.expect("every endpoint has a result"))).collect();
     Ok(Outcome { name, results, bytes })
+}
+
+/// Uploads still running on their own threads, so that `snapshot --once`
+/// can let a detached upload finish (or abort) before the process exits.
+struct Background;
+
+static BACKGROUND: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+impl Background {
+    fn enter() -> Background {
+        *BACKGROUND.0.lock().unwrap() += 1;
+        Background
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        *BACKGROUND.0.lock().unwrap() -= 1;
+        BACKGROUND.1.notify_all();
+    }
+}
+
+/// Wait up to `max` for uploads detached from their snapshot to end;
+/// returns how many are still running.
+pub fn wait_for_background_uploads(max: Duration) -> usize {
+    let (lock, ended) = &BACKGROUND;
+    let guard = lock.lock().unwrap();
+    let (running, _) = ended.wait_timeout_while(guard, max, |n| *n > 0).unwrap();
+    *running
 }
 
 /// Skip leading empty messages (etcd 3.6 announces its version first) and
@@ -204,7 +260,7 @@ fn read_and_broadcast(
     first: Vec<u8>,
     size: u64,
     pool: &Arc<Pool>,
-    live: Vec<Sender<Msg>>,
+    live: Lanes,
     mut packer: Option<Packer>,
 ) -> Ended {
     let mut check = TrailerCheck::default();
@@ -223,7 +279,7 @@ fn read_and_broadcast(
         if let Err(e) = packed {
             break Some(e);
         }
-        if out.live.is_empty() {
+        if out.live.lanes.is_empty() {
             return Ended::NobodyListening;
         }
         if crate::signals::interrupted() {
@@ -247,7 +303,7 @@ fn read_and_broadcast(
         None if total != size => Err(format!("etcd announced {size} bytes but sent {total}")),
         None => check.finish(),
     };
-    broadcast(&mut out.live, Msg::End(verdict.clone()));
+    out.live.broadcast(Msg::End(verdict.clone()));
     match verdict {
         Ok(()) => Ended::Verified(total, out.stored),
         Err(e) => Ended::Bad(e),
@@ -258,7 +314,7 @@ fn read_and_broadcast(
 struct Emitter<'a> {
     buf: Vec<u8>,
     pool: &'a Arc<Pool>,
-    live: Vec<Sender<Msg>>,
+    live: Lanes,
     stored: u64,
 }
 
@@ -271,7 +327,7 @@ impl Emitter<'_> {
             rest = &rest[n..];
             if self.buf.len() == BUFFER {
                 let full = std::mem::replace(&mut self.buf, self.pool.take());
-                broadcast(&mut self.live, Msg::Data(Buffer::new(full, self.pool)));
+                self.live.broadcast(Msg::Data(Buffer::new(full, self.pool)));
             }
         }
     }
@@ -279,21 +335,89 @@ impl Emitter<'_> {
     fn flush(&mut self) {
         if !self.buf.is_empty() {
             let last = std::mem::take(&mut self.buf);
-            broadcast(&mut self.live, Msg::Data(Buffer::new(last, self.pool)));
+            self.live.broadcast(Msg::Data(Buffer::new(last, self.pool)));
         }
     }
 }
 
-/// Send to every endpoint still listening; forget the ones that hung up.
-fn broadcast(live: &mut Vec<Sender<Msg>>, msg: Msg) {
-    live.retain(|tx| {
-        let m = match &msg {
+/// The endpoints still taking the stream, each through its bounded channel.
+struct Lanes {
+    lanes: Vec<Lane>,
+    max_lag: Duration,
+}
+
+struct Lane {
+    tx: Sender<Msg>,
+    role: Role,
+    /// How long the reader has waited for this endpoint while another one
+    /// had room: the time it held the others back.
+    held: Duration,
+    /// Why the reader let go of it, for its result.
+    why: Arc<Mutex<Option<String>>>,
+}
+
+impl Lanes {
+    /// Send to every endpoint still listening; forget the ones that hung
+    /// up, and let go of one that has held the others back for `max_lag`.
+    /// Waiting while every endpoint is full is the pipeline's own pace and
+    /// is not held against anyone.
+    fn broadcast(&mut self, msg: Msg) {
+        let copy = || match &msg {
             Msg::Data(c) => Msg::Data(Arc::clone(c)),
             Msg::End(v) => Msg::End(v.clone()),
         };
-        tx.send(m).is_ok()
-    });
+        // Every endpoint with room first; a full one is then waited for
+        // only as long as it keeps the others from going on.
+        let (mut full, mut gone) = (Vec::new(), Vec::new());
+        for (i, lane) in self.lanes.iter().enumerate() {
+            match lane.tx.try_send(copy()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => full.push(i),
+                Err(TrySendError::Disconnected(_)) => gone.push(i),
+            }
+        }
+        for i in full {
+            if !self.wait_send(i, copy(), &gone) {
+                gone.push(i);
+            }
+        }
+        gone.sort_unstable();
+        for i in gone.into_iter().rev() {
+            self.lanes.remove(i);
+        }
+    }
+
+    /// Whether lane `i` took `m`; `gone` are the lanes known to be gone.
+    fn wait_send(&mut self, i: usize, mut m: Msg, gone: &[usize]) -> bool {
+        loop {
+            let waited = Instant::now();
+            match self.lanes[i].tx.send_timeout(m, TICK) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+                Err(SendTimeoutError::Timeout(back)) => m = back,
+            }
+            let others_have_room =
+                self.lanes.iter().enumerate().any(|(j, l)| j != i && !gone.contains(&j) && !l.tx.is_full());
+            if !others_have_room {
+                continue;
+            }
+            let lane = &mut self.lanes[i];
+            lane.held += waited.elapsed();
+            if lane.held >= self.max_lag {
+                let why = format!(
+                    "{LATE} (it held the snapshot stream back for {:.1?}): detached from this snapshot",
+                    lane.held
+                );
+                warn!("{} endpoint is {why}", lane.role.name());
+                *lane.why.lock().unwrap() = Some(why);
+                return false;
+            }
+        }
+    }
 }
+
+/// How often a wait on one endpoint looks at the others.
+const TICK: Duration = Duration::from_millis(20);
 
 /// One endpoint's side: parts to uploader threads, then complete or abort.
 fn endpoint_upload(
@@ -302,6 +426,7 @@ fn endpoint_upload(
     upload: Box<dyn Upload>,
     rx: Receiver<Msg>,
     bpp: usize,
+    why: &Mutex<Option<String>>,
 ) -> Result<(), String> {
     let failed: Mutex<Option<String>> = Mutex::new(None);
     let upload = &*upload;
@@ -343,7 +468,10 @@ fn endpoint_upload(
                     }
                     break Some(v);
                 }
-                Err(_) => break Some(Err("the snapshot reader stopped".into())),
+                Err(_) => {
+                    let why = why.lock().unwrap().clone();
+                    break Some(Err(why.unwrap_or_else(|| "the snapshot reader stopped".into())));
+                }
             }
         };
         // Hanging up detaches this endpoint from the broadcast at once,
@@ -458,6 +586,60 @@ mod tests {
         // Two endpoints with 5 uploaders and 5 MiB parts each.
         assert_eq!(memory_bound(&[(5, 5), (5, 5)]) >> 20, 81);
         assert_eq!(memory_bound(&[(5, 5)]) >> 20, 41);
+    }
+
+    /// Lanes of capacity 1; each consumer takes a message every `pace` (or
+    /// never); returns what each got and whether it was let go, and how
+    /// long the broadcasting took.
+    fn stream(paces: &[Option<Duration>], messages: usize, max_lag: Duration) -> (Vec<(usize, bool)>, Duration) {
+        let mut lanes = Vec::new();
+        let mut consumers = Vec::new();
+        for pace in paces {
+            let (tx, rx) = bounded(1);
+            let why = Arc::new(Mutex::new(None));
+            lanes.push(Lane { tx, role: Role::Primary, held: Duration::ZERO, why: why.clone() });
+            let pace = *pace;
+            consumers.push((
+                why,
+                std::thread::spawn(move || {
+                    let Some(pace) = pace else {
+                        std::thread::sleep(Duration::from_secs(3));
+                        return 0;
+                    };
+                    let mut n = 0;
+                    while rx.recv().is_ok() {
+                        n += 1;
+                        std::thread::sleep(pace);
+                    }
+                    n
+                }),
+            ));
+        }
+        let mut lanes = Lanes { lanes, max_lag };
+        let started = Instant::now();
+        for _ in 0..messages {
+            lanes.broadcast(Msg::End(Ok(())));
+        }
+        let took = started.elapsed();
+        drop(lanes);
+        (consumers.into_iter().map(|(why, h)| (h.join().unwrap(), why.lock().unwrap().is_some())).collect(), took)
+    }
+
+    #[test]
+    fn a_stalled_endpoint_is_let_go_after_holding_the_other_back_for_the_lag() {
+        let (got, took) = stream(&[Some(Duration::ZERO), None], 100, Duration::from_millis(200));
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(1), "{took:?}");
+        assert_eq!(got[0], (100, false), "the healthy endpoint got everything");
+        assert!(got[1].1, "the stalled one was let go");
+    }
+
+    #[test]
+    fn the_pipelines_own_pace_is_held_against_nobody() {
+        // Both equally slow: 30 messages take ~0.6 s, far over the lag.
+        let pace = Some(Duration::from_millis(20));
+        assert_eq!(stream(&[pace, pace], 30, Duration::from_millis(100)).0, [(30, false), (30, false)]);
+        // Alone, an endpoint is never let go.
+        assert_eq!(stream(&[pace], 20, Duration::from_millis(50)).0, [(20, false)]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The snapshots on both endpoints: listed in parallel, parsed, merged by
 //! name, ordered as upstream orders them (last revision, then creation).
 
-use crate::endpoint::{Endpoint, Role, on_each};
+use crate::endpoint::{Endpoints, Role};
 use crate::snapshot::{Kind, SnapshotName};
 use log::{debug, error, info};
 
@@ -42,10 +42,18 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// List every endpoint in parallel and merge. `Err` only when no
-    /// endpoint could be listed; it names each endpoint's cause.
-    pub fn list(endpoints: &[Endpoint]) -> Result<Catalog, String> {
-        let listed = on_each(endpoints, |ep| ep.call("listing", || ep.store.list()));
+    /// List every endpoint in parallel and merge; an endpoint that has not
+    /// answered `max_lag` after another did counts as failed. `Err` only
+    /// when no endpoint could be listed; it names each endpoint's cause.
+    pub fn list(endpoints: &Endpoints) -> Result<Catalog, String> {
+        let lag = endpoints.max_lag;
+        let listed = endpoints.each_within(
+            |ep| ep.call("listing", || ep.store.list()).map_err(|e| e.to_string()),
+            |ep, _| debug!("{} endpoint: a listing answered after it was no longer waited for", ep.name()),
+        );
+        let listed = listed.into_iter().map(|r| {
+            r.unwrap_or_else(|| Err(format!("no answer within {lag:?} (--max-endpoint-lag) of the other endpoint")))
+        });
         let mut catalog = Catalog::default();
         let mut counts = Vec::new();
         for (ep, result) in endpoints.iter().zip(listed) {

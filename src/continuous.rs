@@ -10,13 +10,16 @@
 use crate::backup::Job;
 use crate::catalog::{self, Catalog};
 use crate::compression::{self, Policy};
-use crate::endpoint::{Endpoint, on_each};
+use crate::endpoint::{Endpoints, LATE, Role, collect_within};
 use crate::etcd::{self, WatchError};
 use crate::report::{self, Outcome, unix_now};
 use crate::signals::{self, sleep};
 use crate::snapshot::{Kind, SnapshotName};
 use crate::{delta, gc};
+use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use log::{debug, error, info, warn};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What the long-running `snapshot` does besides full snapshots.
@@ -41,7 +44,7 @@ const HOLD_LIMITS: usize = 4;
 const DRAIN: Duration = Duration::from_secs(3);
 
 /// Run until SIGTERM/SIGINT; the exit code.
-pub fn run(job: &Job, endpoints: &[Endpoint], sch: &Settings) -> i32 {
+pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
     info!(
         "Snapshotter started: full snapshots on {}, delta snapshots {}, garbage collection {}",
         sch.schedule,
@@ -49,7 +52,8 @@ pub fn run(job: &Job, endpoints: &[Endpoint], sch: &Settings) -> i32 {
         sch.gc.map_or("off".to_string(), |g| format!("every {:?} ({:?})", g.period, g.policy)),
     );
     let chain = CurrentChain::default();
-    let mut s = Snapshotter { job, sch, endpoints, chain: &chain, last_revision: 0, last_full: None };
+    let deltas = DeltaWriters::start(endpoints);
+    let mut s = Snapshotter { job, sch, endpoints, deltas, chain: &chain, last_revision: 0, last_full: None };
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
             let chain = &chain;
@@ -89,7 +93,8 @@ impl CurrentChain {
 struct Snapshotter<'a> {
     job: &'a Job,
     sch: &'a Settings,
-    endpoints: &'a [Endpoint],
+    endpoints: &'a Endpoints,
+    deltas: DeltaWriters,
     chain: &'a CurrentChain,
     /// Everything up to this revision is stored on at least one endpoint.
     last_revision: u64,
@@ -273,6 +278,7 @@ impl Snapshotter<'_> {
         let limit = self.sch.delta_memory_limit;
         let mut pending = delta::Writer::new();
         let mut period_end = Instant::now() + period;
+        let mut due = false;
         let next = loop {
             let wake = period_end.min(Instant::now() + TICK);
             match watch.next(wake) {
@@ -301,9 +307,13 @@ impl Snapshotter<'_> {
             }
             if Instant::now() >= period_end {
                 period_end = Instant::now() + period;
-                if !pending.is_empty()
-                    && let Some(next) = self.save_or_give_up(&mut pending)
-                {
+                due = true;
+            }
+            // Once a period is over, the first events after it are saved at
+            // once (they may still be on their way after a long save).
+            if due && !pending.is_empty() {
+                due = false;
+                if let Some(next) = self.save_or_give_up(&mut pending) {
                     break next;
                 }
             }
@@ -392,9 +402,9 @@ impl Snapshotter<'_> {
             None => raw,
         };
         let started = Instant::now();
-        let outcome = store_everywhere(self.endpoints, &name, &data);
+        let outcome = self.deltas.save(&name, data);
         self.job.metrics.record(Kind::Incr, Some(&outcome), started);
-        debug!("Delta snapshot {name}: {events} events, {} bytes stored", data.len());
+        debug!("Delta snapshot {name}: {events} events, {} bytes stored", outcome.bytes);
         report::report(&outcome, false);
         let stored = outcome.stored_anywhere();
         if stored {
@@ -423,20 +433,118 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
 
 /// Take a full snapshot; its name when at least one endpoint stored it,
 /// which then heads the current chain.
-fn take_full(job: &Job, endpoints: &[Endpoint], chain: &CurrentChain) -> Option<SnapshotName> {
+fn take_full(job: &Job, endpoints: &Endpoints, chain: &CurrentChain) -> Option<SnapshotName> {
     let name = job.take(endpoints, false).1?;
     chain.start(&name.to_string(), name.last_revision);
     Some(name)
 }
 
-/// Write a small object to every endpoint in parallel, each with its retry
-/// policy.
-fn store_everywhere(endpoints: &[Endpoint], name: &str, data: &[u8]) -> Outcome {
-    let results = on_each(endpoints, |ep| {
-        let saved = ep.call(&format!("saving {name}"), || crate::store::save(&*ep.store, name, data));
-        (ep.role, saved.map_err(|e| e.to_string()))
-    });
-    Outcome { name: name.to_string(), results, bytes: data.len() as u64 }
+/// Counts a finished delta when dropped, also when saving panicked.
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Delta snapshots waiting for one endpoint before the next one is left
+/// out for it.
+const DELTA_QUEUE: usize = 4;
+
+/// One thread per endpoint saving delta snapshots in order, each with its
+/// endpoint's retries, so that a slow or failing endpoint never delays the
+/// other's deltas (a delta counts as stored once one endpoint has it).
+struct DeltaWriters {
+    queues: Vec<Sender<DeltaJob>>,
+    /// Deltas each writer has not finished yet.
+    busy: Vec<Arc<AtomicUsize>>,
+    roles: Vec<Role>,
+    max_lag: Duration,
+}
+
+struct DeltaJob {
+    name: Arc<str>,
+    data: Arc<Vec<u8>>,
+    index: usize,
+    reply: Sender<(usize, Result<(), String>)>,
+}
+
+impl DeltaWriters {
+    fn start(endpoints: &Endpoints) -> DeltaWriters {
+        let (queues, busy) = endpoints
+            .iter()
+            .map(|ep| {
+                let (tx, rx) = bounded::<DeltaJob>(DELTA_QUEUE);
+                let busy = Arc::new(AtomicUsize::new(0));
+                let (ep, working) = (ep.clone(), busy.clone());
+                std::thread::spawn(move || {
+                    for job in rx {
+                        let done = Decrement(&working);
+                        let name = &*job.name;
+                        let saved =
+                            ep.call(&format!("saving {name}"), || crate::store::save(&*ep.store, name, &job.data));
+                        let saved = saved.map_err(|e| e.to_string());
+                        // Not busy any more before the reply, so the next save sees it.
+                        drop(done);
+                        if let Err(crossbeam_channel::SendError((_, saved))) = job.reply.send((job.index, saved)) {
+                            match saved {
+                                Ok(()) => info!("Saved snapshot {name} to {} endpoint after all (late)", ep.name()),
+                                Err(e) => warn!("Failed to save snapshot {name} to {} endpoint: {e}", ep.name()),
+                            }
+                        }
+                    }
+                });
+                (tx, busy)
+            })
+            .unzip();
+        DeltaWriters { queues, busy, roles: endpoints.iter().map(|e| e.role).collect(), max_lag: endpoints.max_lag }
+    }
+
+    /// Store one delta snapshot on every endpoint; wait for them all, but
+    /// once one has it, at most `max_lag` more for the others, and not at
+    /// all for an endpoint still busy with earlier deltas (it is behind:
+    /// waiting for it would only slow the others' deltas down).
+    fn save(&self, name: &str, data: Vec<u8>) -> Outcome {
+        let (bytes, name_arc, data) = (data.len() as u64, Arc::<str>::from(name), Arc::new(data));
+        let (reply, done) = unbounded();
+        let mut results: Vec<Option<Result<(), String>>> = vec![None; self.queues.len()];
+        let mut waiting = 0;
+        for (index, q) in self.queues.iter().enumerate() {
+            let behind = self.busy[index].load(Ordering::SeqCst) > 0;
+            // A writer that is behind replies to nobody: it logs its result.
+            let reply = if behind { unbounded().0 } else { reply.clone() };
+            let job = DeltaJob { name: name_arc.clone(), data: data.clone(), index, reply };
+            self.busy[index].fetch_add(1, Ordering::SeqCst);
+            match q.try_send(job) {
+                Ok(()) if behind => {
+                    results[index] = Some(Err(format!("{LATE}: still saving earlier delta snapshots; queued")))
+                }
+                Ok(()) => waiting += 1,
+                Err(TrySendError::Full(_)) => {
+                    self.busy[index].fetch_sub(1, Ordering::SeqCst);
+                    results[index] = Some(Err(format!(
+                        "{LATE}: {DELTA_QUEUE} earlier delta snapshots are still waiting for it; detached from this one"
+                    )))
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.busy[index].fetch_sub(1, Ordering::SeqCst);
+                    results[index] = Some(Err("its writer stopped".into()))
+                }
+            }
+        }
+        drop(reply);
+        for (i, r) in collect_within(&done, waiting, self.max_lag) {
+            results[i] = Some(r);
+        }
+        let results = self
+            .roles
+            .iter()
+            .zip(results)
+            .map(|(&role, r)| (role, r.unwrap_or_else(|| Err(format!("{LATE}: still saving it in the background")))))
+            .collect();
+        Outcome { name: name.to_string(), results, bytes }
+    }
 }
 
 /// When the next scheduled full snapshot is due (unix seconds), after the

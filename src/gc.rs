@@ -9,7 +9,7 @@
 //! are the caller's concern.
 
 use crate::catalog::Catalog;
-use crate::endpoint::{Endpoint, Role};
+use crate::endpoint::{Endpoints, Role};
 use crate::snapshot::{Kind, SnapshotName};
 use log::{debug, info, warn};
 use std::collections::HashSet;
@@ -118,7 +118,7 @@ pub struct Periodic {
 
 /// Collect every `period` until SIGTERM/SIGINT, never deleting what `keep`
 /// names.
-pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic, keep: &dyn Fn(&str) -> bool) {
+pub fn run_periodically(endpoints: &Endpoints, gc: Periodic, keep: &dyn Fn(&str) -> bool) {
     loop {
         crate::signals::sleep(gc.period);
         if crate::signals::interrupted() {
@@ -142,7 +142,7 @@ pub fn run_periodically(endpoints: &[Endpoint], gc: Periodic, keep: &dyn Fn(&str
 /// (the running snapshotter's current chain). `Err` says why nothing was
 /// done, or which deletions failed.
 pub fn collect(
-    endpoints: &[Endpoint],
+    endpoints: &Endpoints,
     policy: Policy,
     delta_retention: Duration,
     now: i64,
@@ -163,7 +163,7 @@ pub fn collect(
         select(&names, now, policy, retention).into_iter().map(|i| catalog.entries[i].name.as_str()).collect();
     let mut deleted = Vec::new();
     let mut failed = Vec::new();
-    for ep in endpoints {
+    for ep in endpoints.iter() {
         let own: Vec<_> = catalog.entries.iter().filter(|e| e.size_on(ep.role).is_some()).collect();
         let own_names: Vec<SnapshotName> = own.iter().map(|e| e.snapshot.clone()).collect();
         let failed_before = failed.len();

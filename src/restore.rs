@@ -8,7 +8,7 @@
 
 use crate::catalog::{self, Catalog, Entry, Gap};
 use crate::datadir::{self, member};
-use crate::endpoint::{self, Endpoint, Role};
+use crate::endpoint::{self, Endpoint, Endpoints, Role};
 use crate::snapshot::{Kind, TrailerCheck};
 use crate::{compression, signals, store};
 use anyhow::{Context, anyhow, bail};
@@ -47,7 +47,7 @@ pub struct Options {
     pub snapshot: Option<String>,
 }
 
-pub fn run(cfg: &Options, sources: &[Endpoint]) -> Result<(), Failure> {
+pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     // Everything that can be checked without the network first.
     let members = member::parse_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token)
         .map_err(|e| Failure::Usage(format!("--initial-cluster: {e}")))?;

@@ -7,11 +7,11 @@ pub mod list;
 pub mod restore;
 pub mod snapshot;
 
-use crate::endpoint::{self, Endpoint};
+use crate::endpoint::{Configs, Endpoints};
 
 /// Open every endpoint; a failure is logged and gives the usage exit code.
-fn open(configs: &[endpoint::Config]) -> Result<Vec<Endpoint>, i32> {
-    endpoint::open_all(configs).map_err(|e| {
+fn open(configs: &Configs) -> Result<Endpoints, i32> {
+    configs.open().map_err(|e| {
         log::error!("{e}");
         crate::exit::USAGE
     })

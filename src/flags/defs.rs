@@ -131,6 +131,23 @@ pub static FLAGS: &[Flag] = &[
         set: |a, _, v| parse_level(v).map(|l| a.log_level = Some(l)),
         ..Flag::DEFAULT
     },
+    Flag {
+        name: "max-endpoint-lag",
+        value: Some("DURATION"),
+        default: Some("10s"),
+        help: "How long one store endpoint may hold back the other: once one endpoint has stored a snapshot \
+               (or listed, or taken its part of the stream), the other gets this much longer before it is detached \
+               from that snapshot; its copy comes later. Restore prefers the primary among the endpoints that \
+               answered within it.",
+        set: |a, _, v| match parse_duration(v)? {
+            d if d.is_zero() => Err("must be greater than 0".into()),
+            d => {
+                a.max_endpoint_lag = d;
+                Ok(())
+            }
+        },
+        ..Flag::DEFAULT
+    },
     // etcd connection
     Flag {
         name: "endpoints",

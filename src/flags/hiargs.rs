@@ -6,7 +6,7 @@ use super::parse::UsageError;
 use crate::backup::Job;
 use crate::continuous::Settings;
 use crate::credentials::{self, Env, S3Credentials};
-use crate::endpoint::{Backend, Config as EndpointConfig, Parts};
+use crate::endpoint::{Backend, Config as EndpointConfig, Configs, Parts};
 use crate::etcd::EtcdConfig;
 use crate::gc::Periodic;
 use crate::report::MetricsFile;
@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct SnapshotConfig {
     /// The primary, then the secondary when configured.
-    pub endpoints: Vec<EndpointConfig>,
+    pub endpoints: Configs,
     pub job: Job,
     pub require_all_endpoints: bool,
     /// `None` with `--once`.
@@ -29,7 +29,7 @@ const DELTA_MEMORY_LIMIT: usize = 10 << 20;
 
 impl SnapshotConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<SnapshotConfig, UsageError> {
-        let endpoints = endpoints(&low.stores, &low.secondary_flags_given, env)?;
+        let endpoints = endpoints(&low, env)?;
         let scheduled = if low.once { None } else { Some(scheduled(&low)?) };
         let metrics = MetricsFile { path: low.metrics_file.clone(), roles: endpoints.iter().map(|e| e.role).collect() };
         Ok(SnapshotConfig {
@@ -44,7 +44,7 @@ impl SnapshotConfig {
 /// `snapshot gc`: one garbage collection.
 #[derive(Debug)]
 pub struct GcOnceConfig {
-    pub endpoints: Vec<EndpointConfig>,
+    pub endpoints: Configs,
     pub policy: crate::gc::Policy,
     pub delta_retention: Duration,
     pub dry_run: bool,
@@ -53,7 +53,7 @@ pub struct GcOnceConfig {
 impl GcOnceConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<GcOnceConfig, UsageError> {
         Ok(GcOnceConfig {
-            endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
+            endpoints: endpoints(&low, env)?,
             policy: gc_policy(&low)?,
             delta_retention: low.delta_retention,
             dry_run: low.dry_run,
@@ -92,7 +92,7 @@ fn scheduled(low: &LowArgs) -> Result<Settings, UsageError> {
 /// `restore`: where to find the snapshot, and the data directory to write.
 #[derive(Debug)]
 pub struct RestoreConfig {
-    pub endpoints: Vec<EndpointConfig>,
+    pub endpoints: Configs,
     pub options: crate::restore::Options,
 }
 
@@ -109,7 +109,7 @@ impl RestoreConfig {
             return Err(UsageError("--data-dir must not be empty".into()));
         }
         Ok(RestoreConfig {
-            endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?,
+            endpoints: endpoints(&low, env)?,
             options: crate::restore::Options { bump_revision, ..low.restore },
         })
     }
@@ -118,13 +118,13 @@ impl RestoreConfig {
 /// `snapshot list`.
 #[derive(Debug)]
 pub struct ListConfig {
-    pub endpoints: Vec<EndpointConfig>,
+    pub endpoints: Configs,
     pub json: bool,
 }
 
 impl ListConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<ListConfig, UsageError> {
-        Ok(ListConfig { endpoints: endpoints(&low.stores, &low.secondary_flags_given, env)?, json: low.json })
+        Ok(ListConfig { endpoints: endpoints(&low, env)?, json: low.json })
     }
 }
 
@@ -143,7 +143,8 @@ fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
 }
 
 /// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.
-fn endpoints(stores: &[StoreArgs; 2], secondary_flags: &[String], env: Env) -> Result<Vec<EndpointConfig>, UsageError> {
+fn endpoints(low: &LowArgs, env: Env) -> Result<Configs, UsageError> {
+    let (stores, secondary_flags) = (&low.stores, &low.secondary_flags_given);
     let primary_creds = credentials::load("", env)?;
     let mut out = vec![endpoint(&stores[0], Role::Primary, primary_creds.clone())?];
     if stores[1].provider.is_some() {
@@ -153,7 +154,7 @@ fn endpoints(stores: &[StoreArgs; 2], secondary_flags: &[String], env: Env) -> R
     } else if let Some(flag) = secondary_flags.first() {
         return Err(UsageError(format!("{flag} needs --secondary-storage-provider")));
     }
-    Ok(out)
+    Ok(Configs { each: out, max_lag: low.max_endpoint_lag })
 }
 
 fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<EndpointConfig, UsageError> {

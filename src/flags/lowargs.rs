@@ -9,6 +9,7 @@ pub use crate::endpoint::Role;
 #[derive(Debug, Default)]
 pub struct LowArgs {
     pub log_level: Option<log::LevelFilter>,
+    pub max_endpoint_lag: Duration,
     /// Checked against itself in `hiargs::etcd`, then used as it is.
     pub etcd: crate::etcd::EtcdConfig,
     pub stores: [StoreArgs; 2],

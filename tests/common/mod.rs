@@ -6,6 +6,7 @@ pub mod cli;
 pub mod fault;
 pub mod restore;
 pub mod s3_admin;
+pub mod snapshotter;
 
 /// A variable that `scripts/env up` exports; a missing one fails the test
 /// with a hint instead of silently skipping it.
