@@ -151,12 +151,7 @@ pub fn full_snapshot(
             std::thread::spawn(move || {
                 let _running = _running;
                 let result = endpoint_upload(&ep, &name, upload, rx, bpp, &why);
-                if let Err(crossbeam_channel::SendError((_, result))) = done_tx.send((i, result)) {
-                    match result {
-                        Ok(()) => info!("Saved snapshot {name} to {} endpoint after all (late)", ep.name()),
-                        Err(e) => warn!("{} endpoint: the detached upload of {name} ended: {e}", ep.name()),
-                    }
-                }
+                crate::report::reply_or_log(&done_tx, i, &name, ep.role, result);
             });
         }
         drop(done_tx);

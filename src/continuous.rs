@@ -487,12 +487,7 @@ impl DeltaWriters {
                         let saved = saved.map_err(|e| e.to_string());
                         // Not busy any more before the reply, so the next save sees it.
                         drop(done);
-                        if let Err(crossbeam_channel::SendError((_, saved))) = job.reply.send((job.index, saved)) {
-                            match saved {
-                                Ok(()) => info!("Saved snapshot {name} to {} endpoint after all (late)", ep.name()),
-                                Err(e) => warn!("Failed to save snapshot {name} to {} endpoint: {e}", ep.name()),
-                            }
-                        }
+                        report::reply_or_log(&job.reply, job.index, name, ep.role, saved);
                     }
                 });
                 (tx, busy)

@@ -63,6 +63,23 @@ pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {
     }
 }
 
+/// Reply with an endpoint's `result` for `name` on `reply`; when nobody
+/// waits for it any more (the endpoint was detached for lagging), log it.
+pub fn reply_or_log<T>(
+    reply: &crossbeam_channel::Sender<(T, Result<(), String>)>,
+    key: T,
+    name: &str,
+    role: Role,
+    result: Result<(), String>,
+) {
+    if let Err(crossbeam_channel::SendError((_, result))) = reply.send((key, result)) {
+        match result {
+            Ok(()) => info!("Saved snapshot {name} to {} endpoint after all (late)", role.name()),
+            Err(e) => warn!("Failed to save snapshot {name} to {} endpoint (late): {e}", role.name()),
+        }
+    }
+}
+
 /// `--metrics-file`, when given, for the endpoints in `roles`.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsFile {
