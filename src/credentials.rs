@@ -124,7 +124,20 @@ fn from_dir(var: &str, dir: &Path) -> Result<S3Credentials, String> {
         std::fs::read_dir(dir).map_err(|e| format!("{source}: cannot read the credentials directory: {e}"))?;
     let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     names.sort();
-    if let Some(json) = names.iter().find(|n| n.to_string_lossy().ends_with(".json")) {
+    let jsons: Vec<_> = names.iter().filter(|n| n.to_string_lossy().ends_with(".json")).collect();
+    if let Some(json) = jsons.first() {
+        // Upstream reads the first *.json in name order and ignores the rest;
+        // the same file is read here, so a secret that works there works
+        // here, but the choice is said out loud.
+        if jsons.len() > 1 {
+            let ignored: Vec<String> = jsons[1..].iter().map(|n| n.to_string_lossy().into_owned()).collect();
+            log::warn!(
+                "{source}: {} *.json files; using {} (the first by name, as upstream does), ignoring {}",
+                jsons.len(),
+                json.to_string_lossy(),
+                ignored.join(", ")
+            );
+        }
         return from_json_file(var, &dir.join(json));
     }
     let field = |name: &str| -> Result<Option<String>, String> {
@@ -276,6 +289,16 @@ mod tests {
             assert!(c.source.starts_with(var), "{}", c.source);
             seen.push(c);
         }
+    }
+
+    #[test]
+    fn of_two_json_files_in_a_directory_the_first_by_name_is_read() {
+        let d = crate::test_scratch::dir("cred-two-json");
+        std::fs::write(d.join("b.json"), r#"{"accessKeyID":"from-b","secretAccessKey":"x"}"#).unwrap();
+        std::fs::write(d.join("a.json"), r#"{"accessKeyID":"from-a","secretAccessKey":"x"}"#).unwrap();
+        let c = load("", &env_of(&[("AWS_APPLICATION_CREDENTIALS", d.to_str().unwrap())])).unwrap().unwrap();
+        assert_eq!(c.access_key_id, "from-a");
+        assert!(c.source.ends_with("a.json"), "{}", c.source);
     }
 
     #[test]

@@ -273,6 +273,11 @@ fn parse_descriptor(spec: &str) -> Result<Kind, String> {
                 return Err(format!("unrecognized descriptor {spec:?}"));
             };
             let every = parse_duration(d).map_err(|e| format!("@every {d:?}: {e}"))?;
+            // Zero is no interval at all (robfig would make it 1s: a full
+            // snapshot every second); a typo, refused.
+            if every.is_zero() {
+                return Err(format!("@every {d:?}: the interval must be greater than 0"));
+            }
             // robfig's Every: sub-second parts are dropped and anything under 1s becomes 1s.
             let secs = every.as_secs().max(1) as i64;
             return Ok(Kind::Every { secs });
@@ -382,7 +387,6 @@ mod tests {
         assert_eq!(next("@every 1.5m", t), t + 90);
         assert_eq!(next("@every 2500ms", t), t + 2);
         assert_eq!(next("@every 100ms", t), t + 1);
-        assert_eq!(next("@every 0", t), t + 1);
         assert_eq!(next("CRON_TZ=UTC 0 * * * *", t), at(2024, 5, 1, 11, 0));
     }
 
@@ -416,6 +420,8 @@ mod tests {
         assert_eq!(err("@every 5"), "@every \"5\": missing unit in duration \"5\"");
         assert_eq!(err("@every 5d"), "@every \"5d\": unknown unit \"d\" in duration \"5d\"");
         assert_eq!(err("@every abc"), "@every \"abc\": invalid duration");
+        assert_eq!(err("@every 0s"), "@every \"0s\": the interval must be greater than 0");
+        assert_eq!(err("@every 0"), "@every \"0\": the interval must be greater than 0");
         assert!(err("TZ=Europe/Berlin 0 * * * *").contains("not supported"));
     }
 

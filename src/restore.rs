@@ -61,6 +61,19 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
 
     let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
     let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
+    if let Some(bump) = cfg.bump_revision {
+        // Known from the names: refused before a byte is downloaded.
+        let last = deltas.last().copied().unwrap_or(entry);
+        let revision = last.snapshot.last_revision;
+        if revision.checked_add(bump).is_none_or(|r| r > crate::snapshot::MAX_REVISION) {
+            return Err(Failure::Usage(format!(
+                "--bump-revision {bump}: snapshot {} ends at revision {revision}, and the sum exceeds etcd's \
+                 largest revision {}",
+                last.name,
+                crate::snapshot::MAX_REVISION
+            )));
+        }
+    }
     for e in std::iter::once(entry).chain(deltas.iter().copied()) {
         if let Err(why) = compression::decoder(&e.snapshot.compression, std::io::empty()) {
             return Err(Failure::Failed(anyhow!("snapshot {}: {why}", e.name)));
@@ -182,6 +195,9 @@ fn where_(sources: &[Endpoint]) -> String {
 /// by the server (about 85 MB/s from s3s-fs here), several fill the link.
 const PART: u64 = 8 << 20;
 const PARALLEL_PARTS: usize = 4;
+/// S3's largest object. A listed size beyond it is a broken listing, and
+/// would size the part table and the sparse download file.
+const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
 /// Download `entry` into `dest`, primary first, in parallel ranged parts,
 /// and leave the plain (decompressed) snapshot in `plain`. When an endpoint
@@ -204,6 +220,13 @@ fn fetch(entry: &Entry, sources: &[Endpoint], dest: &Path, plain: &Path, verify:
         let src = &sources[i];
         let role = src.role.name();
         let size = entry.size_on(src.role).unwrap_or(0);
+        if size > MAX_OBJECT_SIZE {
+            let e =
+                format!("{} lists it with {size} bytes, more than an S3 object can hold (5 TiB)", src.store.location());
+            warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
+            causes.push(format!("{role}: {e}"));
+            continue;
+        }
         let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
         if may_resume && resumable && have > 0 {
             info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");

@@ -20,6 +20,12 @@ impl Kind {
     }
 }
 
+/// The largest etcd revision (int64).
+pub const MAX_REVISION: u64 = i64::MAX as u64;
+/// 9999-12-31T23:59:59Z: later creation times are no time a snapshot was
+/// taken, and cannot be shown as an RFC 3339 date.
+pub const MAX_CREATED: u64 = 253_402_300_799;
+
 /// A parsed snapshot object name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotName {
@@ -70,12 +76,15 @@ impl SnapshotName {
             }
             s.parse().ok()
         };
-        let (start_revision, last_revision) = (digits(start)?, digits(last)?);
+        // etcd revisions are int64: a bigger one is no etcd snapshot, and
+        // would overflow wherever the revision meets etcd's arithmetic.
+        let revision = |s: &str| digits(s).filter(|&r| r <= MAX_REVISION);
+        let (start_revision, last_revision) = (revision(start)?, revision(last)?);
         if start_revision > last_revision {
             return None;
         }
         let mut parts = rest.splitn(2, '.');
-        let created = digits(parts.next()?)?;
+        let created = digits(parts.next()?).filter(|&t| t <= MAX_CREATED)?;
         let mut tail = parts.next().map(|t| format!(".{t}")).unwrap_or_default();
         let is_final = tail.ends_with(".final");
         if is_final {
@@ -197,6 +206,8 @@ mod tests {
             let n = SnapshotName::parse(s).unwrap_or_else(|| panic!("{s} should parse"));
             assert_eq!(n.to_string(), s);
         }
+        let n = SnapshotName::parse("Full-00000000-9223372036854775807-253402300799").unwrap();
+        assert_eq!((n.last_revision, n.created), (MAX_REVISION, MAX_CREATED));
         let n = SnapshotName::parse("Incr-00000011-00000020-1640995300.gz").unwrap();
         assert_eq!((n.kind, n.start_revision, n.last_revision, n.created), (Kind::Incr, 11, 20, 1640995300));
         assert_eq!(n.compression, ".gz");
@@ -215,6 +226,12 @@ mod tests {
             "Full--00000010-1",
             "Full-00000000-00000010-",
             "notes.txt",
+            // Beyond int64 revisions, or after the year 9999.
+            "Full-00000000-9223372036854775808-1",
+            "Incr-9223372036854775808-9223372036854775809-1",
+            "Full-00000000-00000010-18446744073709551615",
+            "Full-00000000-00000010-253402300800",
+            "Full-00000000-00000010-99999999999999999999",
         ] {
             assert_eq!(SnapshotName::parse(s), None, "{s:?} must not parse");
         }

@@ -31,7 +31,12 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// `2026-11-28T17:30:35Z`: whole seconds, as the log lines show time.
 pub fn utc_rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    unix_rfc3339(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// [`utc_rfc3339`] of Unix seconds, for any value: a time from an object
+/// name never becomes a `SystemTime`, whose arithmetic panics on overflow.
+pub fn unix_rfc3339(secs: u64) -> String {
     let mut s = String::with_capacity(20);
     push_rfc3339_nano(&mut s, i64::try_from(secs).unwrap_or(i64::MAX), 0);
     s
@@ -39,7 +44,7 @@ pub fn utc_rfc3339(t: SystemTime) -> String {
 
 /// Go's `time.RFC3339Nano` in UTC: fraction trimmed of trailing zeros, none when zero.
 pub fn push_rfc3339_nano(buf: &mut String, unix_secs: i64, nanos: u32) {
-    let secs = unix_secs + i64::from(nanos / 1_000_000_000);
+    let secs = unix_secs.saturating_add(i64::from(nanos / 1_000_000_000));
     let nanos = nanos % 1_000_000_000;
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -130,6 +135,12 @@ mod tests {
         assert_eq!(at(1_640_995_200), "2022-01-01T00:00:00Z");
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(at(1_795_887_035), "2026-11-28T17:30:35Z");
+        // Total: no value panics, the largest ones show a far year.
+        assert_eq!(unix_rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert!(unix_rfc3339(u64::MAX).ends_with('Z'));
+        let mut s = String::new();
+        push_rfc3339_nano(&mut s, i64::MAX, u32::MAX);
+        push_rfc3339_nano(&mut s, i64::MIN, u32::MAX);
         // Sub-second parts are not shown.
         assert_eq!(utc_rfc3339(UNIX_EPOCH + Duration::from_millis(1_500)), "1970-01-01T00:00:01Z");
     }

@@ -36,7 +36,7 @@ fn to_text(catalog: &Catalog) -> String {
             s.kind.name(),
             s.start_revision,
             s.last_revision,
-            crate::time::utc_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created)),
+            crate::time::unix_rfc3339(s.created),
             size,
             e.location()
         ));

@@ -31,7 +31,11 @@ pub fn rewrite(
     let db = bbolt::Db::open(src)?;
     let latest = latest_revision(&db)?;
     let applied = check_deltas(&db, latest, deltas)?;
-    let revision = applied + bump.unwrap_or(0);
+    // The db can be ahead of its name's revision, which restore checked.
+    let revision = applied
+        .checked_add(bump.unwrap_or(0))
+        .filter(|&r| r <= crate::snapshot::MAX_REVISION)
+        .ok_or_else(|| anyhow::anyhow!("revision {applied} plus --bump-revision exceeds etcd's largest revision"))?;
     let mut w = bbolt::Writer::create(dst, db.page_size())?;
     for name in bucket_names(&db)? {
         signals::check()?;

@@ -12,6 +12,10 @@ pub struct Member {
     pub peer_urls: Vec<String>,
 }
 
+/// The most members a restore can write: the raft snapshot's v2 store keeps
+/// one event per member in its history of 1000 events (`raft_snap`).
+pub const MAX_MEMBERS: usize = 1000;
+
 /// `name=url,name=url,...` (a name may repeat to give several URLs) into
 /// members sorted by ID, as etcd's NewClusterFromURLsMap builds them.
 pub fn parse_initial_cluster(initial_cluster: &str, token: &str) -> Result<Vec<Member>, String> {
@@ -31,6 +35,9 @@ pub fn parse_initial_cluster(initial_cluster: &str, token: &str) -> Result<Vec<M
     }
     if named.is_empty() {
         return Err("no members given".into());
+    }
+    if named.len() > MAX_MEMBERS {
+        return Err(format!("{} members given, at most {MAX_MEMBERS} are possible", named.len()));
     }
     // etcd's VerifyBootstrap: one peer URL cannot belong to two places.
     let mut all: Vec<&String> = named.iter().flat_map(|(_, urls)| urls).collect();
@@ -175,6 +182,15 @@ mod tests {
         let m = parse_initial_cluster("s1=http://127.0.0.1:24480", "tok-single").unwrap();
         assert_eq!(m[0].id, 0xc340e2006ae8e270);
         assert_eq!(cluster_id(&m), 0x482a263d31c02ea0);
+    }
+
+    #[test]
+    fn more_members_than_a_restore_can_write_are_refused_at_parse_time() {
+        let cluster =
+            |n: usize| (0..n).map(|i| format!("m{i}=http://10.0.{}.{}:2380", i / 250, i % 250)).collect::<Vec<_>>();
+        assert_eq!(parse_initial_cluster(&cluster(MAX_MEMBERS).join(","), "t").unwrap().len(), MAX_MEMBERS);
+        let err = parse_initial_cluster(&cluster(5001).join(","), "t").unwrap_err();
+        assert_eq!(err, "5001 members given, at most 1000 are possible");
     }
 
     #[test]

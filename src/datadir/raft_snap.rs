@@ -10,8 +10,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The v2 store's event history capacity.
-const HISTORY: usize = 1000;
+/// The v2 store's event history capacity, which bounds the member count.
+const HISTORY: usize = super::member::MAX_MEMBERS;
 
 /// Writes `<snap_dir>/0000000000000001-<n>.snap` (term 1, index n).
 pub fn write_restore_snap(snap_dir: &Path, members: &[Member]) -> io::Result<PathBuf> {

@@ -564,6 +564,12 @@ impl Conn {
     }
 }
 
+/// Whether `raw` can be an entry of `--endpoints`, checked when the flag is
+/// read so that a bad one is a usage error before anything starts.
+pub fn check_endpoint(raw: &str) -> Result<(), String> {
+    Target::parse(raw, false).map(drop).map_err(|e| e.to_string())
+}
+
 /// One entry of `--endpoints`, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -585,6 +591,9 @@ impl Target {
         let (https, rest) = match trimmed.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, _)) if scheme.to_ascii_lowercase().starts_with("unix") => {
+                bail!("etcd endpoint {raw:?}: unix sockets are not supported; give an http:// or https:// URL")
+            }
             Some(_) => bail!("etcd endpoint {raw:?} has an unsupported scheme: only http:// and https:// are allowed"),
             None => (default_https, trimmed),
         };
@@ -727,7 +736,10 @@ mod tests {
     #[test]
     fn bad_endpoints_are_rejected_by_name() {
         for (raw, why) in [
-            ("unix:///run/etcd.sock", "scheme"),
+            ("unix:///run/etcd.sock", "unix sockets are not supported"),
+            ("unixs://x:1", "unix sockets are not supported"),
+            ("http://", "not a valid URL"),
+            ("http://:2379", "host"),
             ("grpc://127.0.0.1:2379", "scheme"),
             ("http://127.0.0.1", "no port"),
             ("127.0.0.1", "no port"),

@@ -122,6 +122,33 @@ fn whole(v: &str) -> Result<u64, String> {
     v.parse().map_err(|_| "expected a whole number".to_string())
 }
 
+/// A count from 1 to `max`: the upper bound keeps a typo from becoming an
+/// allocation or thread count that aborts the process.
+fn count(v: &str, max: u64) -> Result<u64, String> {
+    match parse_positive(v)? {
+        n if n > max => Err(format!("must be at most {max}")),
+        n => Ok(n),
+    }
+}
+
+/// A timeout: zero would fail every attempt at once.
+fn timeout(v: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err("must be greater than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// At most this many S3 parts in flight per endpoint; each holds a part
+/// buffer of --min-chunk-size or more.
+pub const MAX_PARALLEL_CHUNK_UPLOADS: u64 = 64;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// Tries per request.
+pub const MAX_ATTEMPTS: u64 = 100;
+/// The longest first retry wait; doubled up to 16 times, that is 16 hours.
+pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub static FLAGS: &[Flag] = &[
     Flag {
         name: "log-level",
@@ -157,7 +184,10 @@ pub static FLAGS: &[Flag] = &[
         help: "etcd client URLs, comma separated, tried in order; host:port without a scheme is allowed.",
         set: |a, _, v| {
             a.etcd.endpoints = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-            if a.etcd.endpoints.is_empty() { Err("expected at least one endpoint".into()) } else { Ok(()) }
+            if a.etcd.endpoints.is_empty() {
+                return Err("expected at least one endpoint".into());
+            }
+            a.etcd.endpoints.iter().try_for_each(|e| crate::etcd::check_endpoint(e))
         },
         ..ETCD
     },
@@ -215,7 +245,7 @@ pub static FLAGS: &[Flag] = &[
         value: Some("DURATION"),
         default: Some("30s"),
         help: "Time allowed to connect to one etcd endpoint.",
-        set: |a, _, v| parse_duration(v).map(|d| a.etcd.connection_timeout = d),
+        set: |a, _, v| timeout(v).map(|d| a.etcd.connection_timeout = d),
         ..ETCD
     },
     Flag {
@@ -223,7 +253,7 @@ pub static FLAGS: &[Flag] = &[
         value: Some("DURATION"),
         default: Some("15m"),
         help: "Time allowed for streaming the whole snapshot from etcd.",
-        set: |a, _, v| parse_duration(v).map(|d| a.etcd.snapshot_timeout = d),
+        set: |a, _, v| timeout(v).map(|d| a.etcd.snapshot_timeout = d),
         ..ETCD
     },
     // Store (primary; the secondary variant is generated)
@@ -245,11 +275,9 @@ pub static FLAGS: &[Flag] = &[
     Flag {
         name: "store-prefix",
         value: Some("PREFIX"),
-        help: "Key prefix inside the bucket; objects are <prefix>/v2/<snapshot>.",
-        set: |a, r, v| {
-            a.store(r).prefix = v.trim_matches('/').to_string();
-            Ok(())
-        },
+        help: "Key prefix inside the bucket; objects are <prefix>/v2/<snapshot>. A leading or trailing / is \
+               dropped; empty, . and .. segments are refused.",
+        set: |a, r, v| super::names::check_prefix(v).map(|p| a.store(r).prefix = p),
         ..STORE
     },
     Flag {
@@ -273,20 +301,23 @@ pub static FLAGS: &[Flag] = &[
         name: "max-parallel-chunk-uploads",
         value: Some("N"),
         default: Some("5"),
-        help: "S3 parts uploaded at the same time, per endpoint.",
-        set: |a, r, v| parse_positive(v).map(|n| a.store(r).max_parallel_chunk_uploads = n as usize),
+        help: "S3 parts uploaded at the same time, per endpoint (at most 64).",
+        set: |a, r, v| count(v, MAX_PARALLEL_CHUNK_UPLOADS).map(|n| a.store(r).max_parallel_chunk_uploads = n as usize),
         ..UPLOAD
     },
     Flag {
         name: "min-chunk-size",
         value: Some("BYTES"),
         default: Some("5242880"),
-        help: "Size of one uploaded S3 part: at least 5 MiB (Ki/Mi/Gi suffixes accepted); grows to stay under \
+        help: "Size of one uploaded S3 part: 5 MiB to 5 GiB (Ki/Mi/Gi suffixes accepted); grows to stay under \
                10,000 parts.",
         set: |a, r, v| {
             let n = parse_bytes(v)?;
             if n < MIN_PART_SIZE {
                 return Err(format!("must be at least {MIN_PART_SIZE} (5 MiB, the S3 minimum part size)"));
+            }
+            if n > MAX_PART_SIZE {
+                return Err(format!("must be at most {MAX_PART_SIZE} (5 GiB, the S3 maximum part size)"));
             }
             a.store(r).min_chunk_size = n;
             Ok(())
@@ -298,23 +329,30 @@ pub static FLAGS: &[Flag] = &[
         value: Some("DURATION"),
         default: Some("3m"),
         help: "Time allowed for one S3 request, a part upload included.",
-        set: |a, r, v| parse_duration(v).map(|d| a.store(r).chunk_upload_timeout = d),
+        set: |a, r, v| timeout(v).map(|d| a.store(r).chunk_upload_timeout = d),
         ..STORE
     },
     Flag {
         name: "chunk-upload-attempts",
         value: Some("N"),
         default: Some("6"),
-        help: "Tries per request (a part upload, a listing or a fetch) before the endpoint is given up.",
-        set: |a, r, v| parse_positive(v).map(|n| a.store(r).chunk_upload_attempts = n.min(100) as u32),
+        help: "Tries per request (a part upload, a listing or a fetch) before the endpoint is given up (at most \
+               100).",
+        set: |a, r, v| count(v, MAX_ATTEMPTS).map(|n| a.store(r).chunk_upload_attempts = n as u32),
         ..STORE
     },
     Flag {
         name: "chunk-upload-backoff",
         value: Some("DURATION"),
         default: Some("1s"),
-        help: "Wait before the first retry; doubled for each next one, up to 16 times this.",
-        set: |a, r, v| parse_duration(v).map(|d| a.store(r).chunk_upload_backoff = d),
+        help: "Wait before the first retry (at most 1h); doubled for each next one, up to 16 times this.",
+        set: |a, r, v| match parse_duration(v)? {
+            d if d > MAX_BACKOFF => Err("must be at most 1h".into()),
+            d => {
+                a.store(r).chunk_upload_backoff = d;
+                Ok(())
+            }
+        },
         ..STORE
     },
     // Snapshot
@@ -506,8 +544,15 @@ pub static FLAGS: &[Flag] = &[
         name: "bump-revision",
         value: Some("N"),
         default: Some("0"),
-        help: "Add N to the restored revision (with --mark-compacted), so watchers see a compaction.",
-        set: |a, _, v| whole(v).map(|n| a.bump_revision = n),
+        help: "Add N to the restored revision (with --mark-compacted), so watchers see a compaction; the sum must \
+               fit etcd's int64 revisions.",
+        set: |a, _, v| match whole(v)? {
+            n if n > i64::MAX as u64 => Err(format!("must be at most {} (etcd revisions are int64)", i64::MAX)),
+            n => {
+                a.bump_revision = n;
+                Ok(())
+            }
+        },
         ..RESTORE
     },
     Flag {
@@ -522,7 +567,14 @@ pub static FLAGS: &[Flag] = &[
         value: Some("NAME"),
         help: "Restore up to this snapshot: a full snapshot alone, or a delta snapshot with the full snapshot and \
                deltas before it.",
-        set: |a, _, v| text(v).map(|t| a.restore.snapshot = t),
+        // Empty would silently mean the latest snapshot.
+        set: |a, _, v| match v {
+            "" => Err("must not be empty (leave the flag out to restore the latest snapshot)".into()),
+            _ => {
+                a.restore.snapshot = Some(v.to_string());
+                Ok(())
+            }
+        },
         ..RESTORE
     },
     // snapshot list

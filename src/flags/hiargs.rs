@@ -6,6 +6,7 @@ use super::parse::UsageError;
 use crate::backup::Job;
 use crate::continuous::Settings;
 use crate::credentials::{self, Env, S3Credentials};
+use crate::datadir::member;
 use crate::endpoint::{Backend, Config as EndpointConfig, Configs, Parts};
 use crate::etcd::EtcdConfig;
 use crate::gc::Periodic;
@@ -108,6 +109,12 @@ impl RestoreConfig {
         if low.restore.data_dir.as_os_str().is_empty() {
             return Err(UsageError("--data-dir must not be empty".into()));
         }
+        // Every member limit, before an endpoint is opened; restore::run
+        // checks the same again for callers of the library.
+        let r = &low.restore;
+        let members = member::parse_initial_cluster(&r.initial_cluster, &r.initial_cluster_token)
+            .map_err(|e| UsageError(format!("--initial-cluster: {e}")))?;
+        member::local_member(&members, &r.name, &r.initial_advertise_peer_urls.join(","))?;
         Ok(RestoreConfig {
             endpoints: endpoints(&low, env)?,
             options: crate::restore::Options { bump_revision, ..low.restore },
@@ -185,6 +192,9 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             retry,
         });
     }
+    // Local: the container is a directory path, which the store checks when it opens it.
+    super::names::check_bucket(&bucket)
+        .map_err(|e| format!("invalid {} (or {}STORAGE_CONTAINER): {e}", flag("store-container"), role.env_prefix()))?;
     let creds = creds.ok_or_else(|| {
         let p = role.env_prefix();
         format!(
@@ -255,7 +265,7 @@ mod tests {
 
     const KEYS: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "pk"), ("AWS_SECRET_ACCESS_KEY", "ps")];
     const BASE: &[&str] =
-        &["--storage-provider=S3", "--store-container=b1", "--store-endpoint-override=http://127.0.0.1:9"];
+        &["--storage-provider=S3", "--store-container=bk1", "--store-endpoint-override=http://127.0.0.1:9"];
 
     fn s3(e: &EndpointConfig) -> &S3Config {
         match &e.backend {
@@ -277,7 +287,7 @@ mod tests {
         let mut args = BASE.to_vec();
         args.extend(["--secondary-storage-provider=local", "--secondary-store-container=/mnt/nfs"]);
         let c = config(&args, KEYS).unwrap();
-        assert_eq!(s3(&c.endpoints[0]).bucket, "b1");
+        assert_eq!(s3(&c.endpoints[0]).bucket, "bk1");
         assert!(matches!(c.endpoints[1].backend, Backend::Local { .. }));
     }
 
@@ -286,7 +296,7 @@ mod tests {
         let c = config(BASE, KEYS).unwrap();
         assert_eq!(c.endpoints.len(), 1);
         let p = &s3(&c.endpoints[0]);
-        assert_eq!((p.bucket.as_str(), p.endpoint.as_deref(), p.path_style), ("b1", Some("http://127.0.0.1:9"), true));
+        assert_eq!((p.bucket.as_str(), p.endpoint.as_deref(), p.path_style), ("bk1", Some("http://127.0.0.1:9"), true));
         assert_eq!(p.region, "us-east-1");
         assert_eq!(c.endpoints[0].retry, RetryPolicy::default());
     }
@@ -294,7 +304,7 @@ mod tests {
     #[test]
     fn secondary_falls_back_to_primary_credentials_or_uses_its_own() {
         let mut args = BASE.to_vec();
-        args.extend(["--secondary-storage-provider=S3", "--secondary-store-container=b2"]);
+        args.extend(["--secondary-storage-provider=S3", "--secondary-store-container=bk2"]);
         let c = config(&args, KEYS).unwrap();
         assert_eq!(s3(&c.endpoints[1]).access_key_id, "pk");
         assert_eq!(s3(&c.endpoints[1]).endpoint, None, "the endpoint override is per endpoint");
@@ -305,7 +315,7 @@ mod tests {
             (s3(&c.endpoints[0]).access_key_id.as_str(), s3(&c.endpoints[1]).access_key_id.as_str()),
             ("pk", "sk")
         );
-        assert_eq!(s3(&c.endpoints[1]).bucket, "b2");
+        assert_eq!(s3(&c.endpoints[1]).bucket, "bk2");
     }
 
     #[test]
@@ -317,7 +327,7 @@ mod tests {
         };
         for (args, env, want) in [
             (
-                with(&["--secondary-store-container=b2"]),
+                with(&["--secondary-store-container=bk2"]),
                 KEYS,
                 "--secondary-store-container needs --secondary-storage-provider",
             ),
@@ -331,10 +341,10 @@ mod tests {
                 KEYS,
                 "--secondary-store-container (or SECONDARY_STORAGE_CONTAINER) is required",
             ),
-            (vec!["--store-container=b"], KEYS, "--storage-provider is required"),
+            (vec!["--store-container=bkt"], KEYS, "--storage-provider is required"),
             (BASE.to_vec(), &[][..], "no credentials for the primary endpoint"),
             (
-                vec!["--storage-provider=S3", "--store-container=b", "--store-endpoint-override=127.0.0.1:9"],
+                vec!["--storage-provider=S3", "--store-container=bkt", "--store-endpoint-override=127.0.0.1:9"],
                 KEYS,
                 "--store-endpoint-override",
             ),

@@ -6,6 +6,7 @@
 mod defs;
 pub mod hiargs;
 pub mod lowargs;
+mod names;
 mod parse;
 // Only its test uses it: that is where README.md gets checked and rewritten.
 #[cfg(test)]

@@ -280,6 +280,12 @@ impl Store for S3Store {
         loop {
             let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
             action.with_prefix(inner.key_prefix.as_str());
+            // Keys come back XML-escaped instead of URL-encoded: s3s-fs says
+            // `EncodingType=url` but sends keys as they are, so decoding made
+            // `+` a space and `%25` a `%`, and such keys were never listed.
+            // Our keys have no control characters (the prefix is checked), so
+            // XML carries them; a server that encodes anyway is still decoded.
+            action.query_mut().remove("encoding-type");
             if let Some(t) = &token {
                 action.with_continuation_token(t.as_str());
             }

@@ -5,7 +5,7 @@
 //! carries exactly one request and responses can be piped back unparsed.
 //! Rules match a kind of S3 request and its count (the 3rd UploadPart, or
 //! every one) and answer with a status (500/503 SlowDown), reset the
-//! connection mid-body, or stall forever.
+//! connection mid-body, stall forever, or rewrite a listing's sizes.
 //! (`CutProxy` in the parent module works on plain TCP streams.)
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +34,9 @@ pub enum Action {
     /// Forward, taking the request body at most this many bytes a second
     /// (per connection): a slow link.
     Throttle(usize),
+    /// Forward, then replace every `<Size>` in the response with this
+    /// number: a listing no real server would send.
+    ListedSize(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +151,16 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
                 body.len()
             );
         }
+        Some(Action::ListedSize(size)) => {
+            let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
+            if server.write_all(&head).is_err() || read_body(&mut reader, length, chunked).is_err() {
+                return;
+            }
+            // `Connection: close`: the whole response is what arrives before EOF.
+            let mut response = Vec::new();
+            let _ = server.read_to_end(&mut response);
+            let _ = client.write_all(&with_listed_size(&response, size));
+        }
         None | Some(Action::Throttle(_)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
             if server.write_all(&head).is_err() {
@@ -178,6 +191,43 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
             let _ = server.shutdown(std::net::Shutdown::Both);
         }
     }
+}
+
+/// `response` with every `<Size>` replaced and a matching Content-Length
+/// (a chunked body is sent as a plain one).
+fn with_listed_size(response: &[u8], size: u64) -> Vec<u8> {
+    let text = String::from_utf8_lossy(response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return response.to_vec() };
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let mut body = body.to_string();
+    if chunked {
+        let (mut plain, mut rest) = (String::new(), body.as_str());
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            plain.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        body = plain;
+    }
+    let mut out = String::new();
+    let mut rest = body.as_str();
+    while let Some(at) = rest.find("<Size>") {
+        out.push_str(&rest[..at]);
+        out.push_str(&format!("<Size>{size}</Size>"));
+        rest = rest[at..].split_once("</Size>").map_or("", |(_, r)| r);
+    }
+    out.push_str(rest);
+    let head: Vec<&str> = head
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+        })
+        .collect();
+    format!("{}\r\nContent-Length: {}\r\n\r\n{out}", head.join("\r\n"), out.len()).into_bytes()
 }
 
 fn read_body(reader: &mut BufReader<TcpStream>, length: usize, chunked: bool) -> std::io::Result<()> {
