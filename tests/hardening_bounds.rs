@@ -69,6 +69,28 @@ fn disk_use(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The binary with `args`, at most a minute, checked not to crash; the
+/// time it took is printed as `what`.
+fn timed(args: &[String], what: &str) -> (Run, Duration) {
+    let (r, took, _) = run_bounded(binary(args), Duration::from_secs(60), None);
+    no_crash(&r);
+    eprintln!("{what}: {took:?}");
+    (r, took)
+}
+
+/// A single-member restore of `prefix` into `<dir>/data`, `extra` last.
+fn restore_args(prefix: &str, dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["restore".to_string(), format!("--data-dir={}", dir.join("data").display())];
+    args.extend(store_args(prefix));
+    let member = [
+        "--name=m1",
+        "--initial-cluster=m1=http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+    ];
+    args.extend(member.map(String::from));
+    with(args, extra)
+}
+
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
@@ -172,23 +194,13 @@ fn restore_through_a_dripping_primary_fails_over_within_the_timeout() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let name = only_snapshot(&primary(&prefix)).0;
     let faults = S3Faults::start(&env("EBR_S3A_ENDPOINT"), vec![rule(Request::Get, Action::Drip(100))]);
-    let dir = scratch("bdrip");
-    let mut args = vec!["restore".to_string(), format!("--data-dir={}", dir.join("data").display())];
-    args.extend(store_args(&prefix));
-    let args = with(
-        args,
-        &[
-            &format!("--store-endpoint-override={}", faults.url),
-            "--chunk-upload-timeout=2s",
-            "--name=m1",
-            "--initial-cluster=m1=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-        ],
+    let args = restore_args(
+        &prefix,
+        &scratch("bdrip"),
+        &[&format!("--store-endpoint-override={}", faults.url), "--chunk-upload-timeout=2s"],
     );
     // 3 attempts of 2 s each per part, then the secondary.
-    let (r, took, _) = run_bounded(binary(&args), Duration::from_secs(60), None);
-    no_crash(&r);
-    eprintln!("restore through a dripping primary: {took:?}");
+    let (r, took) = timed(&args, "restore through a dripping primary");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert!(faults.hits(Request::Get) > 0);
@@ -216,9 +228,7 @@ fn slow_secondary_upload_is_bounded_by_the_request_timeout() {
             "--secondary-chunk-upload-attempts=2",
         ],
     );
-    let (r, took, _) = run_bounded(binary(&args), Duration::from_secs(60), None);
-    no_crash(&r);
-    eprintln!("snapshot with a 1 KB/s secondary: {took:?}");
+    let (r, took) = timed(&args, "snapshot with a 1 KB/s secondary");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(r.stderr.contains("Failed to save snapshot"), "{}", r.stderr);
@@ -265,16 +275,7 @@ fn meta_page(pgid: u64) -> Vec<u8> {
 /// watching that directory's disk use; returns the run and the largest use.
 fn restore_watched(prefix: &str, tag: &str) -> (Run, u64) {
     let dir = scratch(tag);
-    let mut args = vec!["restore".to_string(), format!("--data-dir={}", dir.join("data").display())];
-    args.extend(store_args(prefix));
-    let args = with(
-        args,
-        &[
-            "--name=m1",
-            "--initial-cluster=m1=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-        ],
-    );
+    let args = restore_args(prefix, &dir, &[]);
     let (r, took, largest) = run_bounded(binary(&args), Duration::from_secs(120), Some(&dir));
     no_crash(&r);
     eprintln!("{tag}: {took:?}, at most {largest} bytes on disk");
