@@ -104,7 +104,8 @@ pub fn load(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
 
 fn from_json_file(var: &str, path: &Path) -> Result<S3Credentials, String> {
     let source = format!("{var}={}", path.display());
-    let text = std::fs::read(path).map_err(|e| format!("{source}: cannot read the credentials file: {e}"))?;
+    let text = crate::userfile::read(path, crate::userfile::SMALL)
+        .map_err(|e| format!("{source}: cannot read the credentials file: {e}"))?;
     let json: JsonCredentials = serde_json::from_slice(&text).map_err(|e| {
         // serde's message can quote a value, which may be a secret: keep only where and what kind.
         let what = match e.classify() {
@@ -142,10 +143,10 @@ fn from_dir(var: &str, dir: &Path) -> Result<S3Credentials, String> {
     }
     let field = |name: &str| -> Result<Option<String>, String> {
         let p = dir.join(name);
-        match std::fs::read_to_string(&p) {
+        match crate::userfile::read_to_string(&p, crate::userfile::SMALL) {
             Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{var}: cannot read {}: {e}", p.display())),
+            Err(e) => Err(format!("{source}: cannot read {}: {e}", p.display())),
         }
     };
     let flag = |name: &str| -> Result<Option<bool>, String> {

@@ -32,6 +32,7 @@ fn main() {
 }
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("etcd-backup-restore: {msg}");
+    // The message may quote a flag's value or a file's name: one line, shown as data.
+    eprintln!("etcd-backup-restore: {}", logging::escape_controls(msg));
     exit::USAGE
 }

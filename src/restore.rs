@@ -9,7 +9,7 @@
 use crate::catalog::{self, Catalog, Entry, Gap};
 use crate::datadir::{self, member};
 use crate::endpoint::{self, Endpoint, Endpoints, Role};
-use crate::snapshot::{Kind, TrailerCheck};
+use crate::snapshot::{Kind, SizeBound, TrailerCheck};
 use crate::{compression, signals, store};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
@@ -244,7 +244,9 @@ fn fetch(entry: &Entry, sources: &[Endpoint], dest: &Path, plain: &Path, verify:
                     Kind::Full => TrailerCheck::default(),
                     Kind::Incr => TrailerCheck::delta(),
                 };
-                unpack(&file, &entry.snapshot.compression, dest, plain, verify.then_some(check)).map_err(|e| (e, true))
+                let bound = SizeBound::new(entry.snapshot.kind);
+                unpack(&file, &entry.snapshot.compression, dest, plain, bound, verify.then_some(check))
+                    .map_err(|e| (e, true))
             }
         };
         match result {
@@ -404,8 +406,32 @@ fn fetch_part(src: &Endpoint, name: &str, offset: u64, len: u64, file: &File, bu
 }
 
 /// Decompress the download (per the name's suffix) into `plain`, checking
-/// etcd's SHA-256 trailer on the way unless `verify` is off.
-fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: Option<TrailerCheck>) -> anyhow::Result<()> {
+/// etcd's SHA-256 trailer on the way unless `verify` is off, and stopping
+/// (with `plain` removed) as soon as the output passes `bound`.
+fn unpack(
+    file: &File,
+    suffix: &str,
+    dest: &Path,
+    plain: &Path,
+    mut bound: SizeBound,
+    verify: Option<TrailerCheck>,
+) -> anyhow::Result<()> {
+    let result = unpack_into(file, suffix, dest, plain, &mut bound, verify);
+    if result.is_err() && !suffix.is_empty() {
+        // A bomb's output must not stay on disk while the other endpoint is tried.
+        let _ = fs::remove_file(plain);
+    }
+    result
+}
+
+fn unpack_into(
+    file: &File,
+    suffix: &str,
+    dest: &Path,
+    plain: &Path,
+    bound: &mut SizeBound,
+    verify: Option<TrailerCheck>,
+) -> anyhow::Result<()> {
     let mut reader = file;
     reader.rewind()?;
     let mut out = if suffix.is_empty() {
@@ -425,6 +451,7 @@ fn unpack(file: &File, suffix: &str, dest: &Path, plain: &Path, verify: Option<T
             Err(e) if suffix.is_empty() => return Err(e.into()),
             Err(e) => bail!("cannot decompress ({suffix}): {e}"),
         };
+        bound.update(&buf[..n]).map_err(|e| anyhow!(e))?;
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..n]).context("writing the decompressed snapshot")?;
         } else if check.is_none() {

@@ -32,7 +32,8 @@ fn to_text(catalog: &Catalog) -> String {
         let size = e.primary_size.or(e.secondary_size).unwrap_or(0);
         out.push_str(&format!(
             "{:<44} {:<4} {:>12} {:>12} {:<20} {:>14} {}\n",
-            e.name,
+            // Names come from the server's listing: shown as data.
+            crate::logging::escape_controls(&e.name),
             s.kind.name(),
             s.start_revision,
             s.last_revision,

@@ -76,7 +76,7 @@ fn system_roots() -> anyhow::Result<RootCertStore> {
     let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
     let candidates = from_env.iter().map(|p| p.as_path()).chain(SYSTEM_CA_BUNDLES.iter().map(Path::new));
     for path in candidates {
-        let Ok(bytes) = std::fs::read(path) else {
+        let Ok(bytes) = crate::userfile::read(path, crate::userfile::CA_BUNDLE) else {
             continue;
         };
         let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes).filter_map(Result::ok).collect();
@@ -95,7 +95,9 @@ fn system_roots() -> anyhow::Result<RootCertStore> {
 
 /// Every certificate in a PEM file. Errors name the file but never show its contents.
 fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    // A CA file may be a whole bundle; a client certificate chain is smaller.
+    let bytes = crate::userfile::read(path, crate::userfile::CA_BUNDLE)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{what} {} is not valid PEM: {}", path.display(), pem_problem(&e)))?;
@@ -107,7 +109,8 @@ fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'sta
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
 fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading client key file {}", path.display()))?;
+    let bytes = crate::userfile::read(path, crate::userfile::SMALL)
+        .with_context(|| format!("reading client key file {}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         pem::Error::NoItemsFound => anyhow::anyhow!("client key file {} holds no PEM private key", path.display()),
         e => anyhow::anyhow!("client key file {} is not valid PEM: {}", path.display(), pem_problem(&e)),

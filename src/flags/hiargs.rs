@@ -206,7 +206,8 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
     // The CA file's certificates join trustedCaCert's; both replace the built-in roots.
     let mut trusted_ca_pem = creds.trusted_ca_cert.map(String::into_bytes);
     if let Some(path) = &s.ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("{} {}: {e}", flag("store-ca-file"), path.display()))?;
+        let pem = crate::userfile::read(path, crate::userfile::CA_BUNDLE)
+            .map_err(|e| format!("{} {}: {e}", flag("store-ca-file"), path.display()))?;
         let all = trusted_ca_pem.get_or_insert_with(Vec::new);
         all.push(b'\n');
         all.extend_from_slice(&pem);

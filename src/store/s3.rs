@@ -44,7 +44,8 @@ pub struct S3Config {
     /// SSE-C: algorithm (`AES256`) and the base64 customer key.
     pub sse_customer: Option<(String, String)>,
     pub connect_timeout: Duration,
-    /// Upper bound for one whole request (a part upload included).
+    /// Deadline for one whole request, from connecting to the end of its
+    /// response body: a part upload, a listing page, a ranged GET.
     pub request_timeout: Duration,
 }
 
@@ -79,6 +80,13 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Idle connections kept per host: enough for ~16 parallel part uploads.
 const POOL_PER_HOST: usize = 32;
+
+/// A listing stops with an error beyond this many pages or objects: a
+/// server handing out new continuation tokens forever would otherwise hold
+/// `snapshot list` and `restore` for ever. 10,000 pages of S3's 1,000 keys
+/// are ten million objects, far more than years of per-minute deltas.
+const MAX_LIST_PAGES: usize = 10_000;
+const MAX_LIST_OBJECTS: usize = 10_000_000;
 
 /// S3 numbers parts 1..=10000.
 pub const MAX_PARTS: u32 = 10_000;
@@ -237,7 +245,11 @@ impl Store for S3Store {
         if !range.is_empty() {
             headers.push(("range", range.as_str()));
         }
-        let resp = inner.exec(&ctx, http::Method::GET, url.as_str(), &headers, None, Kind::Download)?;
+        // A ranged GET is one request: `--chunk-upload-timeout` bounds it
+        // with its body. Only an open-ended GET streams for as long as the
+        // caller reads.
+        let kind = if length.is_some() { Kind::Object } else { Kind::Download };
+        let resp = inner.exec(&ctx, http::Method::GET, url.as_str(), &headers, None, kind)?;
         let status = resp.status().as_u16();
         // A 200 to a ranged GET is either the range anyway (rclone answers
         // 200 with a Content-Range) or the whole object (the range was
@@ -277,7 +289,8 @@ impl Store for S3Store {
         let ctx = format!("ListObjectsV2 of s3://{}/{} at {}", inner.bucket.name(), inner.key_prefix, inner.endpoint);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        let mut seen_tokens = std::collections::HashSet::new();
+        for _page in 0..MAX_LIST_PAGES {
             let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
             action.with_prefix(inner.key_prefix.as_str());
             // Keys come back XML-escaped instead of URL-encoded: s3s-fs says
@@ -314,20 +327,30 @@ impl Store for S3Store {
                 })?;
                 out.push(ObjectInfo { name: name.to_string(), size });
             }
+            if out.len() > MAX_LIST_OBJECTS {
+                return Err(inner.err(
+                    ErrorKind::Permanent,
+                    format!("{ctx}: more than {MAX_LIST_OBJECTS} objects listed; giving up"),
+                ));
+            }
             if xml::text(&body, "IsTruncated").as_deref() != Some("true") {
-                break;
+                return Ok(out);
             }
-            match xml::text(&body, "NextContinuationToken").filter(|t| !t.is_empty()) {
-                Some(t) if token.as_ref() != Some(&t) => token = Some(t),
-                _ => {
-                    return Err(inner.err(
-                        ErrorKind::Transient,
-                        format!("{ctx}: truncated listing without a new continuation token"),
-                    ));
-                }
+            let Some(t) = xml::text(&body, "NextContinuationToken").filter(|t| !t.is_empty()) else {
+                return Err(
+                    inner.err(ErrorKind::Transient, format!("{ctx}: truncated listing without a continuation token"))
+                );
+            };
+            // Any earlier token again is a loop: asking again would repeat it.
+            if !seen_tokens.insert(t.clone()) {
+                return Err(inner.err(
+                    ErrorKind::Permanent,
+                    format!("{ctx}: the server repeated a continuation token after {} pages", seen_tokens.len()),
+                ));
             }
+            token = Some(t);
         }
-        Ok(out)
+        Err(inner.err(ErrorKind::Permanent, format!("{ctx}: still truncated after {MAX_LIST_PAGES} pages; giving up")))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
@@ -432,7 +455,8 @@ enum Kind {
     Bucket,
     /// An object: 404 NoSuchKey (or a bodiless 404 to HEAD) is NotFound.
     Object,
-    /// An object, streamed back: as `Object`, without the overall timeout.
+    /// An object streamed back whole, for as long as the caller reads: as
+    /// `Object`, with each wait bounded instead of the whole transfer.
     Download,
     /// A multipart upload: NoSuchUpload is NotFound.
     Upload,

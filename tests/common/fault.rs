@@ -4,8 +4,10 @@
 //! forwarded request gets `Connection: close`, so each client connection
 //! carries exactly one request and responses can be piped back unparsed.
 //! Rules match a kind of S3 request and its count (the 3rd UploadPart, or
-//! every one) and answer with a status (500/503 SlowDown), reset the
-//! connection mid-body, stall forever, or rewrite a listing's sizes.
+//! every one) and answer with a status (500/503 SlowDown) or an error of
+//! the test's choosing, reset the connection mid-body, stall forever, drip
+//! the response body, answer listings with endless continuation tokens,
+//! or rewrite a listing's sizes.
 //! (`CutProxy` in the parent module works on plain TCP streams.)
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -37,6 +39,15 @@ pub enum Action {
     /// Forward, then replace every `<Size>` in the response with this
     /// number: a listing no real server would send.
     ListedSize(u64),
+    /// Forward, passing the response back at this many bytes a second (per
+    /// connection): a server that drips its answer.
+    Drip(usize),
+    /// Answer a listing with an empty page that is truncated: the same
+    /// continuation token every time (`false`) or a new one each time.
+    EndlessList { fresh_tokens: bool },
+    /// Answer with this status and an S3 error whose `<Message>` is this
+    /// text, as is (a server forging log lines).
+    Error(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -145,11 +156,7 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3}</Code><Message>injected</Message></Error>"
             );
-            let _ = write!(
-                client,
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            respond(&mut client, code, reason, &body);
         }
         Some(Action::ListedSize(size)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
@@ -161,7 +168,22 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
             let _ = server.read_to_end(&mut response);
             let _ = client.write_all(&with_listed_size(&response, size));
         }
-        None | Some(Action::Throttle(_)) => {
+        Some(Action::EndlessList { fresh_tokens }) => {
+            let token = if fresh_tokens { format!("token-{}", seen.lock().unwrap().len()) } else { "again".into() };
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><IsTruncated>true</IsTruncated>\
+                 <KeyCount>0</KeyCount><NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+            );
+            respond(&mut client, 200, "OK", &body);
+        }
+        Some(Action::Error(code, message)) => {
+            let _ = read_body(&mut reader, length, chunked);
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
+            );
+            respond(&mut client, code, "Forbidden", &body);
+        }
+        None | Some(Action::Throttle(_) | Action::Drip(_)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
             if server.write_all(&head).is_err() {
                 return;
@@ -186,7 +208,21 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
                     }
                 }
             });
-            let _ = std::io::copy(&mut server, &mut client);
+            match action {
+                Some(Action::Drip(rate)) => {
+                    // Small steps, so a slow rate still means a steady trickle.
+                    let mut buf = vec![0u8; rate.clamp(1, 16 << 10).div_ceil(10)];
+                    while let Ok(n @ 1..) = server.read(&mut buf) {
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / rate as f64));
+                    }
+                }
+                _ => {
+                    let _ = std::io::copy(&mut server, &mut client);
+                }
+            }
             let _ = client.shutdown(std::net::Shutdown::Both);
             let _ = server.shutdown(std::net::Shutdown::Both);
         }
@@ -228,6 +264,14 @@ fn with_listed_size(response: &[u8], size: u64) -> Vec<u8> {
         })
         .collect();
     format!("{}\r\nContent-Length: {}\r\n\r\n{out}", head.join("\r\n"), out.len()).into_bytes()
+}
+
+fn respond(client: &mut TcpStream, code: u16, reason: &str, body: &str) {
+    let _ = write!(
+        client,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 fn read_body(reader: &mut BufReader<TcpStream>, length: usize, chunked: bool) -> std::io::Result<()> {

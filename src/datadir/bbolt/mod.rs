@@ -20,6 +20,17 @@ mod writer;
 pub use reader::Db;
 pub use writer::Writer;
 
+/// Bytes of the first meta page that [`written_size`] needs.
+pub const META_HEAD: usize = page::META_SIZE;
+
+/// The size of a database as bbolt's `Tx.WriteTo` (etcd's snapshot) writes
+/// it, `pgid × page size`, from the first [`META_HEAD`] bytes: WriteTo puts
+/// the transaction's meta, checksummed, in both meta pages.
+pub fn written_size(head: &[u8]) -> Result<u64, String> {
+    let meta = page::Meta::decode(head)?;
+    meta.pgid.checked_mul(u64::from(meta.page_size)).ok_or_else(|| format!("page count {} overflows", meta.pgid))
+}
+
 /// A bbolt read or write failure, or [`Error::stop`] from a callback.
 pub struct Error {
     msg: String,
