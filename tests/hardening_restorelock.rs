@@ -39,6 +39,19 @@ fn restore_args(prefix: &str, data: &Path, name: &str, peer: &str) -> Vec<String
     args
 }
 
+/// A full snapshot of etcd 3.4 under a fresh prefix and an empty scratch
+/// directory for the restore: (prefix, directory).
+fn backed_up(tag: &str) -> (String, std::path::PathBuf) {
+    let (prefix, _) = backup(&v34(), &format!("/{}/", unique(tag)));
+    (prefix, scratch(tag))
+}
+
+/// One restore of `prefix` into `data` as member `name`, on a free peer port.
+fn restore_once(prefix: &str, data: &Path, name: &str) -> Run {
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    run(&refs(&restore_args(prefix, data, name, &peer)), &as_refs(&creds()))
+}
+
 /// What is in `dir`, sorted.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = dir.read_dir().unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
@@ -94,14 +107,11 @@ fn two_restores_into_one_data_dir_one_wins_the_other_names_it() {
 
 #[test]
 fn a_users_look_alike_directory_survives_a_restore() {
-    let v = v34();
-    let (prefix, _) = backup(&v, &format!("/{}/", unique("notes")));
-    let dir = scratch("notes");
+    let (prefix, dir) = backed_up("notes");
     let notes = dir.join(".data.restore-notes");
     std::fs::create_dir_all(notes.join("member")).unwrap();
     std::fs::write(notes.join("member/todo.txt"), "keep me").unwrap();
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let r = run(&refs(&restore_args(&prefix, &dir.join("data"), "n1", &peer)), &as_refs(&creds()));
+    let r = restore_once(&prefix, &dir.join("data"), "n1");
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(notes.join("member/todo.txt")).unwrap(), "keep me");
     assert!(!r.stderr.contains(".data.restore-notes"), "not even looked at: {}", r.stderr);
@@ -111,9 +121,7 @@ fn a_users_look_alike_directory_survives_a_restore() {
 
 #[test]
 fn a_dead_restores_leftover_is_removed_with_a_warning() {
-    let v = v34();
-    let (prefix, _) = backup(&v, &format!("/{}/", unique("dead")));
-    let dir = scratch("dead");
+    let (prefix, dir) = backed_up("dead");
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
@@ -123,8 +131,7 @@ fn a_dead_restores_leftover_is_removed_with_a_warning() {
     std::fs::write(leftover.join("fetch/snapshot.download"), "partial").unwrap();
     // Left by a restore killed with SIGKILL: the kernel released its lock.
     std::fs::write(dir.join(".data.restore.lock"), dead.to_string()).unwrap();
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let r = run(&refs(&restore_args(&prefix, &dir.join("data"), "d1", &peer)), &as_refs(&creds()));
+    let r = restore_once(&prefix, &dir.join("data"), "d1");
     assert_eq!(r.code, 0, "{}", r.stderr);
     let warn = format!("WARN Removing {}, left over from an interrupted restore (pid {dead})", leftover.display());
     assert!(r.stderr.contains(&warn), "{}", r.stderr);
@@ -197,8 +204,7 @@ fn a_delta_whose_events_do_not_match_its_name_fails_naming_it() {
             save(&store, &delta, &data).unwrap();
         }
         let dir = scratch("lies");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let out = run(&refs(&restore_args(&prefix, &dir.join("data"), "x1", &peer)), &as_refs(&creds()));
+        let out = restore_once(&prefix, &dir.join("data"), "x1");
         assert_eq!(out.code, 1, "{}", out.stderr);
         no_panic(&out.stderr);
         let last = out.stderr.lines().last().unwrap();
