@@ -41,6 +41,58 @@ pub struct Event {
     pub lease: i64,
 }
 
+impl Event {
+    /// Whether etcd could have produced this event in a delta named for
+    /// revisions `first..=last`; `Err` says why not, to follow "its event N
+    /// (key K)". The rules, from etcd's mvcc (`storeTxnWrite.put`/`delete`,
+    /// `kvsToEvents`) and its request checks:
+    /// - the key is never empty (etcd refuses one: "key is not provided");
+    /// - mod_revision is a real revision (etcd's start at 1) within the
+    ///   range the name says;
+    /// - a PUT has version >= 1, 1 <= create_revision <= mod_revision, and
+    ///   version 1 exactly when the key was created by this very put
+    ///   (create_revision == mod_revision); its lease is 0 (none) or a
+    ///   positive ID, as etcd generates them;
+    /// - a DELETE carries the key and mod_revision only (etcd's tombstone
+    ///   is `KeyValue{Key}` plus the revision).
+    ///
+    /// The value is not judged: etcd stores any bytes.
+    pub fn check(&self, first: u64, last: u64) -> Result<(), String> {
+        let rev = self.mod_revision;
+        if self.key.is_empty() {
+            return Err("has an empty key".into());
+        }
+        if rev < 1 {
+            return Err(format!("has revision {rev}; etcd's revisions start at 1"));
+        }
+        if (rev as u64) < first {
+            return Err(format!("is at revision {rev}, before the {first} its name starts at"));
+        }
+        if rev as u64 > last {
+            return Err(format!("is at revision {rev}, past the {last} its name says"));
+        }
+        let (create, version, lease) = (self.create_revision, self.version, self.lease);
+        match self.kind {
+            EventKind::Put if version < 1 => Err(format!("is a PUT with version {version}; etcd's start at 1")),
+            EventKind::Put if create < 1 || create > rev => {
+                Err(format!("is a PUT at revision {rev} with create_revision {create}, not in 1..={rev}"))
+            }
+            EventKind::Put if (version == 1) != (create == rev) => Err(format!(
+                "is a PUT with version {version} and create_revision {create} at revision {rev}; etcd gives \
+                 version 1 exactly to the put that creates the key"
+            )),
+            EventKind::Put if lease < 0 => Err(format!("has lease {lease}; etcd's lease IDs are positive")),
+            EventKind::Put => Ok(()),
+            EventKind::Delete if !self.value.is_empty() || create != 0 || version != 0 || lease != 0 => {
+                Err("is a DELETE with a value, create_revision, version or lease; etcd's carry the key and \
+                     mod_revision only"
+                    .into())
+            }
+            EventKind::Delete => Ok(()),
+        }
+    }
+}
+
 /// Accumulates events into upstream's JSON incrementally, as `handleDeltaWatchEvents` does.
 #[derive(Debug, Clone, Default)]
 pub struct Writer {
@@ -438,6 +490,44 @@ pub(crate) mod tests {
         let json = r#"[{"etcdEvent":{"kv":{"key":"Zm9\u0076","value":"YR=="}}}]"#;
         let got = parse(&with_sha(json)).unwrap();
         assert_eq!((got[0].key.as_slice(), got[0].value.as_slice()), (&b"foo"[..], &b"a"[..]));
+    }
+
+    #[test]
+    fn events_etcd_can_produce_pass() {
+        for (e, ..) in golden_events() {
+            let rev = e.mod_revision as u64;
+            assert_eq!(e.check(rev, rev), Ok(()), "{e:?}");
+        }
+        assert_eq!(put(b"k", b"", 3, 9, 4, 0).check(1, 9), Ok(()));
+        assert_eq!(del(b"k", 9).check(9, 12), Ok(()));
+    }
+
+    #[test]
+    fn events_etcd_cannot_produce_are_refused() {
+        let cases = [
+            (put(b"", b"v", 5, 5, 1, 0), "has an empty key"),
+            (del(b"", 5), "has an empty key"),
+            (put(b"k", b"v", 5, 0, 1, 0), "has revision 0; etcd's revisions start at 1"),
+            (del(b"k", -4), "has revision -4"),
+            (put(b"k", b"v", 4, 4, 1, 0), "is at revision 4, before the 5 its name starts at"),
+            (put(b"k", b"v", 11, 11, 1, 0), "is at revision 11, past the 10 its name says"),
+            (put(b"k", b"v", 5, 5, 0, 0), "is a PUT with version 0"),
+            (put(b"k", b"v", 5, 5, -1, 0), "is a PUT with version -1"),
+            (put(b"k", b"v", 0, 5, 2, 0), "create_revision 0, not in 1..=5"),
+            (put(b"k", b"v", -1, 5, 2, 0), "create_revision -1"),
+            (put(b"k", b"v", 6, 5, 2, 0), "create_revision 6, not in 1..=5"),
+            (put(b"k", b"v", 3, 5, 1, 0), "version 1 exactly to the put that creates the key"),
+            (put(b"k", b"v", 5, 5, 2, 0), "version 1 exactly to the put that creates the key"),
+            (put(b"k", b"v", 5, 5, 1, -1), "has lease -1; etcd's lease IDs are positive"),
+            (Event { value: b"x".to_vec(), ..del(b"k", 5) }, "is a DELETE with a value"),
+            (Event { create_revision: 2, ..del(b"k", 5) }, "is a DELETE with"),
+            (Event { version: 1, ..del(b"k", 5) }, "is a DELETE with"),
+            (Event { lease: 7, ..del(b"k", 5) }, "is a DELETE with"),
+        ];
+        for (e, want) in cases {
+            let got = e.check(5, 10).unwrap_err();
+            assert!(got.contains(want), "{e:?}: {got}");
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+mod lock;
+
 /// A restore failure, and whether it was the caller's input (exit 2).
 pub enum Failure {
     Usage(String),
@@ -54,10 +56,13 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     let local = member::local_member(&members, &cfg.name, &cfg.initial_advertise_peer_urls.join(","))
         .map_err(Failure::Usage)?
         .clone();
+    // Held until the end: the target is judged, and its leftovers removed,
+    // only when no other restore can be writing next to it.
+    let lock = lock::TargetLock::acquire(&cfg.data_dir).map_err(Failure::Usage)?;
     check_target(&cfg.data_dir).map_err(Failure::Usage)?;
     // Created first, so that an unwritable target fails before any download.
-    let staging = Staging::create(&cfg.data_dir)
-        .map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
+    let staging =
+        Staging::create(&lock).map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
 
     let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
     let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
@@ -125,8 +130,16 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The target must not exist, or be an empty directory.
+/// The target must not exist, or be an empty directory; not a symlink,
+/// which the commit would replace rather than fill.
 fn check_target(dir: &Path) -> Result<(), String> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        let to = fs::read_link(dir).map_or_else(|e| e.to_string(), |t| t.display().to_string());
+        return Err(format!(
+            "--data-dir {} is a symbolic link (to {to}); pass the directory it points to",
+            dir.display()
+        ));
+    }
     match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
         Ok(true) => Err(format!("--data-dir {} is not empty; refusing to restore over existing data", dir.display())),
         Ok(false) => Ok(()),
@@ -479,21 +492,13 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(target: &Path) -> anyhow::Result<Staging> {
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let base = target.file_name().ok_or_else(|| anyhow!("--data-dir {} has no name", target.display()))?;
-        let stem = format!(".{}.restore-", base.to_string_lossy());
-        fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-        for leftover in fs::read_dir(&parent)?.flatten() {
-            if leftover.file_name().to_string_lossy().starts_with(&stem) {
-                warn!("Removing {}, left over from an interrupted restore", leftover.path().display());
-                fs::remove_dir_all(leftover.path()).ok();
-            }
-        }
-        let path = parent.join(format!("{stem}{}", std::process::id()));
+    /// Made under the target's lock, after removing dead restores' leftovers.
+    fn create(lock: &lock::TargetLock) -> anyhow::Result<Staging> {
+        lock.remove_leftovers()?;
+        let path = lock.staging_path();
+        // Not recursive: a directory already there (a leftover that was
+        // not provably ours) is never reused.
+        fs::DirBuilder::new().mode(0o700).create(&path).with_context(|| format!("creating {}", path.display()))?;
         signals::remove_on_signal(&path);
         let staging = Staging { path, committed: false };
         let mut dirs = fs::DirBuilder::new();
@@ -544,18 +549,27 @@ mod tests {
         fs::write(d.join("x"), "").unwrap();
         let e = check_target(&d).unwrap_err();
         assert!(e.contains("is not empty") && e.contains(d.to_str().unwrap()), "{e}");
+        for to in [scratch.join("empty"), scratch.join("missing")] {
+            fs::create_dir_all(scratch.join("empty")).unwrap();
+            let link = scratch.join("link");
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&to, &link).unwrap();
+            let e = check_target(&link).unwrap_err();
+            assert!(e.contains("is a symbolic link") && e.contains(to.to_str().unwrap()), "{e}");
+        }
     }
 
     #[test]
     fn staging_is_removed_unless_committed() {
         let d = crate::test_scratch::dir("staging");
         let target = d.join("data");
-        let s = Staging::create(&target).unwrap();
+        let lock = lock::TargetLock::acquire(&target).unwrap();
+        let s = Staging::create(&lock).unwrap();
         let path = s.path.clone();
         assert!(path.join("member/snap").is_dir());
         drop(s);
         assert!(!path.exists());
-        let s = Staging::create(&target).unwrap();
+        let s = Staging::create(&lock).unwrap();
         fs::create_dir_all(s.path.join("member/wal")).unwrap();
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());

@@ -66,7 +66,12 @@ fn clean_up_and_exit() -> ! {
     // Holding the lock for good: a commit in progress finishes first, and
     // none can start after.
     let dirs = cleanup_list();
-    for dir in dirs.iter() {
+    // Last registered first: a restore's lock file goes after its staging directory.
+    for dir in dirs.iter().rev() {
+        if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            let _ = std::fs::remove_file(dir);
+            continue;
+        }
         // Another thread may still be creating files in it: retry a little.
         for _ in 0..20 {
             match std::fs::remove_dir_all(dir) {
@@ -79,7 +84,8 @@ fn clean_up_and_exit() -> ! {
     std::process::exit(crate::exit::FAILED);
 }
 
-/// A directory to remove if the process is stopped by a signal.
+/// A directory (or a file, such as a lock file) to remove if the process
+/// is stopped by a signal.
 pub fn remove_on_signal(dir: &Path) {
     cleanup_list().push(dir.to_path_buf());
 }

@@ -77,14 +77,24 @@ pub fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink
         let data = std::fs::read(path).with_context(|| format!("reading delta snapshot {name}"))?;
         let events = delta::parse(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
         drop(data);
+        let range = SnapshotName::parse(name).map(|n| (n.start_revision, n.last_revision));
+        let (first, named) = range.ok_or_else(|| anyhow!("delta snapshot {name}: not a delta snapshot name"))?;
         // A revision's events always arrive in one watch response, so never
         // span two deltas: a revision seen before this delta is complete.
         let floor = applied;
         let mut subs = SubRevisions::new();
-        for e in events {
-            let rev = e.mod_revision.max(0) as u64;
+        for (i, e) in events.iter().enumerate() {
+            // Every event, skipped or not: a delta that lies anywhere is not trusted.
+            if let Err(why) = e.check(first, named) {
+                let key = e.key.get(..80).unwrap_or(&e.key).escape_ascii();
+                bail!("delta snapshot {name}: its event {i} (key \"{key}\") {why}");
+            }
+            let rev = e.mod_revision as u64;
             if rev <= floor {
                 continue;
+            }
+            if rev < applied {
+                bail!("delta snapshot {name}: its events go back from revision {applied} to {rev}");
             }
             if rev != applied && rev != applied + 1 {
                 bail!(
@@ -93,10 +103,9 @@ pub fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink
                 );
             }
             applied = rev;
-            let (k, v) = subs.entry(&e);
-            put(&e, &k, &v)?;
+            let (k, v) = subs.entry(e);
+            put(e, &k, &v)?;
         }
-        let named = SnapshotName::parse(name).map_or(0, |n| n.last_revision);
         if applied < named {
             bail!("delta snapshot {name}: its events end at revision {applied}, before the {named} its name says");
         }
@@ -234,8 +243,52 @@ mod tests {
         let holes = [write("c", &[6, 8])];
         let e = apply_deltas(5, &holes, &mut |_, _, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("jump from revision 6 to 8"), "{e}");
-        let short = [(String::from("Incr-00000006-00000009-1"), d.join("a"))];
+        let short = [(String::from("Incr-00000004-00000009-1"), d.join("a"))];
         let e = apply_deltas(5, &short, &mut |_, _, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("end at revision 6, before the 9 its name says"), "{e}");
+    }
+
+    #[test]
+    fn applying_deltas_refuses_events_their_name_does_not_cover() {
+        let d = crate::test_scratch::dir("lying");
+        let write = |file: &str, events: &[Event]| {
+            let mut w = delta::Writer::new();
+            events.iter().for_each(|e| w.push(e, 0, 0));
+            std::fs::write(d.join(file), w.finish()).unwrap();
+            d.join(file)
+        };
+        let good = put(b"k", b"v", 6, 6, 1, 0);
+        let cases = [
+            (
+                "Incr-00000006-00000006-1",
+                vec![good.clone(), put(b"k", b"v", 6, 7, 2, 0)],
+                "its event 1 (key \"k\") is at revision 7, past the 6 its name says",
+            ),
+            ("Incr-00000006-00000007-1", vec![put(b"", b"v", 6, 6, 1, 0)], "its event 0 (key \"\") has an empty key"),
+            (
+                "Incr-00000006-00000006-1",
+                vec![put(b"\xff/k", b"v", 6, 6, 1, -3)],
+                "its event 0 (key \"\\xff/k\") has lease -3",
+            ),
+            // Below the base, so it would have been skipped: still refused.
+            ("Incr-00000001-00000006-1", vec![del(b"k", -2), good.clone()], "its event 0 (key \"k\") has revision -2"),
+            (
+                "Incr-00000006-00000007-1",
+                vec![good.clone(), put(b"k", b"v", 6, 7, 2, 0), good.clone()],
+                "go back from revision 7 to 6",
+            ),
+        ];
+        for (i, (name, events, want)) in cases.iter().enumerate() {
+            let deltas = [(name.to_string(), write(&format!("d{i}"), events))];
+            let mut applied = 0;
+            let e = apply_deltas(5, &deltas, &mut |_, _, _| {
+                applied += 1;
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with(&format!("delta snapshot {name}: ")) && e.contains(want), "{e}");
+            assert!(!e.contains("v\""), "no value in the error: {e}");
+        }
     }
 }
