@@ -592,7 +592,9 @@ impl Target {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
             Some((scheme, _)) if scheme.to_ascii_lowercase().starts_with("unix") => {
-                bail!("etcd endpoint {raw:?}: unix sockets are not supported; give an http:// or https:// URL")
+                bail!(
+                    "etcd endpoint {raw:?} has an unsupported scheme: unix sockets are not supported; give an http:// or https:// URL"
+                )
             }
             Some(_) => bail!("etcd endpoint {raw:?} has an unsupported scheme: only http:// and https:// are allowed"),
             None => (default_https, trimmed),
