@@ -7,8 +7,9 @@
 //! part size, each range becomes one part of the destination's multipart
 //! upload, and the bytes are decompressed on the fly and checked against
 //! etcd's SHA-256 trailer. The upload completes only when the check passes,
-//! so a bad source object never becomes a second bad copy. Memory stays at
-//! about two parts; nothing touches the disk.
+//! so a bad source object never becomes a second bad copy. Up to the
+//! destination's `--max-parallel-chunk-uploads` parts are uploaded at once;
+//! memory stays at that many parts plus two; nothing touches the disk.
 
 use crate::catalog::{Catalog, Entry};
 use crate::endpoint::{Endpoint, Endpoints, Role};
@@ -20,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What GC keeps, and whether to only say what would be copied.
@@ -179,7 +181,8 @@ fn dest(e: store::Error) -> Failure {
     Failure::Destination(e.to_string())
 }
 
-/// Read, verify and store every part; the caller completes or aborts.
+/// Read, verify and store every part, up to the destination's
+/// `max_parallel` parts at once; the caller completes or aborts.
 fn stream(
     src: &Endpoint,
     dst: &Endpoint,
@@ -189,6 +192,62 @@ fn stream(
     part_size: u64,
     upload: &dyn store::Upload,
 ) -> Result<(), Failure> {
+    let failed: Mutex<Option<Failure>> = Mutex::new(None);
+    let first_failure = || failed.lock().unwrap().take();
+    let result = std::thread::scope(|scope| {
+        // Unbuffered: a part is handed over only when an uploader is free,
+        // which bounds memory to the parts being uploaded plus two.
+        let (tx, rx) = crossbeam_channel::bounded::<(u32, u64, Arc<[u8]>)>(0);
+        for _ in 0..dst.parts.max_parallel.max(1) {
+            let (rx, failed) = (rx.clone(), &failed);
+            scope.spawn(move || {
+                for (part, offset, bytes) in rx {
+                    if failed.lock().unwrap().is_some() {
+                        continue;
+                    }
+                    let what = format!("uploading part {part} of {name}");
+                    if let Err(e) = dst.call(&what, || upload.put_part(part, offset, &[&bytes])) {
+                        failed.lock().unwrap().get_or_insert(dest(e));
+                    }
+                }
+            });
+        }
+        let (mut part, mut offset) = (1u32, 0u64);
+        let mut send = |bytes: Arc<[u8]>| {
+            if let Some(f) = first_failure() {
+                return Err(f);
+            }
+            let len = bytes.len() as u64;
+            // The uploaders only stop after this function returns.
+            tx.send((part, offset, bytes)).expect("uploaders run until the channel closes");
+            part += 1;
+            offset += len;
+            Ok(())
+        };
+        let read = read_verified(src, snapshot, name, size, part_size, &mut send);
+        if read.is_ok() && size == 0 {
+            // An empty object still needs one part.
+            send(Arc::from(Vec::new()))?;
+        }
+        read
+    });
+    // A refused part is the cause even when reading stopped because of it.
+    match first_failure() {
+        Some(f) => Err(f),
+        None => result,
+    }
+}
+
+/// Read the source in parts, hand each to `send`, and verify the content
+/// (decompressed by the name's suffix) against etcd's SHA-256 trailer.
+fn read_verified(
+    src: &Endpoint,
+    snapshot: &SnapshotName,
+    name: &str,
+    size: u64,
+    part_size: u64,
+    send: &mut dyn FnMut(Arc<[u8]>) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let fetched = Rc::new(RefCell::new(VecDeque::new()));
     let read_error = Rc::new(RefCell::new(None));
     let mut source = Ranges {
@@ -197,20 +256,15 @@ fn stream(
         size,
         part_size,
         next: 0,
-        current: Rc::from(Vec::new()),
+        current: Arc::from(Vec::new()),
         pos: 0,
         fetched: fetched.clone(),
         error: read_error.clone(),
     };
     let mut check = if snapshot.kind == Kind::Full { TrailerCheck::default() } else { TrailerCheck::delta() };
-    let (mut part, mut offset) = (1u32, 0u64);
-    let mut put_fetched = || -> Result<(), Failure> {
+    let mut send_fetched = || -> Result<(), Failure> {
         while let Some(bytes) = fetched.borrow_mut().pop_front() {
-            let bytes: Rc<[u8]> = bytes;
-            dst.call(&format!("uploading part {part} of {name}"), || upload.put_part(part, offset, &[&bytes]))
-                .map_err(dest)?;
-            part += 1;
-            offset += bytes.len() as u64;
+            send(bytes)?;
         }
         Ok(())
     };
@@ -232,18 +286,13 @@ fn stream(
                 Err(e) => return Err(bad(format!("decompressing: {e}"))),
             };
             check.update(&buf[..n]);
-            put_fetched()?;
+            send_fetched()?;
         }
     }
     // A decompressor may stop before the end: what follows is copied too.
     std::io::copy(&mut source, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
-    check.finish().map_err(&bad)?;
-    put_fetched()?;
-    if part == 1 {
-        // An empty object still needs one part.
-        dst.call(&format!("uploading {name}"), || upload.put_part(1, 0, &[])).map_err(dest)?;
-    }
-    Ok(())
+    send_fetched()?;
+    check.finish().map_err(&bad)
 }
 
 /// The source object as a reader over ranged GETs of one part each, every
@@ -254,9 +303,9 @@ struct Ranges<'a> {
     size: u64,
     part_size: u64,
     next: u64,
-    current: Rc<[u8]>,
+    current: Arc<[u8]>,
     pos: usize,
-    fetched: Rc<RefCell<VecDeque<Rc<[u8]>>>>,
+    fetched: Rc<RefCell<VecDeque<Arc<[u8]>>>>,
     /// Why the last read failed, to tell a store error from bad content.
     error: Rc<RefCell<Option<store::Error>>>,
 }
@@ -294,7 +343,7 @@ impl Read for Ranges<'_> {
                 io
             })?;
             self.next += len;
-            self.current = Rc::from(bytes);
+            self.current = Arc::from(bytes);
             self.pos = 0;
             self.fetched.borrow_mut().push_back(self.current.clone());
         }

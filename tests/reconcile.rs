@@ -199,6 +199,31 @@ fn dry_run_copies_nothing_then_an_uncompressed_copy_is_identical() {
     assert_eq!(same_objects(&prefix), [name]);
 }
 
+/// A secondary that refuses every part is skipped until the next cycle
+/// with one WARN naming it; the upload is aborted, nothing is left.
+#[test]
+fn a_destination_refusing_writes_is_skipped_and_left_clean() {
+    use common::fault::{Action, Request, Rule};
+    let v = v35();
+    let prefix = unique("rec-refused");
+    once_on_primary_only(&v.endpoint, &prefix, &[]);
+    once_on_primary_only(&v.endpoint, &prefix, &[]);
+    let rules = vec![Rule { kind: Request::UploadPart, nth: Vec::new(), action: Action::Status(500) }];
+    let proxy = S3Faults::start(&env("EBR_S3B_ENDPOINT"), rules);
+    let r = reconcile(&prefix, &[&format!("--secondary-store-endpoint-override={}", proxy.url)]);
+    not_crashed(&r);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let skipped: Vec<&str> = r.stderr.lines().filter(|l| l.contains("skipped until the next cycle")).collect();
+    assert_eq!(skipped.len(), 1, "{}", r.stderr);
+    assert!(skipped[0].contains(" WARN Reconcile of the secondary endpoint") && skipped[0].contains("Full-"));
+    assert!(
+        proxy.hits(Request::AbortUpload) == 0
+            && proxy.log.lock().unwrap().iter().any(|(k, _)| *k == Request::AbortUpload)
+    );
+    assert!(names(&secondary(&prefix)).is_empty());
+    no_uploads_left_on_secondary(&prefix);
+}
+
 /// Bad usage: one line, exit 2, nothing attempted.
 #[test]
 fn reconcile_needs_two_endpoints_and_a_valid_policy() {
