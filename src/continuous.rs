@@ -70,8 +70,7 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
                     dry_run: false,
                 };
                 let summaries = reconcile::run(endpoints, now, &opts, &keep);
-                let copied: Vec<_> = summaries.iter().filter_map(|s| Some((s.role?, s.copied as u64))).collect();
-                job.metrics.record_reconciled(&copied);
+                job.metrics.record_reconciled(&reconcile::copied(&summaries));
             };
             scope.spawn(move || gc::run_periodically(endpoints, periodic, &keep, &reconcile));
         }

@@ -33,9 +33,9 @@ pub struct Options {
 }
 
 /// What one cycle did for one destination endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
-    pub role: Option<Role>,
+    pub role: Role,
     /// Snapshots copied to it (or that would be, with `dry_run`).
     pub copied: usize,
     /// Copies that failed: a bad or unreadable source object, or a refused write.
@@ -49,6 +49,11 @@ impl Summary {
     pub fn complete(&self) -> bool {
         self.failed == 0 && !self.skipped
     }
+}
+
+/// `(endpoint, copies)` of a cycle, for the `etcdbr_reconciled_total` counter.
+pub fn copied(summaries: &[Summary]) -> Vec<(Role, u64)> {
+    summaries.iter().map(|s| (s.role, s.copied as u64)).collect()
 }
 
 /// One copy to make.
@@ -87,7 +92,7 @@ pub fn plan(catalog: &Catalog, now: i64, opts: &Options, keep: &dyn Fn(&str) -> 
 /// a summary per endpoint (the destination), in the endpoints' order.
 pub fn run(endpoints: &Endpoints, now: i64, opts: &Options, keep: &dyn Fn(&str) -> bool) -> Vec<Summary> {
     let mut summaries: Vec<Summary> =
-        endpoints.iter().map(|ep| Summary { role: Some(ep.role), ..Summary::default() }).collect();
+        endpoints.iter().map(|ep| Summary { role: ep.role, copied: 0, failed: 0, skipped: false }).collect();
     if endpoints.len() < 2 {
         return summaries;
     }
@@ -140,8 +145,8 @@ pub fn run(endpoints: &Endpoints, now: i64, opts: &Options, keep: &dyn Fn(&str) 
         }
     }
     for s in &summaries {
-        if let Some(role) = s.role.filter(|_| s.copied + s.failed > 0 && !opts.dry_run) {
-            info!("Reconcile of the {} endpoint: {} copied, {} failed", role.name(), s.copied, s.failed);
+        if s.copied + s.failed > 0 && !opts.dry_run {
+            info!("Reconcile of the {} endpoint: {} copied, {} failed", s.role.name(), s.copied, s.failed);
         }
     }
     summaries
@@ -337,7 +342,13 @@ impl Read for Ranges<'_> {
                 return Ok(0);
             }
             let len = self.part_size.min(self.size - self.next);
-            let bytes = self.fetch(self.next, len).map_err(|e| {
+            // A stop does not wait for a large copy: it is aborted, and redone next time.
+            let fetched = if crate::signals::interrupted() {
+                Err(store::Error::new(ErrorKind::Permanent, "stopped by a signal; the copy is aborted"))
+            } else {
+                self.fetch(self.next, len)
+            };
+            let bytes = fetched.map_err(|e| {
                 let io = std::io::Error::other(e.msg.clone());
                 *self.error.borrow_mut() = Some(e);
                 io

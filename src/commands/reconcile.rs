@@ -13,8 +13,7 @@ pub fn run(cfg: &ReconcileConfig) -> i32 {
     let now = report::unix_now() as i64;
     let summaries = reconcile::run(&endpoints, now, &cfg.options, &|_| false);
     if !cfg.options.dry_run {
-        let copied: Vec<_> = summaries.iter().filter_map(|s| Some((s.role?, s.copied as u64))).collect();
-        cfg.metrics.record_reconciled(&copied);
+        cfg.metrics.record_reconciled(&reconcile::copied(&summaries));
     }
     let copied: usize = summaries.iter().map(|s| s.copied).sum();
     let verb = if cfg.options.dry_run { "would copy" } else { "copied" };
@@ -23,7 +22,7 @@ pub fn run(cfg: &ReconcileConfig) -> i32 {
         return crate::exit::OK;
     }
     let failed: usize = summaries.iter().map(|s| s.failed).sum();
-    let skipped: Vec<&str> = summaries.iter().filter(|s| s.skipped).filter_map(|s| Some(s.role?.name())).collect();
+    let skipped: Vec<&str> = summaries.iter().filter(|s| s.skipped).map(|s| s.role.name()).collect();
     let skipped =
         if skipped.is_empty() { String::new() } else { format!("; skipped: {} endpoint", skipped.join(", ")) };
     error!("Reconcile incomplete: {verb} {copied} snapshots, {failed} failed{skipped}");
