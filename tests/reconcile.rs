@@ -141,15 +141,33 @@ fn the_snapshotter_heals_a_secondary_that_comes_back() {
     let all = same_objects(&prefix);
     assert!(missed.iter().all(|n| all.contains(n)));
     no_uploads_left_on_secondary(&prefix);
-    let text = std::fs::read_to_string(&metrics).unwrap();
-    let copied: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcdbr_reconciled_total{endpoint=\"secondary\"} "))
-        .unwrap_or_else(|| panic!("no reconcile counter in\n{text}"))
-        .parse()
-        .unwrap();
-    assert!(copied >= missed.len() as f64, "{text}");
+    // Parsed as Prometheus parses it, beside the snapshot metrics.
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", PARSE, metrics.to_str().unwrap()])
+        .output()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(m["types"]["etcdbr_reconciled"], "counter", "{m}");
+    assert_eq!(m["types"]["etcdbr_snapshot_failures"], "counter", "{m}");
+    let copied = m["etcdbr_reconciled_total"]["secondary"].as_f64().unwrap_or_else(|| panic!("{m}"));
+    assert!(copied >= missed.len() as f64, "{m}");
+    assert_eq!(m["etcdbr_reconciled_total"]["primary"].as_f64(), Some(0.0), "{m}");
 }
+
+/// Prints {"types": {family: type}, sample name: {endpoint: value}} for
+/// the samples without a `kind` label.
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {"types": {}}
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+    out["types"][family.name] = family.type
+    for s in family.samples:
+        if "kind" not in s.labels:
+            out.setdefault(s.name, {})[s.labels["endpoint"]] = s.value
+print(json.dumps(out))
+"#;
 
 /// (3) A corrupted object on the primary that the secondary lacks is not
 /// copied: the command names it, exits 1, and leaves nothing behind.
