@@ -15,7 +15,7 @@ use crate::etcd::{self, WatchError};
 use crate::report::{self, Outcome, unix_now};
 use crate::signals::{self, sleep};
 use crate::snapshot::{Kind, SnapshotName};
-use crate::{delta, gc};
+use crate::{delta, gc, reconcile};
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use log::{debug, error, info, warn};
 use std::sync::Arc;
@@ -57,7 +57,22 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
             let chain = &chain;
-            scope.spawn(move || gc::run_periodically(endpoints, periodic, &|name| chain.contains(name)));
+            let keep = |name: &str| chain.contains(name);
+            // Reconcile after each collection: it copies only what the
+            // collection keeps, and only objects listed, so complete.
+            let reconcile = move |now: i64| {
+                if endpoints.len() < 2 || signals::interrupted() {
+                    return;
+                }
+                let opts = reconcile::Options {
+                    policy: periodic.policy,
+                    delta_retention: periodic.delta_retention,
+                    dry_run: false,
+                };
+                let summaries = reconcile::run(endpoints, now, &opts, &keep);
+                job.metrics.record_reconciled(&reconcile::copied(&summaries));
+            };
+            scope.spawn(move || gc::run_periodically(endpoints, periodic, &keep, &reconcile));
         }
         s.run();
     });

@@ -117,8 +117,9 @@ pub struct Periodic {
 }
 
 /// Collect every `period` until SIGTERM/SIGINT, never deleting what `keep`
-/// names.
-pub fn run_periodically(endpoints: &Endpoints, gc: Periodic, keep: &dyn Fn(&str) -> bool) {
+/// names; `after(now)` runs after each cycle (the snapshotter's reconcile),
+/// whether or not the collection succeeded.
+pub fn run_periodically(endpoints: &Endpoints, gc: Periodic, keep: &dyn Fn(&str) -> bool, after: &dyn Fn(i64)) {
     loop {
         crate::signals::sleep(gc.period);
         if crate::signals::interrupted() {
@@ -128,6 +129,7 @@ pub fn run_periodically(endpoints: &Endpoints, gc: Periodic, keep: &dyn Fn(&str)
         if let Err(e) = collect(endpoints, gc.policy, gc.delta_retention, now, false, keep) {
             warn!("{e}");
         }
+        after(now);
     }
 }
 

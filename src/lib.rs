@@ -16,6 +16,7 @@ pub mod flags;
 pub mod gc;
 pub mod logging;
 pub mod metrics;
+pub mod reconcile;
 pub mod report;
 pub mod restore;
 pub mod signals;

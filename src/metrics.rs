@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Metric name, help, type. Upstream's `etcdbr_` names where one exists.
-const METRICS: [(&str, &str, &str); 7] = [
+const METRICS: [(&str, &str, &str); 8] = [
     ("etcdbr_snapshot_latest_timestamp", "Unix time of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_latest_revision", "etcd revision of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_uploaded_bytes", "Bytes stored for the latest snapshot on the endpoint.", "gauge"),
@@ -19,6 +19,7 @@ const METRICS: [(&str, &str, &str); 7] = [
     ("etcdbr_snapshot_last_run_success", "1 if the last attempt stored the snapshot on the endpoint, else 0.", "gauge"),
     ("etcdbr_snapshot_last_run_duration_seconds", "Duration of the last attempt.", "gauge"),
     ("etcdbr_snapshot_failures_total", "Attempts that did not store the snapshot on the endpoint.", "counter"),
+    ("etcdbr_reconciled_total", "Snapshots copied to the endpoint from the other one by reconcile.", "counter"),
 ];
 
 /// A metric sample's identity: name and rendered labels.
@@ -34,11 +35,7 @@ pub fn record(
     duration_secs: f64,
     now: u64,
 ) -> std::io::Result<()> {
-    let mut samples = match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e),
-    };
+    let mut samples = read(path)?;
     let kind = kind.name();
     for &(role, ok) in stored {
         let ep = format!("endpoint=\"{}\"", role.name());
@@ -61,6 +58,25 @@ pub fn record(
         }
     }
     write_atomically(path, &render(&samples))
+}
+
+/// Add the snapshots reconcile copied to each endpoint to its counter.
+pub fn record_reconciled(path: &Path, copied: &[(Role, u64)]) -> std::io::Result<()> {
+    let mut samples = read(path)?;
+    for &(role, n) in copied {
+        let series = ("etcdbr_reconciled_total".to_string(), format!("endpoint=\"{}\"", role.name()));
+        *samples.entry(series).or_insert(0.0) += n as f64;
+    }
+    write_atomically(path, &render(&samples))
+}
+
+/// The samples of the file as it is, none when it does not exist yet.
+fn read(path: &Path) -> std::io::Result<BTreeMap<Series, f64>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The samples of a file this module wrote: `name{labels} value` lines.
@@ -139,5 +155,24 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert_eq!(std::fs::read_dir(&*dir).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn reconciled_copies_count_up_beside_the_snapshot_metrics() {
+        let dir = crate::test_scratch::dir("metrics-reconciled");
+        let path = dir.join("etcdbr.prom");
+        let taken = (SnapshotName::parse("Full-00000000-00000042-1700000000.gz").unwrap(), 1234);
+        record(&path, &stored(true), Kind::Full, Some(&taken), 1.5, 1_700_000_001).unwrap();
+        record_reconciled(&path, &[(Role::Primary, 0), (Role::Secondary, 2)]).unwrap();
+        record_reconciled(&path, &[(Role::Primary, 0), (Role::Secondary, 3)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in [
+            "# TYPE etcdbr_reconciled_total counter",
+            "etcdbr_reconciled_total{endpoint=\"secondary\"} 5",
+            "etcdbr_reconciled_total{endpoint=\"primary\"} 0",
+            "etcdbr_snapshot_uploaded_bytes{endpoint=\"primary\",kind=\"Full\"} 1234",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

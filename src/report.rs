@@ -101,4 +101,12 @@ impl MetricsFile {
             error!("Cannot write the metrics file {}: {e}", path.display());
         }
     }
+
+    /// Count the snapshots one reconcile cycle copied to each endpoint.
+    pub fn record_reconciled(&self, copied: &[(Role, u64)]) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = crate::metrics::record_reconciled(path, copied) {
+            error!("Cannot write the metrics file {}: {e}", path.display());
+        }
+    }
 }

@@ -114,61 +114,6 @@ impl fmt::Display for SnapshotName {
 /// Size of etcd's SHA-256 trailer after the bbolt bytes of a snapshot.
 pub const TRAILER_LEN: usize = 32;
 
-/// The most a delta snapshot may decompress to. The snapshotter writes a
-/// delta once its events reach `--delta-snapshot-memory-limit` (10 MiB
-/// here, 100 MiB upstream) and holds them at most 4 × that long before
-/// taking a full snapshot instead; 512 MiB covers upstream's default with
-/// room for the event that crossed the limit, and `delta::parse` holds the
-/// whole delta in memory, so a larger one could not be applied anyway.
-pub const MAX_DELTA: u64 = 512 << 20;
-
-/// Counts a snapshot's plain bytes as they are produced (decompressed) and
-/// fails as soon as they pass what the snapshot can hold: for a full
-/// snapshot exactly the size its bbolt meta page gives plus the trailer,
-/// known after its first bytes; for a delta [`MAX_DELTA`].
-pub struct SizeBound {
-    kind: Kind,
-    /// The first bytes of a full snapshot, until the meta page is complete.
-    head: Vec<u8>,
-    limit: Option<u64>,
-    total: u64,
-}
-
-impl SizeBound {
-    pub fn new(kind: Kind) -> SizeBound {
-        let limit = (kind == Kind::Incr).then_some(MAX_DELTA);
-        SizeBound { kind, head: Vec::new(), limit, total: 0 }
-    }
-
-    /// Count `data`, the next plain bytes; an error once there are too many.
-    pub fn update(&mut self, data: &[u8]) -> Result<(), String> {
-        self.total += data.len() as u64;
-        if self.limit.is_none() {
-            let want = crate::datadir::bbolt::META_HEAD - self.head.len();
-            self.head.extend_from_slice(&data[..want.min(data.len())]);
-            if self.head.len() == crate::datadir::bbolt::META_HEAD {
-                let size = crate::datadir::bbolt::written_size(&self.head)
-                    .map_err(|e| format!("not an etcd snapshot: its first bbolt meta page is invalid ({e})"))?;
-                self.limit = Some(size.saturating_add(TRAILER_LEN as u64));
-                self.head = Vec::new();
-            }
-        }
-        match self.limit {
-            Some(limit) if self.total > limit => Err(match self.kind {
-                Kind::Full => format!(
-                    "the snapshot is larger than the {limit} bytes its bbolt meta page gives (page count × page                      size + {TRAILER_LEN}-byte trailer); stopped after {} bytes",
-                    self.total
-                ),
-                Kind::Incr => format!(
-                    "the delta snapshot is larger than {limit} bytes, the most a delta snapshot can hold; stopped                      after {} bytes",
-                    self.total
-                ),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Checks etcd's snapshot trailer while the bytes stream through: every byte
 /// but the last 32 is hashed, and the last 32 must equal that hash.
 pub struct TrailerCheck {

@@ -4,6 +4,7 @@
 
 pub mod gc;
 pub mod list;
+pub mod reconcile;
 pub mod restore;
 pub mod snapshot;
 

@@ -9,7 +9,7 @@
 //! differs from `Flag::DEFAULT`.
 
 use super::lowargs::*;
-use super::parse::Command::{self, Gc, List, Restore, Snapshot};
+use super::parse::Command::{self, Gc, List, Reconcile, Restore, Snapshot};
 
 /// A help section. Sections are shown in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum Group {
     Snapshot,
     /// Garbage collection: `snapshot` and `snapshot gc`.
     Gc,
-    /// `snapshot gc` only.
+    /// `snapshot gc` and `snapshot reconcile`: one cycle, now.
     GcOnce,
     Restore,
     List,
@@ -48,7 +48,7 @@ impl Group {
             Group::Restore => "Restore",
             Group::List => "Output",
             Group::Gc => "Garbage collection",
-            Group::GcOnce => "One garbage collection",
+            Group::GcOnce => "One cycle",
         }
     }
 
@@ -100,14 +100,16 @@ impl Flag {
 }
 
 /// In the order the README lists commands.
-pub const ALL: &[Command] = &[Snapshot, List, Gc, Restore];
+pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Restore];
 
 const ETCD: Flag = Flag { group: Group::Etcd, uses: &[Snapshot], ..Flag::DEFAULT };
 const STORE: Flag = Flag { group: Group::Store, ..Flag::DEFAULT };
-/// Flags of the upload path; the other commands only list, fetch and delete.
-const UPLOAD: Flag = Flag { uses: &[Snapshot], ignored_by: &[Restore, List, Gc], ..STORE };
+/// Flags of the upload path (reconcile's copies too); the other commands
+/// only list, fetch and delete.
+const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile], ignored_by: &[Restore, List, Gc], ..STORE };
 const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag::DEFAULT };
-const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc], ..Flag::DEFAULT };
+/// Reconcile copies exactly what garbage collection keeps, so it takes the policy.
+const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc, Reconcile], ..Flag::DEFAULT };
 const RESTORE: Flag = Flag { group: Group::Restore, uses: &[Restore], ..Flag::DEFAULT };
 
 fn path(v: &str) -> Result<Option<std::path::PathBuf>, String> {
@@ -390,9 +392,10 @@ pub static FLAGS: &[Flag] = &[
     Flag {
         name: "metrics-file",
         value: Some("PATH"),
-        help: "After every snapshot, write per-endpoint metrics here for node_exporter's textfile collector \
-               (Prometheus text, replaced atomically; name it *.prom).",
+        help: "After every snapshot and reconcile, write per-endpoint metrics here for node_exporter's textfile \
+               collector (Prometheus text, replaced atomically; name it *.prom).",
         set: |a, _, v| path(v).map(|p| a.metrics_file = p),
+        uses: &[Snapshot, Reconcile],
         ..SNAPSHOT
     },
     Flag {
@@ -429,9 +432,9 @@ pub static FLAGS: &[Flag] = &[
         default: Some("1m"),
         help: "Delete old snapshots on each endpoint this often; 1s or less turns garbage collection off.",
         set: |a, _, v| parse_duration(v).map(|d| a.gc_period = d),
-        // `snapshot gc` runs once, now.
+        // `snapshot gc` and `snapshot reconcile` run once, now.
         uses: &[Snapshot],
-        ignored_by: &[Gc],
+        ignored_by: &[Gc, Reconcile],
         ..GC
     },
     Flag {
@@ -471,8 +474,8 @@ pub static FLAGS: &[Flag] = &[
         name: "dry-run",
         default: Some("false"),
         group: Group::GcOnce,
-        uses: &[Gc],
-        help: "Print what would be deleted, delete nothing.",
+        uses: &[Gc, Reconcile],
+        help: "Print what would be deleted (snapshot gc) or copied (snapshot reconcile); change nothing.",
         set: |a, _, v| parse_bool(v).map(|b| a.dry_run = b),
         ..Flag::DEFAULT
     },

@@ -62,6 +62,32 @@ impl GcOnceConfig {
     }
 }
 
+/// `snapshot reconcile`: one reconcile cycle.
+#[derive(Debug)]
+pub struct ReconcileConfig {
+    pub endpoints: Configs,
+    pub options: crate::reconcile::Options,
+    pub metrics: MetricsFile,
+}
+
+impl ReconcileConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<ReconcileConfig, UsageError> {
+        let endpoints = endpoints(&low, env)?;
+        if endpoints.len() < 2 {
+            return Err(UsageError(
+                "snapshot reconcile needs two endpoints: --secondary-storage-provider is missing".into(),
+            ));
+        }
+        let metrics = MetricsFile { path: low.metrics_file.clone(), roles: endpoints.iter().map(|e| e.role).collect() };
+        let options = crate::reconcile::Options {
+            policy: gc_policy(&low)?,
+            delta_retention: low.delta_retention,
+            dry_run: low.dry_run,
+        };
+        Ok(ReconcileConfig { endpoints, options, metrics })
+    }
+}
+
 fn gc_policy(low: &LowArgs) -> Result<crate::gc::Policy, UsageError> {
     match low.gc_policy.as_str() {
         "LimitBased" if low.max_backups == 0 => {

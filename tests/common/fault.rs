@@ -7,11 +7,14 @@
 //! every one) and answer with a status (500/503 SlowDown) or an error of
 //! the test's choosing, reset the connection mid-body, stall forever, drip
 //! the response body, answer listings with endless continuation tokens,
-//! or rewrite a listing's sizes.
+//! or rewrite a listing's sizes. The rules can be switched off
+//! (everything forwarded) and on again while the proxy runs: an endpoint
+//! that is down for a while, then back.
 //! (`CutProxy` in the parent module works on plain TCP streams.)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,20 @@ pub struct S3Faults {
     pub url: String,
     /// Requests seen, by kind, and whether a rule hit them.
     pub log: Arc<Mutex<Vec<(Request, bool)>>>,
+    /// Whether the rules apply; off, every request is forwarded.
+    active: Arc<AtomicBool>,
 }
+
+/// Every kind of request, for rules that hit them all.
+pub const ALL_REQUESTS: [Request; 7] = [
+    Request::CreateUpload,
+    Request::UploadPart,
+    Request::CompleteUpload,
+    Request::AbortUpload,
+    Request::Get,
+    Request::List,
+    Request::Other,
+];
 
 impl S3Faults {
     pub fn start(target: &str, rules: Vec<Rule>) -> S3Faults {
@@ -71,13 +87,29 @@ impl S3Faults {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log: Arc<Mutex<Vec<(Request, bool)>>> = Arc::default();
         let seen = log.clone();
+        let active = Arc::new(AtomicBool::new(true));
+        let on = active.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (target, rules, seen) = (target.clone(), rules.clone(), seen.clone());
+                let rules = if on.load(Ordering::SeqCst) { rules.clone() } else { Vec::new() };
+                let (target, seen) = (target.clone(), seen.clone());
                 std::thread::spawn(move || serve(client, &target, &rules, &seen));
             }
         });
-        S3Faults { url, log }
+        S3Faults { url, log, active }
+    }
+
+    /// A server that answers every request with 503 SlowDown until
+    /// [`S3Faults::set_active`] switches it back to forwarding.
+    pub fn down(target: &str) -> S3Faults {
+        let rules = ALL_REQUESTS.map(|kind| Rule { kind, nth: Vec::new(), action: Action::Status(503) });
+        S3Faults::start(target, rules.to_vec())
+    }
+
+    /// Apply the rules to the connections from now on (`true`, as started),
+    /// or forward every request (`false`).
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::SeqCst);
     }
 
     pub fn hits(&self, kind: Request) -> usize {
