@@ -22,6 +22,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod store;
 pub mod time;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod test_scratch;

@@ -1,6 +1,6 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
-use etcd_backup_restore::flags::hiargs::{GcOnceConfig, ListConfig, RestoreConfig, SnapshotConfig};
+use etcd_backup_restore::flags::hiargs::{GcOnceConfig, ListConfig, RestoreConfig, SnapshotConfig, VerifyConfig};
 use etcd_backup_restore::flags::{self, Command, Parsed};
 use etcd_backup_restore::{commands, exit, logging, signals};
 
@@ -23,6 +23,7 @@ fn main() {
                 Command::Restore => RestoreConfig::new(*low, &env).map(|c| commands::restore::run(&c)),
                 Command::List => ListConfig::new(*low, &env).map(|c| commands::list::run(&c)),
                 Command::Gc => GcOnceConfig::new(*low, &env).map(|c| commands::gc::run(&c)),
+                Command::Verify => VerifyConfig::new(*low, &env).map(|c| commands::verify::run(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))
         }

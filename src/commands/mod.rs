@@ -6,6 +6,7 @@ pub mod gc;
 pub mod list;
 pub mod restore;
 pub mod snapshot;
+pub mod verify;
 
 use crate::endpoint::{Configs, Endpoints};
 
