@@ -257,14 +257,15 @@ impl Plan<'_> {
         }
         for c in &self.chains {
             let Some(Gap { before, covered, next }) = &c.gap else { continue };
+            let (from, to) = (covered + 1, next.snapshot.start_revision - 1);
+            let missing = if from == to {
+                format!("revision {from} is missing")
+            } else {
+                format!("revisions {from} to {to} are missing")
+            };
             let what = format!(
-                "gap in the chain of {}: {before} ends at revision {covered} but {} starts at revision {}; revisions \
-                 {} to {} are missing",
-                c.full.name,
-                next.name,
-                next.snapshot.start_revision,
-                covered + 1,
-                next.snapshot.start_revision - 1
+                "gap in the chain of {}: {before} ends at revision {covered} but {} starts at revision {}; {missing}",
+                c.full.name, next.name, next.snapshot.start_revision,
             );
             out.push(Problem { endpoint, object: next.name.clone(), what });
         }

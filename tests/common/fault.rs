@@ -5,7 +5,7 @@
 //! carries exactly one request and responses can be piped back unparsed.
 //! Rules match a kind of S3 request and its count (the 3rd UploadPart, or
 //! every one) and answer with a status (500/503 SlowDown), reset the
-//! connection mid-body, or stall forever.
+//! connection mid-body, stall forever, or cut a response body short.
 //! (`CutProxy` in the parent module works on plain TCP streams.)
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +34,9 @@ pub enum Action {
     /// Forward, taking the request body at most this many bytes a second
     /// (per connection): a slow link.
     Throttle(usize),
+    /// Forward, but answer with at most this many bytes of the response
+    /// body, its Content-Length cut to match: an object shorter than listed.
+    Truncate(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +150,32 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
                 "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
+        }
+        Some(Action::Truncate(limit)) => {
+            let Ok(server) = TcpStream::connect(target) else { return reset(&client) };
+            // A GET has no body: the head is the whole request.
+            let _ = (&server).write_all(&head);
+            let mut answer = BufReader::new(server);
+            let mut out = Vec::new();
+            loop {
+                let mut line = String::new();
+                if answer.read_line(&mut line).unwrap_or(0) == 0 {
+                    return reset(&client);
+                }
+                match line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    Some(v) => {
+                        let cut = v.trim().parse::<u64>().unwrap_or(0).min(limit);
+                        out.extend_from_slice(format!("Content-Length: {cut}\r\n").as_bytes());
+                    }
+                    None => out.extend_from_slice(line.as_bytes()),
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = client.write_all(&out);
+            let _ = std::io::copy(&mut answer.take(limit), &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
         }
         None | Some(Action::Throttle(_)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };
