@@ -292,14 +292,14 @@ fn check_all(ep: &Endpoint, entries: &[&Entry]) -> HashMap<String, Result<(), Pr
 
 /// Check one object on one endpoint: present, as long as listed, and its
 /// content (decompressed by the name's suffix) matching its SHA-256
-/// trailer. Streamed with bounded memory; a broken read is retried by the
-/// endpoint's policy, a wrong object is not.
+/// trailer. Streamed with bounded memory; a failed request is retried by
+/// the endpoint's policy and a broken stream resumed, a wrong object is not.
 pub fn verify_object(ep: &Endpoint, entry: &Entry) -> Result<(), Problem> {
     let problem = |what: String| Problem { endpoint: Some(ep.role), object: entry.name.clone(), what };
     let Some(size) = entry.size_on(ep.role) else {
         return Err(problem("missing: not listed on this endpoint".into()));
     };
-    match ep.call(&format!("verifying {}", entry.name), || stream(ep, entry, size)) {
+    match stream(ep, entry, size) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(what)) => Err(problem(what)),
         Err(e) if e.kind == store::ErrorKind::NotFound => Err(problem(format!("missing: listed but not found: {e}"))),
@@ -307,47 +307,73 @@ pub fn verify_object(ep: &Endpoint, entry: &Entry) -> Result<(), Problem> {
     }
 }
 
-/// The raw stream, counted; its read errors are kept apart from the
-/// decompressor's, so a broken connection is retried and bad data is not.
-struct Counted<R> {
-    inner: R,
+/// The raw object, counted, read on from where a broken connection left
+/// off: the decompressor and the hash carry on over the reconnection, so a
+/// large object on a flaky link is not streamed again from its start. Its
+/// errors are kept apart from the decompressor's: a broken connection is a
+/// store failure, bad data is a problem with the object.
+struct Resuming<'a> {
+    ep: &'a Endpoint,
+    name: &'a str,
+    size: u64,
+    inner: Option<Box<dyn Read + Send>>,
     bytes: u64,
-    broken: Option<std::io::Error>,
+    broken: Option<store::Error>,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl Resuming<'_> {
+    fn fail(&mut self, e: store::Error) -> std::io::Error {
+        let io = std::io::Error::other(e.msg.clone());
+        self.broken = Some(e);
+        io
+    }
+}
+
+impl Read for Resuming<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if signals::interrupted() {
-            return Err(std::io::Error::other("interrupted by a signal"));
-        }
-        match self.inner.read(buf) {
-            Ok(n) => {
-                self.bytes += n as u64;
-                Ok(n)
+        let mut failures = 0;
+        loop {
+            if signals::interrupted() {
+                return Err(self.fail(store::Error::new(store::ErrorKind::Permanent, "interrupted by a signal")));
             }
-            Err(e) => {
-                let copy = std::io::Error::new(e.kind(), e.to_string());
-                self.broken = Some(e);
-                Err(copy)
+            let inner = match &mut self.inner {
+                Some(r) => r,
+                None => {
+                    let (ep, name, offset) = (self.ep, self.name, self.bytes);
+                    match ep.call(&format!("verifying {name}"), || ep.store.load(name, offset, None)) {
+                        Ok(r) => self.inner.insert(r),
+                        Err(e) => return Err(self.fail(e)),
+                    }
+                }
+            };
+            match inner.read(buf) {
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.inner = None;
+                    // Broken right at the listed end: a range starting there would be refused.
+                    if self.bytes == self.size {
+                        return Ok(0);
+                    }
+                    failures += 1;
+                    let msg = format!("broken after {} bytes: {e}", self.bytes);
+                    if failures >= self.ep.retry.attempts.max(1) {
+                        return Err(self.fail(store::Error::new(store::ErrorKind::Transient, msg)));
+                    }
+                    warn!("{} endpoint: verifying {}: {msg}; resuming from there", self.ep.name(), self.name);
+                }
             }
         }
     }
 }
 
-/// The store error a broken raw stream (or a signal) makes.
-fn broken<R>(raw: &Counted<R>) -> Option<store::Error> {
-    if signals::interrupted() {
-        return Some(store::Error::new(store::ErrorKind::Permanent, "interrupted by a signal"));
-    }
-    let e = raw.broken.as_ref()?;
-    Some(store::Error::new(store::ErrorKind::Transient, format!("broken after {} bytes: {e}", raw.bytes)))
-}
-
-/// One attempt: `Err` is a store failure (retried when transient), `Ok(Err)`
-/// what is wrong with the object.
+/// Stream the object once: `Err` is a store failure (after the endpoint's
+/// retries), `Ok(Err)` what is wrong with the object.
 fn stream(ep: &Endpoint, entry: &Entry, size: u64) -> store::Result<Result<(), String>> {
-    let reader = ep.store.load(&entry.name, 0, None)?;
-    let mut raw = Counted { inner: reader, bytes: 0, broken: None };
+    let mut raw = Resuming { ep, name: &entry.name, size, inner: None, bytes: 0, broken: None };
     let mut check = TrailerCheck::for_kind(entry.snapshot.kind);
     let mut buf = vec![0u8; BUF];
     let decoded = (|| -> Result<(), String> {
@@ -361,12 +387,12 @@ fn stream(ep: &Endpoint, entry: &Entry, size: u64) -> store::Result<Result<(), S
             }
         }
     })();
-    if let Some(e) = broken(&raw) {
-        return Err(e);
-    }
     // The decompressor may stop before the end of the object: count the rest.
-    if let Err(e) = std::io::copy(&mut raw, &mut std::io::sink()) {
-        return Err(broken(&raw).unwrap_or_else(|| store::Error::new(store::ErrorKind::Transient, e.to_string())));
+    if raw.broken.is_none() {
+        let _ = std::io::copy(&mut raw, &mut std::io::sink());
+    }
+    if let Some(e) = raw.broken {
+        return Err(e);
     }
     if raw.bytes != size {
         return Ok(Err(format!("the object has {} bytes but is listed with {size}", raw.bytes)));

@@ -1,7 +1,7 @@
 //! `snapshot verify` against real etcd 3.5 and both real S3 servers: a
 //! chain written by the long-running snapshotter is copied to a prefix of
 //! its own per test, then damaged (a flipped byte, a lost delta, an object
-//! cut short by the fault proxy) and verified.
+//! cut short by the fault proxy, a connection broken midway) and verified.
 
 mod common;
 
@@ -212,6 +212,19 @@ fn an_object_shorter_than_listed_is_named() {
     assert!(out.stdout.contains("primary: FAILED: ") && out.stdout.contains("nothing restorable"), "{}", out.stdout);
     assert!(out.stdout.contains("\nsecondary: OK: "), "{}", out.stdout);
     assert!(proxy.hits(Request::Get) >= 1);
+}
+
+#[test]
+fn a_stream_broken_midway_resumes_where_it_broke() {
+    let prefix = copy("vresume");
+    let (_, full, bytes) = &chain()[0];
+    // Every connection to the primary closes after this many bytes of answers.
+    let proxy = common::CutProxy::start(&env("EBR_S3A_ENDPOINT"), 40_000);
+    assert!(bytes.len() > 80_000, "the full snapshot takes several connections");
+    let out = verify(&prefix, &[&format!("--store-endpoint-override={}", proxy.url)]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let resumed = format!("WARN primary endpoint: verifying {full}: broken after ");
+    assert!(out.stderr.contains(&resumed) && out.stderr.contains("resuming from there"), "{}", out.stderr);
 }
 
 #[test]
