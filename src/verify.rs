@@ -137,14 +137,16 @@ pub fn run(endpoints: &Endpoints, selection: &Selection) -> Result<Report, Strin
         let ok = |e: &Entry| results[i].get(&e.name).is_some_and(Result::is_ok);
         let mut problems: Vec<Problem> = Vec::new();
         if let Some((_, why)) = catalog.failures.iter().find(|(r, _)| *r == role) {
+            // Nothing else can be said about an endpoint that could not be listed.
             problems.push(Problem { endpoint: Some(role), object: "(listing)".into(), what: why.clone() });
-        }
-        for e in &plans[i].objects {
-            if let Some(Err(p)) = results[i].get(&e.name) {
-                problems.push(p.clone());
+        } else {
+            for e in &plans[i].objects {
+                if let Some(Err(p)) = results[i].get(&e.name) {
+                    problems.push(p.clone());
+                }
             }
+            problems.extend(plans[i].chain_problems(Some(role)));
         }
-        problems.extend(plans[i].chain_problems(Some(role)));
         views.push(View {
             endpoint: Some(role),
             checked: plans[i].objects.len(),
@@ -158,7 +160,18 @@ pub fn run(endpoints: &Endpoints, selection: &Selection) -> Result<Report, Strin
         .objects
         .iter()
         .filter(|e| !ok_anywhere(e))
-        .map(|e| Problem { endpoint: None, object: e.name.clone(), what: "verifies on no endpoint".into() })
+        .map(|e| {
+            let why: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.get(&e.name)?.as_ref().err())
+                .map(|p| format!("{}: {}", p.endpoint.map_or("both", Role::name), p.what))
+                .collect();
+            Problem {
+                endpoint: None,
+                object: e.name.clone(),
+                what: format!("verifies on no endpoint ({})", why.join("; ")),
+            }
+        })
         .collect();
     problems.extend(merged_plan.chain_problems(None));
     let merged = View {
@@ -467,6 +480,9 @@ mod tests {
         assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
         assert_eq!(v.problems[0].object, "Incr-00000021-00000030-102");
         assert!(v.problems[0].what.contains("SHA-256 trailer mismatch"), "{}", v.problems[0]);
+        let (object, what) = (&v.problems[0].object, &v.problems[0].what);
+        let want = format!("both endpoints: {object}: verifies on no endpoint (primary: {what})");
+        assert_eq!(r.merged.problems[0].to_string(), want);
         assert_eq!(r.exit_code(), crate::exit::FAILED);
     }
 

@@ -228,6 +228,19 @@ fn a_stream_broken_midway_resumes_where_it_broke() {
 }
 
 #[test]
+fn an_endpoint_that_cannot_be_listed_fails_alone() {
+    let prefix = copy("vdown");
+    let out = verify(&prefix, &["--secondary-store-endpoint-override=http://127.0.0.1:1", "--output=json"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v = json(&out);
+    let last = Some(chain().last().unwrap().0.last_revision);
+    assert_eq!(revisions(&v), [last, None, last]);
+    assert_eq!(v["endpoints"][1]["problems"][0]["object"], "(listing)");
+    let why = v["endpoints"][1]["problems"][0]["problem"].as_str().unwrap();
+    assert!(why.contains("127.0.0.1:1") && !why.contains(&env("EBR_S3B_SECRET_KEY")), "{why}");
+}
+
+#[test]
 fn bad_usage_is_one_line_and_exit_2() {
     for (extra, want) in [
         (&["--all", "--snapshot", "Full-00000000-00000001-1"][..], "--all and --snapshot cannot be given together"),
