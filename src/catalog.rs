@@ -167,6 +167,37 @@ pub fn order(entries: &mut [Entry]) {
     });
 }
 
+/// Why no chain leads to the snapshot asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoChain {
+    /// The named snapshot is not in the list.
+    NotFound,
+    /// No full snapshot comes before the named one.
+    NoFullBefore,
+    /// There is no full snapshot at all.
+    NoFull,
+}
+
+/// The full snapshot to restore up to `wanted` and the deltas that may
+/// extend it (for [`delta_chain`]): the named full snapshot alone, the deltas
+/// after the last full snapshot up to the named delta, or with `None` the
+/// latest full snapshot and every delta after it. `entries` is in [`order`].
+pub fn chain_to<'a>(entries: &'a [Entry], wanted: Option<&str>) -> Result<(&'a Entry, Vec<&'a Entry>), NoChain> {
+    let upto = match wanted {
+        Some(name) => 1 + entries.iter().position(|e| e.name == name).ok_or(NoChain::NotFound)?,
+        None => entries.len(),
+    };
+    let entries = &entries[..upto];
+    let Some(i) = entries.iter().rposition(|e| e.snapshot.kind == Kind::Full) else {
+        return Err(if wanted.is_some() { NoChain::NoFullBefore } else { NoChain::NoFull });
+    };
+    let full = &entries[i];
+    if wanted == Some(full.name.as_str()) {
+        return Ok((full, Vec::new()));
+    }
+    Ok((full, entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect()))
+}
+
 /// Where a chain of delta snapshots breaks: `before` ends at revision
 /// `covered`, and the next delta, `next`, starts after `covered + 1`.
 #[derive(Debug)]

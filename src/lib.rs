@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod store;
 pub mod time;
 pub mod userfile;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod test_scratch;

@@ -1,6 +1,8 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
-use etcd_backup_restore::flags::hiargs::{GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, SnapshotConfig};
+use etcd_backup_restore::flags::hiargs::{
+    GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, SnapshotConfig, VerifyConfig,
+};
 use etcd_backup_restore::flags::{self, Command, Parsed};
 use etcd_backup_restore::{commands, exit, logging, signals};
 
@@ -24,6 +26,7 @@ fn main() {
                 Command::List => ListConfig::new(*low, &env).map(|c| commands::list::run(&c)),
                 Command::Gc => GcOnceConfig::new(*low, &env).map(|c| commands::gc::run(&c)),
                 Command::Reconcile => ReconcileConfig::new(*low, &env).map(|c| commands::reconcile::run(&c)),
+                Command::Verify => VerifyConfig::new(*low, &env).map(|c| commands::verify::run(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))
         }

@@ -6,7 +6,7 @@
 //! Everything is built in a staging directory next to the target and
 //! renamed into place only when complete; an error or a signal removes it.
 
-use crate::catalog::{self, Catalog, Entry, Gap};
+use crate::catalog::{self, Catalog, Entry, Gap, NoChain};
 use crate::datadir::{self, member};
 use crate::endpoint::{self, Endpoint, Endpoints, Role};
 use crate::snapshot::{Kind, TRAILER_LEN, TrailerCheck};
@@ -156,36 +156,24 @@ fn choose<'a>(
     wanted: Option<&str>,
     sources: &[Endpoint],
 ) -> Result<(&'a Entry, Vec<&'a Entry>), Failure> {
-    let upto = match wanted {
-        Some(name) => {
-            1 + catalog
-                .entries
-                .iter()
-                .position(|e| e.name == name)
-                .ok_or_else(|| Failure::Failed(anyhow!("snapshot {name} was not found on {}", where_(sources))))?
-        }
-        None => catalog.entries.len(),
-    };
-    let entries = &catalog.entries[..upto];
-    let Some(i) = entries.iter().rposition(|e| e.snapshot.kind == Kind::Full) else {
-        if let Some(name) = wanted {
-            return Err(Failure::Failed(anyhow!("no full snapshot precedes {name} on {}", where_(sources))));
-        }
-        let failed = if catalog.failures.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (could not list: {})",
-                catalog.failures.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
-            )
-        };
-        return Err(Failure::Failed(anyhow!("no full snapshot found on {}{failed}", where_(sources))));
-    };
-    let full = &entries[i];
-    if wanted == Some(full.name.as_str()) {
-        return Ok((full, Vec::new()));
-    }
-    let candidates: Vec<&Entry> = entries[i + 1..].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect();
+    let name = wanted.unwrap_or_default();
+    let (full, candidates) = catalog::chain_to(&catalog.entries, wanted).map_err(|why| {
+        Failure::Failed(match why {
+            NoChain::NotFound => anyhow!("snapshot {name} was not found on {}", where_(sources)),
+            NoChain::NoFullBefore => anyhow!("no full snapshot precedes {name} on {}", where_(sources)),
+            NoChain::NoFull => {
+                let failed = if catalog.failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (could not list: {})",
+                        catalog.failures.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
+                    )
+                };
+                anyhow!("no full snapshot found on {}{failed}", where_(sources))
+            }
+        })
+    })?;
     let deltas = catalog::delta_chain(full, &candidates).map_err(|Gap { before, covered, next }| {
         Failure::Failed(anyhow!(
             "the snapshot chain has a gap: {before} ends at revision {covered} but the next delta snapshot, {}, \
@@ -253,10 +241,7 @@ fn fetch(entry: &Entry, sources: &[Endpoint], dest: &Path, plain: &Path, verify:
         let result = match download(src, name, size, &file, &mut done) {
             Err(e) => Err((e, false)),
             Ok(()) => {
-                let check = match entry.snapshot.kind {
-                    Kind::Full => TrailerCheck::default(),
-                    Kind::Incr => TrailerCheck::delta(),
-                };
+                let check = TrailerCheck::for_kind(entry.snapshot.kind);
                 let bound = SizeBound::new(entry.snapshot.kind);
                 unpack(&file, &entry.snapshot.compression, dest, plain, bound, verify.then_some(check))
                     .map_err(|e| (e, true))

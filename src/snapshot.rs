@@ -137,6 +137,14 @@ impl TrailerCheck {
         TrailerCheck { blocks: false, ..TrailerCheck::default() }
     }
 
+    /// The check for a snapshot of this kind.
+    pub fn for_kind(kind: Kind) -> Self {
+        match kind {
+            Kind::Full => TrailerCheck::default(),
+            Kind::Incr => TrailerCheck::delta(),
+        }
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         if data.len() >= TRAILER_LEN {

@@ -261,16 +261,16 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
         (vec!["snapshot", "--once", "--min-chunk-size=1"], "--min-chunk-size"),
         (vec!["snapshot", "--once", "--max-parallel-chunk-uploads=many"], "--max-parallel-chunk-uploads"),
         (
-            vec!["snapshot", "--once", "--storage-provider=S3", "--store-container=b", "--secondary-store-prefix=x"],
+            vec!["snapshot", "--once", "--storage-provider=S3", "--store-container=bkt", "--secondary-store-prefix=x"],
             "--secondary-store-prefix needs --secondary-storage-provider",
         ),
-        (vec!["snapshot", "--once", "--storage-provider=Azure", "--store-container=b"], "--storage-provider"),
+        (vec!["snapshot", "--once", "--storage-provider=Azure", "--store-container=bkt"], "--storage-provider"),
         (
             vec![
                 "snapshot",
                 "--once",
                 "--storage-provider=S3",
-                "--store-container=b",
+                "--store-container=bkt",
                 "--store-endpoint-override=127.0.0.1:9000",
             ],
             "--store-endpoint-override",

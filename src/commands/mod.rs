@@ -7,6 +7,7 @@ pub mod list;
 pub mod reconcile;
 pub mod restore;
 pub mod snapshot;
+pub mod verify;
 
 use crate::endpoint::{Configs, Endpoints};
 

@@ -9,7 +9,7 @@
 //! differs from `Flag::DEFAULT`.
 
 use super::lowargs::*;
-use super::parse::Command::{self, Gc, List, Reconcile, Restore, Snapshot};
+use super::parse::Command::{self, Gc, List, Reconcile, Restore, Snapshot, Verify};
 
 /// A help section. Sections are shown in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +24,13 @@ pub enum Group {
     /// `snapshot gc` and `snapshot reconcile`: one cycle, now.
     GcOnce,
     Restore,
+    /// Which snapshots: `restore` and `snapshot verify`.
+    Choice,
     List,
 }
 
 impl Group {
-    pub const ALL: [Group; 8] = [
+    pub const ALL: [Group; 9] = [
         Group::Global,
         Group::Etcd,
         Group::Store,
@@ -36,6 +38,7 @@ impl Group {
         Group::Gc,
         Group::GcOnce,
         Group::Restore,
+        Group::Choice,
         Group::List,
     ];
 
@@ -46,6 +49,7 @@ impl Group {
             Group::Store => "store",
             Group::Snapshot => "Snapshot",
             Group::Restore => "Restore",
+            Group::Choice => "Which snapshots",
             Group::List => "Output",
             Group::Gc => "Garbage collection",
             Group::GcOnce => "One cycle",
@@ -100,13 +104,13 @@ impl Flag {
 }
 
 /// In the order the README lists commands.
-pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Restore];
+pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore];
 
 const ETCD: Flag = Flag { group: Group::Etcd, uses: &[Snapshot], ..Flag::DEFAULT };
 const STORE: Flag = Flag { group: Group::Store, ..Flag::DEFAULT };
 /// Flags of the upload path (reconcile's copies too); the other commands
 /// only list, fetch and delete.
-const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile], ignored_by: &[Restore, List, Gc], ..STORE };
+const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile], ignored_by: &[Restore, List, Gc, Verify], ..STORE };
 const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag::DEFAULT };
 /// Reconcile copies exactly what garbage collection keeps, so it takes the policy.
 const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc, Reconcile], ..Flag::DEFAULT };
@@ -568,17 +572,28 @@ pub static FLAGS: &[Flag] = &[
     Flag {
         name: "snapshot",
         value: Some("NAME"),
-        help: "Restore up to this snapshot: a full snapshot alone, or a delta snapshot with the full snapshot and \
-               deltas before it.",
+        help: "Restore (or verify) up to this snapshot: a full snapshot alone, or a delta snapshot with the full \
+               snapshot and deltas before it.",
         // Empty would silently mean the latest snapshot.
         set: |a, _, v| match v {
-            "" => Err("must not be empty (leave the flag out to restore the latest snapshot)".into()),
+            "" => Err("must not be empty (leave the flag out for the latest snapshot)".into()),
             _ => {
                 a.restore.snapshot = Some(v.to_string());
                 Ok(())
             }
         },
-        ..RESTORE
+        group: Group::Choice,
+        uses: &[Restore, Verify],
+        ..Flag::DEFAULT
+    },
+    Flag {
+        name: "all",
+        default: Some("false"),
+        group: Group::Choice,
+        uses: &[Verify],
+        help: "Verify every snapshot, and the continuity of every full snapshot's deltas, not only the latest chain.",
+        set: |a, _, v| parse_bool(v).map(|b| a.all = b),
+        ..Flag::DEFAULT
     },
     // snapshot list
     Flag {
@@ -587,8 +602,8 @@ pub static FLAGS: &[Flag] = &[
         value: Some("FORMAT"),
         default: Some("text"),
         group: Group::List,
-        uses: &[List],
-        help: "text (one line per snapshot) or json.",
+        uses: &[List, Verify],
+        help: "text (one line per snapshot, or per endpoint) or json.",
         set: |a, _, v| match v {
             "text" | "json" => {
                 a.json = v == "json";

@@ -161,6 +161,27 @@ impl ListConfig {
     }
 }
 
+/// `snapshot verify`.
+#[derive(Debug)]
+pub struct VerifyConfig {
+    pub endpoints: Configs,
+    pub selection: crate::verify::Selection,
+    pub json: bool,
+}
+
+impl VerifyConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<VerifyConfig, UsageError> {
+        use crate::verify::Selection;
+        let selection = match (low.all, &low.restore.snapshot) {
+            (true, Some(_)) => return Err(UsageError("--all and --snapshot cannot be given together".into())),
+            (true, None) => Selection::All,
+            (false, Some(name)) => Selection::UpTo(name.clone()),
+            (false, None) => Selection::Latest,
+        };
+        Ok(VerifyConfig { endpoints: endpoints(&low, env)?, selection, json: low.json })
+    }
+}
+
 fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
     let e = &low.etcd;
     if e.username.is_some() != e.password.is_some() {

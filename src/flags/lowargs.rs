@@ -31,8 +31,10 @@ pub struct LowArgs {
     pub restore: crate::restore::Options,
     pub bump_revision: u64,
     pub mark_compacted: bool,
-    /// `snapshot list --output json`.
+    /// `snapshot list`/`snapshot verify --output json`.
     pub json: bool,
+    /// `snapshot verify --all`.
+    pub all: bool,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,

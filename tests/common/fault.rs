@@ -7,7 +7,7 @@
 //! every one) and answer with a status (500/503 SlowDown) or an error of
 //! the test's choosing, reset the connection mid-body, stall forever, drip
 //! the response body, answer listings with endless continuation tokens,
-//! or rewrite a listing's sizes. The rules can be switched off
+//! rewrite a listing's sizes, or cut a response body short. The rules can be switched off
 //! (everything forwarded) and on again while the proxy runs: an endpoint
 //! that is down for a while, then back.
 //! (`CutProxy` in the parent module works on plain TCP streams.)
@@ -51,6 +51,9 @@ pub enum Action {
     /// Answer with this status and an S3 error whose `<Message>` is this
     /// text, as is (a server forging log lines).
     Error(u16, &'static str),
+    /// Forward, but answer with at most this many bytes of the response
+    /// body, its Content-Length cut to match: an object shorter than listed.
+    Truncate(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,32 @@ fn serve(client: TcpStream, target: &str, rules: &[Rule], seen: &Mutex<Vec<(Requ
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
             );
             respond(&mut client, code, "Forbidden", &body);
+        }
+        Some(Action::Truncate(limit)) => {
+            let Ok(server) = TcpStream::connect(target) else { return reset(&client) };
+            // A GET has no body: the head is the whole request.
+            let _ = (&server).write_all(&head);
+            let mut answer = BufReader::new(server);
+            let mut out = Vec::new();
+            loop {
+                let mut line = String::new();
+                if answer.read_line(&mut line).unwrap_or(0) == 0 {
+                    return reset(&client);
+                }
+                match line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    Some(v) => {
+                        let cut = v.trim().parse::<u64>().unwrap_or(0).min(limit);
+                        out.extend_from_slice(format!("Content-Length: {cut}\r\n").as_bytes());
+                    }
+                    None => out.extend_from_slice(line.as_bytes()),
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = client.write_all(&out);
+            let _ = std::io::copy(&mut answer.take(limit), &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
         }
         None | Some(Action::Throttle(_) | Action::Drip(_)) => {
             let Ok(mut server) = TcpStream::connect(target) else { return reset(&client) };

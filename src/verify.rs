@@ -1,0 +1,532 @@
+//! `snapshot verify`: prove, for each endpoint on its own and for both
+//! together, that the stored snapshots can be restored, before the day they
+//! are needed. Bit rot, truncation and lost objects at rest are otherwise
+//! found only by the restore that fails.
+//!
+//! Every object of the chosen chains is streamed once per endpoint that
+//! holds it (with the endpoint's retries), its length compared with the
+//! listing, decompressed by its name's suffix and checked against its
+//! SHA-256 trailer; the chain is checked for gaps. Memory stays bounded
+//! whatever the object size: [`WORKERS`] streams per endpoint, each with one
+//! [`BUF`] buffer and its decompressor's window.
+
+use crate::catalog::{self, Catalog, Entry, Gap, NoChain};
+use crate::endpoint::{Endpoint, Endpoints, Role, on_each};
+use crate::snapshot::{Kind, TrailerCheck};
+use crate::{compression, signals, store};
+use log::{info, warn};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Objects streamed at once per endpoint.
+pub const WORKERS: usize = 2;
+/// Read buffer of one stream.
+const BUF: usize = 256 << 10;
+
+/// Which snapshots to verify.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Selection {
+    /// The latest full snapshot and the deltas after it.
+    #[default]
+    Latest,
+    /// Every snapshot, and the continuity of every full snapshot's deltas.
+    All,
+    /// The chain up to this snapshot, as `restore --snapshot` chooses it.
+    UpTo(String),
+}
+
+/// One thing wrong, naming the endpoint (`None`: the merged view) and the
+/// object (or the chain) it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub endpoint: Option<Role>,
+    pub object: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.endpoint {
+            Some(role) => write!(f, "{} endpoint: {}: {}", role.name(), self.object, self.what),
+            None => write!(f, "both endpoints: {}: {}", self.object, self.what),
+        }
+    }
+}
+
+/// The newest point a view can be restored to with every object up to it verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restorable {
+    pub snapshot: String,
+    pub revision: u64,
+    /// Unix seconds the snapshot was taken.
+    pub created: u64,
+}
+
+/// The outcome for one endpoint (`endpoint: Some`) or the merged view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub endpoint: Option<Role>,
+    /// Objects of this view that were checked.
+    pub checked: usize,
+    pub restorable: Option<Restorable>,
+    pub problems: Vec<Problem>,
+}
+
+impl View {
+    /// Restorable, and nothing found wrong.
+    pub fn verified(&self) -> bool {
+        self.restorable.is_some() && self.problems.is_empty()
+    }
+
+    /// `primary`, `secondary` or `merged`.
+    pub fn name(&self) -> &'static str {
+        self.endpoint.map_or("merged", Role::name)
+    }
+}
+
+/// Each configured endpoint's view, in order, then the merged one.
+#[derive(Debug)]
+pub struct Report {
+    pub endpoints: Vec<View>,
+    pub merged: View,
+}
+
+impl Report {
+    /// 0 when every endpoint verifies, 3 when some do, 1 when none does.
+    pub fn exit_code(&self) -> i32 {
+        match self.endpoints.iter().filter(|v| v.verified()).count() {
+            n if n == self.endpoints.len() => crate::exit::OK,
+            0 => crate::exit::FAILED,
+            _ => crate::exit::DEGRADED,
+        }
+    }
+}
+
+/// Verify `selection` on every endpoint and in the merged view. `Err` only
+/// when no endpoint could be listed.
+pub fn run(endpoints: &Endpoints, selection: &Selection) -> Result<Report, String> {
+    let catalog = Catalog::list(endpoints)?;
+    let roles: Vec<Role> = endpoints.iter().map(|e| e.role).collect();
+    // Each endpoint's own list, in the merged order.
+    let own: Vec<Vec<Entry>> =
+        roles.iter().map(|&r| catalog.entries.iter().filter(|e| e.size_on(r).is_some()).cloned().collect()).collect();
+    let plans: Vec<Plan> = own.iter().map(|entries| plan(entries, selection)).collect();
+    let merged_plan = plan(&catalog.entries, selection);
+
+    // Every object each endpoint must stream: its own plan's, and its copies
+    // of the merged plan's.
+    let wanted: Vec<Vec<&Entry>> = roles
+        .iter()
+        .zip(&plans)
+        .map(|(&role, p)| {
+            let mut names = BTreeSet::new();
+            let mine = p.objects.iter().copied();
+            let shared = merged_plan.objects.iter().copied().filter(|e| e.size_on(role).is_some());
+            mine.chain(shared).filter(|e| names.insert(e.name.as_str())).collect()
+        })
+        .collect();
+    let results = on_each(endpoints, |ep| {
+        let i = roles.iter().position(|&r| r == ep.role).expect("a listed endpoint");
+        check_all(ep, &wanted[i])
+    });
+
+    let mut views = Vec::new();
+    for (i, &role) in roles.iter().enumerate() {
+        let ok = |e: &Entry| results[i].get(&e.name).is_some_and(Result::is_ok);
+        let mut problems: Vec<Problem> = Vec::new();
+        if let Some((_, why)) = catalog.failures.iter().find(|(r, _)| *r == role) {
+            // Nothing else can be said about an endpoint that could not be listed.
+            problems.push(Problem { endpoint: Some(role), object: "(listing)".into(), what: why.clone() });
+        } else {
+            for e in &plans[i].objects {
+                if let Some(Err(p)) = results[i].get(&e.name) {
+                    problems.push(p.clone());
+                }
+            }
+            problems.extend(plans[i].chain_problems(Some(role)));
+        }
+        views.push(View {
+            endpoint: Some(role),
+            checked: plans[i].objects.len(),
+            restorable: plans[i].restorable(ok),
+            problems,
+        });
+    }
+    // Merged: an object counts when any endpoint holding it verified it.
+    let ok_anywhere = |e: &Entry| results.iter().any(|r| r.get(&e.name).is_some_and(Result::is_ok));
+    let mut problems: Vec<Problem> = merged_plan
+        .objects
+        .iter()
+        .filter(|e| !ok_anywhere(e))
+        .map(|e| {
+            let why: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.get(&e.name)?.as_ref().err())
+                .map(|p| format!("{}: {}", p.endpoint.map_or("both", Role::name), p.what))
+                .collect();
+            Problem {
+                endpoint: None,
+                object: e.name.clone(),
+                what: format!("verifies on no endpoint ({})", why.join("; ")),
+            }
+        })
+        .collect();
+    problems.extend(merged_plan.chain_problems(None));
+    let merged = View {
+        endpoint: None,
+        checked: merged_plan.objects.len(),
+        restorable: merged_plan.restorable(ok_anywhere),
+        problems,
+    };
+    for v in views.iter().chain([&merged]) {
+        for p in &v.problems {
+            warn!("{p}");
+        }
+        info!(
+            "Verified {} ({} objects): {}",
+            v.name(),
+            v.checked,
+            match &v.restorable {
+                Some(r) => format!("restorable up to revision {} ({})", r.revision, r.snapshot),
+                None => "nothing restorable".into(),
+            }
+        );
+    }
+    Ok(Report { endpoints: views, merged })
+}
+
+/// What one view checks: its chains (a full snapshot and the deltas that
+/// continue it, or where they break) and every object to stream.
+struct Plan<'a> {
+    /// The chain restore would use (`Latest`/`UpTo`), or the latest one (`All`).
+    chains: Vec<Chain<'a>>,
+    /// Set when the snapshot asked for leads to no chain.
+    no_chain: Option<String>,
+    objects: Vec<&'a Entry>,
+}
+
+struct Chain<'a> {
+    full: &'a Entry,
+    deltas: Vec<&'a Entry>,
+    gap: Option<Gap<'a>>,
+}
+
+fn plan<'a>(entries: &'a [Entry], selection: &Selection) -> Plan<'a> {
+    let chain = |full: &'a Entry, candidates: Vec<&'a Entry>| match catalog::delta_chain(full, &candidates) {
+        Ok(deltas) => Chain { full, deltas, gap: None },
+        Err(gap) => {
+            // Up to the break the chain still restores.
+            let before: Vec<&Entry> = candidates.iter().copied().take_while(|d| d.name != gap.next.name).collect();
+            let deltas = catalog::delta_chain(full, &before).unwrap_or_default();
+            Chain { full, deltas, gap: Some(gap) }
+        }
+    };
+    let wanted = match selection {
+        Selection::UpTo(name) => Some(name.as_str()),
+        _ => None,
+    };
+    let mut p = Plan { chains: Vec::new(), no_chain: None, objects: Vec::new() };
+    match catalog::chain_to(entries, wanted) {
+        Ok((full, candidates)) => {
+            p.objects = std::iter::once(full).chain(candidates.iter().copied()).collect();
+            p.chains.push(chain(full, candidates));
+        }
+        Err(why) => {
+            p.no_chain = Some(match why {
+                NoChain::NotFound => format!("snapshot {} is not stored here", wanted.unwrap_or_default()),
+                NoChain::NoFullBefore => format!("no full snapshot precedes {}", wanted.unwrap_or_default()),
+                NoChain::NoFull => "no full snapshot is stored here".into(),
+            })
+        }
+    }
+    if *selection == Selection::All {
+        p.objects = entries.iter().collect();
+        // Older chains too: each full snapshot's deltas up to the next one.
+        let fulls: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].snapshot.kind == Kind::Full).collect();
+        for (n, &i) in fulls.iter().enumerate().rev().skip(1) {
+            let next = fulls[n + 1];
+            let candidates = entries[i + 1..next].iter().filter(|e| e.snapshot.kind == Kind::Incr).collect();
+            p.chains.push(chain(&entries[i], candidates));
+        }
+    }
+    p
+}
+
+impl Plan<'_> {
+    /// The chain's last point whose every object up to it verified.
+    fn restorable(&self, ok: impl Fn(&Entry) -> bool) -> Option<Restorable> {
+        let chain = self.chains.first()?;
+        let verified = std::iter::once(chain.full).chain(chain.deltas.iter().copied()).take_while(|e| ok(e)).last()?;
+        let s = &verified.snapshot;
+        Some(Restorable { snapshot: verified.name.clone(), revision: s.last_revision, created: s.created })
+    }
+
+    fn chain_problems(&self, endpoint: Option<Role>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(why) = &self.no_chain {
+            out.push(Problem { endpoint, object: "(chain)".into(), what: why.clone() });
+        }
+        for c in &self.chains {
+            let Some(Gap { before, covered, next }) = &c.gap else { continue };
+            let (from, to) = (covered + 1, next.snapshot.start_revision - 1);
+            let missing = if from == to {
+                format!("revision {from} is missing")
+            } else {
+                format!("revisions {from} to {to} are missing")
+            };
+            let what = format!(
+                "gap in the chain of {}: {before} ends at revision {covered} but {} starts at revision {}; {missing}",
+                c.full.name, next.name, next.snapshot.start_revision,
+            );
+            out.push(Problem { endpoint, object: next.name.clone(), what });
+        }
+        out
+    }
+}
+
+/// [`verify_object`] on each of `entries`, [`WORKERS`] at a time.
+fn check_all(ep: &Endpoint, entries: &[&Entry]) -> HashMap<String, Result<(), Problem>> {
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(HashMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS.min(entries.len()) {
+            s.spawn(|| {
+                while let Some(e) = entries.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let r = verify_object(ep, e);
+                    results.lock().unwrap().insert(e.name.clone(), r);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap()
+}
+
+/// Check one object on one endpoint: present, as long as listed, and its
+/// content (decompressed by the name's suffix) matching its SHA-256
+/// trailer. Streamed with bounded memory; a failed request is retried by
+/// the endpoint's policy and a broken stream resumed, a wrong object is not.
+pub fn verify_object(ep: &Endpoint, entry: &Entry) -> Result<(), Problem> {
+    let problem = |what: String| Problem { endpoint: Some(ep.role), object: entry.name.clone(), what };
+    let Some(size) = entry.size_on(ep.role) else {
+        return Err(problem("missing: not listed on this endpoint".into()));
+    };
+    match stream(ep, entry, size) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(what)) => Err(problem(what)),
+        Err(e) if e.kind == store::ErrorKind::NotFound => Err(problem(format!("missing: listed but not found: {e}"))),
+        Err(e) => Err(problem(format!("cannot be read: {e}"))),
+    }
+}
+
+/// The raw object, counted, read on from where a broken connection left
+/// off: the decompressor and the hash carry on over the reconnection, so a
+/// large object on a flaky link is not streamed again from its start. Its
+/// errors are kept apart from the decompressor's: a broken connection is a
+/// store failure, bad data is a problem with the object.
+struct Resuming<'a> {
+    ep: &'a Endpoint,
+    name: &'a str,
+    size: u64,
+    inner: Option<Box<dyn Read + Send>>,
+    bytes: u64,
+    broken: Option<store::Error>,
+}
+
+impl Resuming<'_> {
+    fn fail(&mut self, e: store::Error) -> std::io::Error {
+        let io = std::io::Error::other(e.msg.clone());
+        self.broken = Some(e);
+        io
+    }
+}
+
+impl Read for Resuming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut failures = 0;
+        loop {
+            if signals::interrupted() {
+                return Err(self.fail(store::Error::new(store::ErrorKind::Permanent, "interrupted by a signal")));
+            }
+            let inner = match &mut self.inner {
+                Some(r) => r,
+                None => {
+                    let (ep, name, offset) = (self.ep, self.name, self.bytes);
+                    match ep.call(&format!("verifying {name}"), || ep.store.load(name, offset, None)) {
+                        Ok(r) => self.inner.insert(r),
+                        Err(e) => return Err(self.fail(e)),
+                    }
+                }
+            };
+            match inner.read(buf) {
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.inner = None;
+                    // Broken right at the listed end: a range starting there would be refused.
+                    if self.bytes == self.size {
+                        return Ok(0);
+                    }
+                    failures += 1;
+                    let msg = format!("broken after {} bytes: {e}", self.bytes);
+                    if failures >= self.ep.retry.attempts.max(1) {
+                        return Err(self.fail(store::Error::new(store::ErrorKind::Transient, msg)));
+                    }
+                    warn!("{} endpoint: verifying {}: {msg}; resuming from there", self.ep.name(), self.name);
+                }
+            }
+        }
+    }
+}
+
+/// Stream the object once: `Err` is a store failure (after the endpoint's
+/// retries), `Ok(Err)` what is wrong with the object.
+fn stream(ep: &Endpoint, entry: &Entry, size: u64) -> store::Result<Result<(), String>> {
+    let mut raw = Resuming { ep, name: &entry.name, size, inner: None, bytes: 0, broken: None };
+    let mut check = TrailerCheck::for_kind(entry.snapshot.kind);
+    let mut buf = vec![0u8; BUF];
+    let decoded = (|| -> Result<(), String> {
+        let mut input = compression::decoder(&entry.snapshot.compression, &mut raw)?;
+        loop {
+            match input.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => check.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("cannot decompress ({}): {e}", entry.snapshot.compression)),
+            }
+        }
+    })();
+    // The decompressor may stop before the end of the object: count the rest.
+    if raw.broken.is_none() {
+        let _ = std::io::copy(&mut raw, &mut std::io::sink());
+    }
+    if let Some(e) = raw.broken {
+        return Err(e);
+    }
+    if raw.bytes != size {
+        return Ok(Err(format!("the object has {} bytes but is listed with {size}", raw.bytes)));
+    }
+    Ok(decoded.and_then(|()| check.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Backend, Config, Parts};
+    use crate::snapshot::SnapshotName;
+    use crate::store::RetryPolicy;
+    use sha2::{Digest, Sha256};
+    use std::time::Duration;
+
+    fn with_trailer(mut data: Vec<u8>) -> Vec<u8> {
+        let sum = Sha256::digest(&data);
+        data.extend_from_slice(&sum);
+        data
+    }
+
+    /// A local endpoint holding `objects`.
+    fn endpoints(objects: &[(&str, Vec<u8>)]) -> (crate::test_scratch::ScratchDir, Endpoints) {
+        let dir = crate::test_scratch::dir("verify");
+        let backend = Backend::Local { container: dir.to_path_buf(), prefix: "p".into() };
+        let parts = Parts { max_parallel: 1, min_size: 1 };
+        let retry = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+        let ep = Config { role: Role::Primary, backend, parts, retry }.open().unwrap();
+        for (name, bytes) in objects {
+            store::save(&*ep.store, name, bytes).unwrap();
+        }
+        (dir, Endpoints::new(vec![ep], Duration::from_secs(1)))
+    }
+
+    fn full() -> Vec<u8> {
+        with_trailer((0..4096u32).map(|i| (i % 253) as u8).collect())
+    }
+
+    fn delta() -> Vec<u8> {
+        with_trailer(b"[{\"revision\":11}]".to_vec())
+    }
+
+    #[test]
+    fn a_healthy_chain_verifies_to_its_last_delta() {
+        let gz = compression::compress(compression::Policy::Gzip, &delta()).unwrap();
+        let (_d, eps) = endpoints(&[
+            ("Full-00000000-00000010-100", full()),
+            ("Incr-00000011-00000020-101.gz", gz),
+            ("Incr-00000021-00000030-102", delta()),
+        ]);
+        let r = run(&eps, &Selection::Latest).unwrap();
+        assert_eq!(r.endpoints[0].problems, []);
+        let last = r.endpoints[0].restorable.as_ref().unwrap();
+        assert_eq!((last.revision, last.created), (30, 102));
+        assert_eq!(r.exit_code(), crate::exit::OK);
+        assert_eq!(r.merged.restorable, r.endpoints[0].restorable);
+    }
+
+    #[test]
+    fn a_flipped_byte_stops_the_restorable_point_before_it() {
+        let mut bad = delta();
+        bad[3] ^= 1;
+        let (_d, eps) = endpoints(&[
+            ("Full-00000000-00000010-100", full()),
+            ("Incr-00000011-00000020-101", delta()),
+            ("Incr-00000021-00000030-102", bad),
+        ]);
+        let r = run(&eps, &Selection::Latest).unwrap();
+        let v = &r.endpoints[0];
+        assert_eq!(v.restorable.as_ref().unwrap().snapshot, "Incr-00000011-00000020-101");
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert_eq!(v.problems[0].object, "Incr-00000021-00000030-102");
+        assert!(v.problems[0].what.contains("SHA-256 trailer mismatch"), "{}", v.problems[0]);
+        let (object, what) = (&v.problems[0].object, &v.problems[0].what);
+        let want = format!("both endpoints: {object}: verifies on no endpoint (primary: {what})");
+        assert_eq!(r.merged.problems[0].to_string(), want);
+        assert_eq!(r.exit_code(), crate::exit::FAILED);
+    }
+
+    #[test]
+    fn a_gap_names_the_missing_revisions_and_all_checks_older_chains() {
+        let (_d, eps) = endpoints(&[
+            ("Full-00000000-00000010-100", full()),
+            ("Incr-00000011-00000020-101", delta()),
+            ("Incr-00000031-00000040-102", delta()),
+            ("Full-00000000-00000050-103", full()),
+        ]);
+        let r = run(&eps, &Selection::Latest).unwrap();
+        assert!(r.endpoints[0].verified(), "{:?}", r.endpoints[0]);
+        assert_eq!(r.endpoints[0].checked, 1);
+        let r = run(&eps, &Selection::All).unwrap();
+        let v = &r.endpoints[0];
+        assert_eq!(v.checked, 4);
+        assert_eq!(v.restorable.as_ref().unwrap().revision, 50);
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert!(v.problems[0].what.contains("revisions 21 to 30 are missing"), "{}", v.problems[0]);
+        let r = run(&eps, &Selection::UpTo("Incr-00000031-00000040-102".into())).unwrap();
+        let v = &r.endpoints[0];
+        assert_eq!(v.restorable.as_ref().unwrap().revision, 20, "the chain restores up to the gap");
+        assert_eq!(v.problems[0].object, "Incr-00000031-00000040-102");
+        let r = run(&eps, &Selection::UpTo("Full-00000000-00000099-1".into())).unwrap();
+        assert!(r.endpoints[0].problems[0].what.contains("is not stored here"));
+        assert_eq!(r.exit_code(), crate::exit::FAILED);
+    }
+
+    #[test]
+    fn an_object_shorter_than_listed_is_named() {
+        let (_d, eps) = endpoints(&[("Full-00000000-00000010-100", full())]);
+        let ep = &eps[0];
+        let name = "Full-00000000-00000010-100";
+        let entry = Entry {
+            snapshot: SnapshotName::parse(name).unwrap(),
+            name: name.into(),
+            primary_size: Some(full().len() as u64 + 7),
+            secondary_size: None,
+        };
+        let p = verify_object(ep, &entry).unwrap_err();
+        assert_eq!(p.object, name);
+        assert!(p.what.contains("has 4128 bytes but is listed with 4135"), "{p}");
+        let gone = Entry { name: "Full-00000000-00000011-100".into(), ..entry };
+        assert!(verify_object(ep, &gone).unwrap_err().what.starts_with("missing"));
+    }
+}
