@@ -124,7 +124,8 @@ impl std::ops::Deref for Endpoints {
 }
 
 impl Endpoints {
-    pub fn new(each: Vec<Endpoint>, max_lag: Duration) -> Endpoints {
+    #[cfg(test)]
+    pub(crate) fn new(each: Vec<Endpoint>, max_lag: Duration) -> Endpoints {
         Endpoints { each, max_lag }
     }
 

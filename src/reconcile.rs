@@ -14,7 +14,7 @@
 use crate::catalog::{Catalog, Entry};
 use crate::endpoint::{Endpoint, Endpoints, Role};
 use crate::gc;
-use crate::snapshot::{Kind, SnapshotName, TrailerCheck};
+use crate::snapshot::{SnapshotName, check_content};
 use crate::store::{self, ErrorKind};
 use log::{error, info, warn};
 use std::cell::RefCell;
@@ -266,38 +266,19 @@ fn read_verified(
         fetched: fetched.clone(),
         error: read_error.clone(),
     };
-    let mut check = if snapshot.kind == Kind::Full { TrailerCheck::default() } else { TrailerCheck::delta() };
-    let mut send_fetched = || -> Result<(), Failure> {
+    let send_fetched = || -> Result<(), Failure> {
         while let Some(bytes) = fetched.borrow_mut().pop_front() {
             send(bytes)?;
         }
         Ok(())
     };
-    let bad = |what: String| {
+    check_content(snapshot, &mut source, send_fetched)?.map_err(|what| {
         let on = src.name();
         match read_error.borrow_mut().take() {
             Some(e) => Failure::Source(format!("cannot read it from the {on} endpoint: {e}")),
             None => Failure::Source(format!("the {on} endpoint's copy is bad ({what}); not copied")),
         }
-    };
-    {
-        let mut plain = crate::compression::decoder(&snapshot.compression, &mut source).map_err(&bad)?;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = match plain.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(bad(format!("decompressing: {e}"))),
-            };
-            check.update(&buf[..n]);
-            send_fetched()?;
-        }
-    }
-    // A decompressor may stop before the end: what follows is copied too.
-    std::io::copy(&mut source, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
-    send_fetched()?;
-    check.finish().map_err(&bad)
+    })
 }
 
 /// The source object as a reader over ranged GETs of one part each, every

@@ -159,8 +159,8 @@ fn choose<'a>(
     let name = wanted.unwrap_or_default();
     let (full, candidates) = catalog::chain_to(&catalog.entries, wanted).map_err(|why| {
         Failure::Failed(match why {
-            NoChain::NotFound => anyhow!("snapshot {name} was not found on {}", where_(sources)),
-            NoChain::NoFullBefore => anyhow!("no full snapshot precedes {name} on {}", where_(sources)),
+            NoChain::NotFound => anyhow!("snapshot {name} was not found on {}", endpoint::describe(sources)),
+            NoChain::NoFullBefore => anyhow!("no full snapshot precedes {name} on {}", endpoint::describe(sources)),
             NoChain::NoFull => {
                 let failed = if catalog.failures.is_empty() {
                     String::new()
@@ -170,7 +170,7 @@ fn choose<'a>(
                         catalog.failures.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("; ")
                     )
                 };
-                anyhow!("no full snapshot found on {}{failed}", where_(sources))
+                anyhow!("no full snapshot found on {}{failed}", endpoint::describe(sources))
             }
         })
     })?;
@@ -186,10 +186,6 @@ fn choose<'a>(
         ))
     })?;
     Ok((full, deltas))
-}
-
-fn where_(sources: &[Endpoint]) -> String {
-    endpoint::describe(sources)
 }
 
 /// Ranged GETs of this size, this many at once: one S3 stream is limited

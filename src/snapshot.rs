@@ -114,6 +114,39 @@ impl fmt::Display for SnapshotName {
 /// Size of etcd's SHA-256 trailer after the bbolt bytes of a snapshot.
 pub const TRAILER_LEN: usize = 32;
 
+/// Decompress `raw` by `snapshot`'s suffix and check the plain bytes
+/// against its SHA-256 trailer, running `each` after every decompressed
+/// piece (e.g. to pass on what was read meanwhile); then read `raw` to its
+/// end, as a decompressor may stop before it. `Err` is what `each` failed
+/// with; `Ok(Err)` what is wrong with the content, or why `raw` could not be
+/// read to its end (a caller whose reader knows better says so instead).
+pub fn check_content<E>(
+    snapshot: &SnapshotName,
+    raw: &mut dyn std::io::Read,
+    mut each: impl FnMut() -> Result<(), E>,
+) -> Result<Result<(), String>, E> {
+    let suffix = &snapshot.compression;
+    let mut check = TrailerCheck::for_kind(snapshot.kind);
+    let decoded = match crate::compression::decoder(suffix, &mut *raw) {
+        Err(e) => Err(e),
+        Ok(mut plain) => {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match plain.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => check.update(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => break Err(format!("cannot decompress ({suffix}): {e}")),
+                }
+                each()?;
+            }
+        }
+    };
+    let drained = std::io::copy(raw, &mut std::io::sink()).map_err(|e| format!("reading it to its end: {e}"));
+    each()?;
+    Ok(decoded.and(drained.map(drop)).and_then(|()| check.finish()))
+}
+
 /// Checks etcd's snapshot trailer while the bytes stream through: every byte
 /// but the last 32 is hashed, and the last 32 must equal that hash.
 pub struct TrailerCheck {

@@ -8,12 +8,12 @@
 //! listing, decompressed by its name's suffix and checked against its
 //! SHA-256 trailer; the chain is checked for gaps. Memory stays bounded
 //! whatever the object size: [`WORKERS`] streams per endpoint, each with one
-//! [`BUF`] buffer and its decompressor's window.
+//! 64 KiB buffer ([`check_content`]) and its decompressor's window.
 
 use crate::catalog::{self, Catalog, Entry, Gap, NoChain};
 use crate::endpoint::{Endpoint, Endpoints, Role, on_each};
-use crate::snapshot::{Kind, TrailerCheck};
-use crate::{compression, signals, store};
+use crate::snapshot::{Kind, check_content};
+use crate::{signals, store};
 use log::{info, warn};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Objects streamed at once per endpoint.
 pub const WORKERS: usize = 2;
-/// Read buffer of one stream.
-const BUF: usize = 256 << 10;
 
 /// Which snapshots to verify.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -344,6 +342,11 @@ impl Resuming<'_> {
 
 impl Read for Resuming<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Failed after the endpoint's retries: it stays failed, so reading
+        // on (to the end of the object) does not start them over.
+        if let Some(e) = &self.broken {
+            return Err(std::io::Error::other(e.msg.clone()));
+        }
         let mut failures = 0;
         loop {
             if signals::interrupted() {
@@ -387,35 +390,20 @@ impl Read for Resuming<'_> {
 /// retries), `Ok(Err)` what is wrong with the object.
 fn stream(ep: &Endpoint, entry: &Entry, size: u64) -> store::Result<Result<(), String>> {
     let mut raw = Resuming { ep, name: &entry.name, size, inner: None, bytes: 0, broken: None };
-    let mut check = TrailerCheck::for_kind(entry.snapshot.kind);
-    let mut buf = vec![0u8; BUF];
-    let decoded = (|| -> Result<(), String> {
-        let mut input = compression::decoder(&entry.snapshot.compression, &mut raw)?;
-        loop {
-            match input.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => check.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("cannot decompress ({}): {e}", entry.snapshot.compression)),
-            }
-        }
-    })();
-    // The decompressor may stop before the end of the object: count the rest.
-    if raw.broken.is_none() {
-        let _ = std::io::copy(&mut raw, &mut std::io::sink());
-    }
+    let Ok(verdict) = check_content(&entry.snapshot, &mut raw, || Ok::<(), std::convert::Infallible>(()));
     if let Some(e) = raw.broken {
         return Err(e);
     }
     if raw.bytes != size {
         return Ok(Err(format!("the object has {} bytes but is listed with {size}", raw.bytes)));
     }
-    Ok(decoded.and_then(|()| check.finish()))
+    Ok(verdict)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compression;
     use crate::endpoint::{Backend, Config, Parts};
     use crate::snapshot::SnapshotName;
     use crate::store::RetryPolicy;
