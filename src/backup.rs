@@ -12,6 +12,7 @@
 use crate::compression::{Packer, Policy};
 use crate::endpoint::{Endpoint, Endpoints, LATE, Role, collect_within};
 use crate::etcd::{self, EtcdConfig};
+use crate::record::Recorder;
 use crate::report::{MetricsFile, Outcome, report, unix_now};
 use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::store::Upload;
@@ -56,15 +57,27 @@ pub struct Job {
 impl Job {
     /// Take one full snapshot, record it in the metrics file and log what
     /// each endpoint did. Returns the exit code and, when at least one
-    /// endpoint stored it, the snapshot's name.
-    pub fn take(&self, endpoints: &Endpoints, require_all_endpoints: bool) -> (i32, Option<SnapshotName>) {
+    /// endpoint stored it, the snapshot's name and what each endpoint did.
+    /// `recorder` then records etcd's HashKV with it.
+    pub fn take(
+        &self,
+        endpoints: &Endpoints,
+        require_all_endpoints: bool,
+        recorder: &Recorder,
+    ) -> (i32, Option<(SnapshotName, Outcome)>) {
         let started = Instant::now();
         let result = full_snapshot(&self.etcd, endpoints, self.compression);
         self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
         match result {
             Ok(o) => {
                 let code = report(&o, require_all_endpoints);
-                (code, o.stored_anywhere().then(|| SnapshotName::parse(&o.name)).flatten())
+                match o.stored_anywhere().then(|| SnapshotName::parse(&o.name)).flatten() {
+                    Some(name) => {
+                        recorder.record(&o, name.last_revision);
+                        (code, Some((name, o)))
+                    }
+                    None => (code, None),
+                }
             }
             Err(e) => {
                 error!("Failed to take snapshot: {e:#}");

@@ -12,6 +12,7 @@ use crate::catalog::{self, Catalog};
 use crate::compression::{self, Policy};
 use crate::endpoint::{Endpoints, LATE, Role, collect_within};
 use crate::etcd::{self, WatchError};
+use crate::record::Recorder;
 use crate::report::{self, Outcome, unix_now};
 use crate::signals::{self, sleep};
 use crate::snapshot::{Kind, SnapshotName};
@@ -31,6 +32,8 @@ pub struct Settings {
     pub delta_memory_limit: usize,
     /// `None` when garbage collection is off (period of 1s or less).
     pub gc: Option<gc::Periodic>,
+    /// `--verify-schedule`, when given: when and how to verify.
+    pub verify: Option<(crate::cron::Schedule, crate::verify::Options)>,
 }
 
 /// How often waits wake up to notice a signal.
@@ -44,7 +47,7 @@ const HOLD_LIMITS: usize = 4;
 const DRAIN: Duration = Duration::from_secs(3);
 
 /// Run until SIGTERM/SIGINT; the exit code.
-pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
+pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder) -> i32 {
     info!(
         "Snapshotter started: full snapshots on {}, delta snapshots {}, garbage collection {}",
         sch.schedule,
@@ -53,7 +56,7 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
     );
     let chain = CurrentChain::default();
     let deltas = DeltaWriters::start(endpoints);
-    let mut s = Snapshotter { job, sch, endpoints, deltas, chain: &chain, last_revision: 0, last_full: None };
+    let mut s = Snapshotter { job, sch, endpoints, deltas, chain: &chain, recorder, last_revision: 0, last_full: None };
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
             let chain = &chain;
@@ -69,10 +72,14 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
                     delta_retention: periodic.delta_retention,
                     dry_run: false,
                 };
-                let summaries = reconcile::run(endpoints, now, &opts, &keep);
+                let summaries = reconcile::run(endpoints, now, &opts, &keep, &chain.1);
                 job.metrics.record_reconciled(&reconcile::copied(&summaries));
             };
             scope.spawn(move || gc::run_periodically(endpoints, periodic, &keep, &reconcile));
+        }
+        if let Some((schedule, opts)) = &sch.verify {
+            let chain = &chain;
+            scope.spawn(move || verify_periodically(job, endpoints, schedule, opts, &chain.1));
         }
         s.run();
     });
@@ -83,10 +90,19 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings) -> i32 {
 /// The snapshots a restore of what this process has stored needs: the
 /// latest full snapshot it took or resumed from, and the deltas after it.
 /// Garbage collection never deletes them, whatever the listing says.
+/// Also every copy this process stored, which reconcile need not re-read.
 #[derive(Default)]
-struct CurrentChain(std::sync::Mutex<Vec<(String, u64)>>);
+struct CurrentChain(std::sync::Mutex<Vec<(String, u64)>>, reconcile::Verified);
 
 impl CurrentChain {
+    /// What this process stored was checked against etcd's trailer on the
+    /// way: reconcile need not read it back.
+    fn verified(&self, stored: &Outcome) {
+        for (role, _) in stored.results.iter().filter(|(_, r)| r.is_ok()) {
+            self.1.insert(*role, &stored.name, stored.bytes);
+        }
+    }
+
     fn contains(&self, name: &str) -> bool {
         self.0.lock().unwrap().iter().any(|(n, _)| n == name)
     }
@@ -111,6 +127,7 @@ struct Snapshotter<'a> {
     endpoints: &'a Endpoints,
     deltas: DeltaWriters,
     chain: &'a CurrentChain,
+    recorder: &'a Recorder,
     /// Everything up to this revision is stored on at least one endpoint.
     last_revision: u64,
     /// Creation time of the latest full snapshot (unix seconds).
@@ -201,7 +218,7 @@ impl Snapshotter<'_> {
 
     /// Take a full snapshot now and go on from it.
     fn full_snapshot(&mut self) -> Option<SnapshotName> {
-        let name = take_full(self.job, self.endpoints, self.chain)?;
+        let name = take_full(self.job, self.endpoints, self.chain, self.recorder)?;
         if name.last_revision < self.last_revision {
             warn!(
                 "etcd went back in time: snapshot {name} is at revision {}, below revision {} already stored. etcd \
@@ -222,7 +239,8 @@ impl Snapshotter<'_> {
     /// long full snapshot; the chain needs no break for them, as a restore
     /// skips what the full snapshot already holds.
     fn watch(&mut self, period: Duration) -> Next {
-        let (job, endpoints, chain, schedule) = (self.job, self.endpoints, self.chain, &self.sch.schedule);
+        let (job, endpoints, chain, recorder) = (self.job, self.endpoints, self.chain, self.recorder);
+        let schedule = &self.sch.schedule;
         let mut last_full = self.last_full;
         let next = std::thread::scope(|scope| {
             let mut full: Option<std::thread::ScopedJoinHandle<'_, Option<SnapshotName>>> = None;
@@ -238,7 +256,7 @@ impl Snapshotter<'_> {
                     }
                 }
                 if full.is_none() && past(due) {
-                    full = Some(scope.spawn(move || take_full(job, endpoints, chain)));
+                    full = Some(scope.spawn(move || take_full(job, endpoints, chain, recorder)));
                 }
             });
             // A signal aborts it; otherwise it completes normally.
@@ -423,6 +441,8 @@ impl Snapshotter<'_> {
         report::report(&outcome, false);
         let stored = outcome.stored_anywhere();
         if stored {
+            self.recorder.record(&outcome, last as u64);
+            self.chain.verified(&outcome);
             self.chain.push(&name, last as u64);
             self.last_revision = last as u64;
             *pending = delta::Writer::new();
@@ -448,8 +468,9 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
 
 /// Take a full snapshot; its name when at least one endpoint stored it,
 /// which then heads the current chain.
-fn take_full(job: &Job, endpoints: &Endpoints, chain: &CurrentChain) -> Option<SnapshotName> {
-    let name = job.take(endpoints, false).1?;
+fn take_full(job: &Job, endpoints: &Endpoints, chain: &CurrentChain, recorder: &Recorder) -> Option<SnapshotName> {
+    let (name, outcome) = job.take(endpoints, false, recorder).1?;
+    chain.verified(&outcome);
     chain.start(&name.to_string(), name.last_revision);
     Some(name)
 }
@@ -554,6 +575,43 @@ impl DeltaWriters {
             .map(|(&role, r)| (role, r.unwrap_or_else(|| Err(format!("{LATE}: still saving it in the background")))))
             .collect();
         Outcome { name: name.to_string(), results, bytes }
+    }
+}
+
+/// `--verify-schedule`: verify every endpoint at each scheduled time, export
+/// the result, and let reconcile re-check (and so replace) what was bad.
+fn verify_periodically(
+    job: &Job,
+    endpoints: &Endpoints,
+    schedule: &crate::cron::Schedule,
+    opts: &crate::verify::Options,
+    verified: &reconcile::Verified,
+) {
+    loop {
+        let Some(due) = schedule.next_after(unix_now() as i64) else { return };
+        if let Next::Stop = wait_until(due) {
+            return;
+        }
+        let report = match crate::verify::run(endpoints, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                error!("Scheduled verify failed: {e}");
+                let failed: Vec<_> = endpoints.iter().map(|ep| (ep.role, None, false)).collect();
+                job.metrics.record_verified(&failed);
+                continue;
+            }
+        };
+        for p in report.endpoints.iter().flat_map(|v| &v.problems) {
+            if let Some(role) = p.endpoint {
+                verified.forget(role, &p.object);
+            }
+        }
+        let views: Vec<_> = report
+            .endpoints
+            .iter()
+            .filter_map(|v| Some((v.endpoint?, v.restorable.as_ref().map(|r| r.revision), v.verified())))
+            .collect();
+        job.metrics.record_verified(&views);
     }
 }
 

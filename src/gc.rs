@@ -191,6 +191,7 @@ pub fn collect(
             match ep.store.delete(name) {
                 Ok(()) => {
                     info!("Garbage collection deleted {name} from {} endpoint", ep.name());
+                    crate::record::delete(ep, name);
                     deleted.push((ep.role, name.clone()));
                 }
                 Err(e) => {

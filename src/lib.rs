@@ -17,6 +17,7 @@ pub mod gc;
 pub mod logging;
 pub mod metrics;
 pub mod reconcile;
+pub mod record;
 pub mod report;
 pub mod restore;
 pub mod signals;

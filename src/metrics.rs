@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Metric name, help, type. Upstream's `etcdbr_` names where one exists.
-const METRICS: [(&str, &str, &str); 8] = [
+const METRICS: [(&str, &str, &str); 11] = [
     ("etcdbr_snapshot_latest_timestamp", "Unix time of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_latest_revision", "etcd revision of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_uploaded_bytes", "Bytes stored for the latest snapshot on the endpoint.", "gauge"),
@@ -20,7 +20,14 @@ const METRICS: [(&str, &str, &str); 8] = [
     ("etcdbr_snapshot_last_run_duration_seconds", "Duration of the last attempt.", "gauge"),
     ("etcdbr_snapshot_failures_total", "Attempts that did not store the snapshot on the endpoint.", "counter"),
     ("etcdbr_reconciled_total", "Snapshots copied to the endpoint from the other one by reconcile.", "counter"),
+    ("etcdbr_verified_revision", "Latest etcd revision the endpoint alone restores to, as last verified.", "gauge"),
+    ("etcdbr_verify_success", "1 if the last verify found the endpoint restorable and nothing wrong, else 0.", "gauge"),
+    ("etcdbr_verify_timestamp_seconds", "Unix time of the last verify of the endpoint.", "gauge"),
 ];
+
+/// Threads of one process (snapshots, reconcile, verify) update the same
+/// file: one read-modify-write at a time.
+static FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A metric sample's identity: name and rendered labels.
 type Series = (String, String);
@@ -35,6 +42,7 @@ pub fn record(
     duration_secs: f64,
     now: u64,
 ) -> std::io::Result<()> {
+    let _one = FILE.lock().unwrap_or_else(|p| p.into_inner());
     let mut samples = read(path)?;
     let kind = kind.name();
     for &(role, ok) in stored {
@@ -62,10 +70,28 @@ pub fn record(
 
 /// Add the snapshots reconcile copied to each endpoint to its counter.
 pub fn record_reconciled(path: &Path, copied: &[(Role, u64)]) -> std::io::Result<()> {
+    let _one = FILE.lock().unwrap_or_else(|p| p.into_inner());
     let mut samples = read(path)?;
     for &(role, n) in copied {
         let series = ("etcdbr_reconciled_total".to_string(), format!("endpoint=\"{}\"", role.name()));
         *samples.entry(series).or_insert(0.0) += n as f64;
+    }
+    write_atomically(path, &render(&samples))
+}
+
+/// Record one verify: per endpoint, the revision it alone restores to
+/// (kept from the last verify that found one) and whether it verified.
+pub fn record_verified(path: &Path, verified: &[(Role, Option<u64>, bool)], now: u64) -> std::io::Result<()> {
+    let _one = FILE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut samples = read(path)?;
+    for &(role, revision, ok) in verified {
+        let ep = format!("endpoint=\"{}\"", role.name());
+        let mut set = |metric: &str, v: f64| samples.insert((metric.to_string(), ep.clone()), v);
+        if let Some(r) = revision {
+            set("etcdbr_verified_revision", r as f64);
+        }
+        set("etcdbr_verify_success", if ok { 1.0 } else { 0.0 });
+        set("etcdbr_verify_timestamp_seconds", now as f64);
     }
     write_atomically(path, &render(&samples))
 }

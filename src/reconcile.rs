@@ -12,13 +12,14 @@
 //! memory stays at that many parts plus two; nothing touches the disk.
 
 use crate::catalog::{Catalog, Entry};
-use crate::endpoint::{Endpoint, Endpoints, Role};
-use crate::gc;
+use crate::endpoint::{Endpoint, Endpoints, Role, on_each};
 use crate::snapshot::{SnapshotName, check_content};
 use crate::store::{self, ErrorKind};
+use crate::verify::{self, Fault};
+use crate::{gc, record};
 use log::{error, info, warn};
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -64,23 +65,38 @@ pub struct Transfer {
     pub to: Role,
     /// The source object's listed size.
     pub size: u64,
+    /// Why: the destination lacks it, or holds a copy that does not verify.
+    pub why: Why,
 }
 
-/// The copies that make both endpoints hold every snapshot GC keeps on the
-/// merged list (as `gc::collect` decides it, `keep` included), in the
-/// catalog's order: a full snapshot before the deltas that follow it.
-pub fn plan(catalog: &Catalog, now: i64, opts: &Options, keep: &dyn Fn(&str) -> bool) -> Vec<Transfer> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    Missing,
+    Corrupt(String),
+}
+
+/// Every snapshot GC keeps on the merged list (as `gc::collect` decides
+/// it, `keep` included), in the catalog's order: a full snapshot before
+/// the deltas that follow it.
+pub fn kept<'a>(catalog: &'a Catalog, now: i64, opts: &Options, keep: &dyn Fn(&str) -> bool) -> Vec<&'a Entry> {
     let names: Vec<SnapshotName> = catalog.entries.iter().map(|e| e.snapshot.clone()).collect();
     let retention = opts.delta_retention.as_secs() as i64;
     let mut dropped = vec![false; names.len()];
     gc::select(&names, now, opts.policy, retention).into_iter().for_each(|i| dropped[i] = true);
-    let copy = |e: &Entry, from: Role, to: Role, size: u64| Transfer { name: e.name.clone(), from, to, size };
-    catalog
-        .entries
-        .iter()
-        .zip(dropped)
-        .filter(|(e, dropped)| !dropped || keep(&e.name))
-        .filter_map(|(e, _)| match (e.primary_size, e.secondary_size) {
+    catalog.entries.iter().zip(dropped).filter(|(e, dropped)| !dropped || keep(&e.name)).map(|(e, _)| e).collect()
+}
+
+/// The copies that make both endpoints hold every snapshot in `kept`.
+pub fn plan(kept: &[&Entry]) -> Vec<Transfer> {
+    let copy = |e: &Entry, from: Role, to: Role, size: u64| Transfer {
+        name: e.name.clone(),
+        from,
+        to,
+        size,
+        why: Why::Missing,
+    };
+    kept.iter()
+        .filter_map(|e| match (e.primary_size, e.secondary_size) {
             (Some(size), None) => Some(copy(e, Role::Primary, Role::Secondary, size)),
             (None, Some(size)) => Some(copy(e, Role::Secondary, Role::Primary, size)),
             _ => None,
@@ -88,9 +104,80 @@ pub fn plan(catalog: &Catalog, now: i64, opts: &Options, keep: &dyn Fn(&str) -> 
         .collect()
 }
 
+/// Copies known to verify, `(endpoint, name, size)`: each is read once per
+/// process, not on every cycle. The long-running `snapshot` adds what it
+/// stores (checked against etcd's trailer on the way) and its scheduled
+/// verify forgets what it finds bad, so that the next cycle replaces it.
+#[derive(Debug, Default)]
+pub struct Verified(Mutex<HashSet<(Role, String, u64)>>);
+
+impl Verified {
+    pub fn insert(&self, role: Role, name: &str, size: u64) {
+        self.0.lock().unwrap().insert((role, name.to_string(), size));
+    }
+    pub fn forget(&self, role: Role, name: &str) {
+        self.0.lock().unwrap().retain(|(r, n, _)| !(*r == role && n == name));
+    }
+    fn contains(&self, role: Role, e: &Entry) -> bool {
+        let Some(size) = e.size_on(role) else { return false };
+        self.0.lock().unwrap().contains(&(role, e.name.clone(), size))
+    }
+}
+
+/// Check both copies of each snapshot in `kept` that both endpoints hold
+/// and `verified` does not vouch for; a copy that is wrong where the other
+/// verifies is to be replaced from it. A copy that cannot be read is left
+/// for the next cycle; one bad on both endpoints is an error.
+fn check_shared(endpoints: &Endpoints, kept: &[&Entry], verified: &Verified) -> (Vec<Transfer>, usize) {
+    let (mut repairs, mut lost) = (Vec::new(), 0);
+    for e in kept.iter().filter(|e| e.primary_size.is_some() && e.secondary_size.is_some()) {
+        if crate::signals::interrupted() {
+            break;
+        }
+        let results =
+            on_each(endpoints, |ep| if verified.contains(ep.role, e) { Ok(()) } else { verify::check_object(ep, e) });
+        for (ep, r) in endpoints.iter().zip(&results) {
+            if r.is_ok() {
+                verified.insert(ep.role, &e.name, e.size_on(ep.role).unwrap_or_default());
+            }
+        }
+        let good = endpoints.iter().zip(&results).find(|(_, r)| r.is_ok()).map(|(ep, _)| ep.role);
+        for (ep, r) in endpoints.iter().zip(results) {
+            match (r, good) {
+                (Ok(()), _) => {}
+                (Err((Fault::Corrupt, what)), Some(from)) => repairs.push(Transfer {
+                    name: e.name.clone(),
+                    from,
+                    to: ep.role,
+                    size: e.size_on(from).unwrap_or_default(),
+                    why: Why::Corrupt(what),
+                }),
+                (Err((Fault::Corrupt, what)), None) => {
+                    error!(
+                        "Snapshot {} does not verify on the {} endpoint ({what}) nor on the other",
+                        e.name,
+                        ep.name()
+                    );
+                    lost += 1;
+                }
+                (Err((_, what)), _) => {
+                    warn!("{} endpoint: snapshot {}: {what}; checked again next cycle", ep.name(), e.name)
+                }
+            }
+        }
+    }
+    (repairs, lost)
+}
+
 /// One reconcile cycle: list both endpoints, copy what one lacks. Returns
 /// a summary per endpoint (the destination), in the endpoints' order.
-pub fn run(endpoints: &Endpoints, now: i64, opts: &Options, keep: &dyn Fn(&str) -> bool) -> Vec<Summary> {
+pub fn run(
+    endpoints: &Endpoints,
+    now: i64,
+    opts: &Options,
+    keep: &dyn Fn(&str) -> bool,
+    verified: &Verified,
+) -> Vec<Summary> {
     let mut summaries: Vec<Summary> =
         endpoints.iter().map(|ep| Summary { role: ep.role, copied: 0, failed: 0, skipped: false }).collect();
     if endpoints.len() < 2 {
@@ -113,20 +200,36 @@ pub fn run(endpoints: &Endpoints, now: i64, opts: &Options, keep: &dyn Fn(&str) 
         return summaries;
     }
     let by_role = |r: Role| endpoints.iter().position(|ep| ep.role == r);
-    for c in plan(&catalog, now, opts, keep) {
+    let kept = kept(&catalog, now, opts, keep);
+    let mut transfers = plan(&kept);
+    let (repairs, lost) = check_shared(endpoints, &kept, verified);
+    transfers.extend(repairs);
+    if lost > 0 {
+        summaries.iter_mut().for_each(|s| s.failed += lost);
+    }
+    for c in transfers {
         let (Some(from), Some(to)) = (by_role(c.from), by_role(c.to)) else { continue };
         if summaries[to].skipped || crate::signals::interrupted() {
             continue;
         }
         let (src, dst) = (&endpoints[from], &endpoints[to]);
+        let (verb, done) = match &c.why {
+            Why::Missing => ("copy", "Copied"),
+            Why::Corrupt(what) => {
+                warn!("{} endpoint: snapshot {} does not verify: {what}", dst.name(), c.name);
+                ("replace its bad copy of", "Replaced the bad copy of")
+            }
+        };
         if opts.dry_run {
-            info!("Reconcile would copy snapshot {} from {} to {} endpoint", c.name, src.name(), dst.name());
+            info!("Reconcile would {verb} snapshot {} from {} to {} endpoint", c.name, src.name(), dst.name());
             summaries[to].copied += 1;
             continue;
         }
         match copy(src, dst, &c.name, c.size) {
             Ok(()) => {
-                info!("Copied snapshot {} from {} to {} endpoint", c.name, src.name(), dst.name());
+                info!("{done} snapshot {} from {} to {} endpoint", c.name, src.name(), dst.name());
+                verified.insert(c.to, &c.name, c.size);
+                record::copy(src, dst, &c.name);
                 summaries[to].copied += 1;
             }
             Err(Failure::Source(e)) => {
@@ -388,7 +491,7 @@ mod tests {
             (Role::Secondary, "Incr-00000041-00000050-220.gz"),
         ]);
         let got: Vec<(String, Role)> =
-            plan(&c, 300, &LIMIT_1, &|_| false).into_iter().map(|c| (c.name, c.to)).collect();
+            plan(&kept(&c, 300, &LIMIT_1, &|_| false)).into_iter().map(|c| (c.name, c.to)).collect();
         assert_eq!(
             got,
             [
@@ -397,7 +500,7 @@ mod tests {
             ]
         );
         // What the running snapshotter protects from GC is kept, so copied.
-        let kept = plan(&c, 300, &LIMIT_1, &|n| n == "Full-00000000-00000010-100");
+        let kept = plan(&kept(&c, 300, &LIMIT_1, &|n| n == "Full-00000000-00000010-100"));
         assert_eq!(kept[0].name, "Full-00000000-00000010-100");
         assert_eq!((kept[0].from, kept[0].to, kept[0].size), (Role::Primary, Role::Secondary, 10));
     }

@@ -102,6 +102,14 @@ impl MetricsFile {
         }
     }
 
+    /// Record what one verify found of each endpoint.
+    pub fn record_verified(&self, verified: &[(Role, Option<u64>, bool)]) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = crate::metrics::record_verified(path, verified, unix_now()) {
+            error!("Cannot write the metrics file {}: {e}", path.display());
+        }
+    }
+
     /// Count the snapshots one reconcile cycle copied to each endpoint.
     pub fn record_reconciled(&self, copied: &[(Role, u64)]) {
         let Some(path) = &self.path else { return };

@@ -17,6 +17,7 @@ use crate::{signals, store};
 use log::{info, warn};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,6 +34,14 @@ pub enum Selection {
     All,
     /// The chain up to this snapshot, as `restore --snapshot` chooses it.
     UpTo(String),
+}
+
+/// What to verify, and how deeply.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Options {
+    pub selection: Selection,
+    /// `--deep`: the directory for the one temporary database.
+    pub deep: Option<PathBuf>,
 }
 
 /// One thing wrong, naming the endpoint (`None`: the merged view) and the
@@ -104,7 +113,8 @@ impl Report {
 
 /// Verify `selection` on every endpoint and in the merged view. `Err` only
 /// when no endpoint could be listed.
-pub fn run(endpoints: &Endpoints, selection: &Selection) -> Result<Report, String> {
+pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report, String> {
+    let selection = &opts.selection;
     let catalog = Catalog::list(endpoints)?;
     let roles: Vec<Role> = endpoints.iter().map(|e| e.role).collect();
     // Each endpoint's own list, in the merged order.
@@ -306,15 +316,31 @@ fn check_all(ep: &Endpoint, entries: &[&Entry]) -> HashMap<String, Result<(), Pr
 /// trailer. Streamed with bounded memory; a failed request is retried by
 /// the endpoint's policy and a broken stream resumed, a wrong object is not.
 pub fn verify_object(ep: &Endpoint, entry: &Entry) -> Result<(), Problem> {
-    let problem = |what: String| Problem { endpoint: Some(ep.role), object: entry.name.clone(), what };
+    check_object(ep, entry).map_err(|(_, what)| Problem { endpoint: Some(ep.role), object: entry.name.clone(), what })
+}
+
+/// What is wrong with one endpoint's copy of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Missing,
+    /// The endpoint failed (after its retries): nothing is known of the copy.
+    Unreadable,
+    /// Read to its end, and wrong: length, compression or SHA-256 trailer.
+    Corrupt,
+}
+
+/// [`verify_object`], with the kind of fault.
+pub fn check_object(ep: &Endpoint, entry: &Entry) -> Result<(), (Fault, String)> {
     let Some(size) = entry.size_on(ep.role) else {
-        return Err(problem("missing: not listed on this endpoint".into()));
+        return Err((Fault::Missing, "missing: not listed on this endpoint".into()));
     };
     match stream(ep, entry, size) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(what)) => Err(problem(what)),
-        Err(e) if e.kind == store::ErrorKind::NotFound => Err(problem(format!("missing: listed but not found: {e}"))),
-        Err(e) => Err(problem(format!("cannot be read: {e}"))),
+        Ok(Err(what)) => Err((Fault::Corrupt, what)),
+        Err(e) if e.kind == store::ErrorKind::NotFound => {
+            Err((Fault::Missing, format!("missing: listed but not found: {e}")))
+        }
+        Err(e) => Err((Fault::Unreadable, format!("cannot be read: {e}"))),
     }
 }
 
@@ -445,7 +471,7 @@ mod tests {
             ("Incr-00000011-00000020-101.gz", gz),
             ("Incr-00000021-00000030-102", delta()),
         ]);
-        let r = run(&eps, &Selection::Latest).unwrap();
+        let r = run(&eps, &Options { selection: Selection::Latest, deep: None }).unwrap();
         assert_eq!(r.endpoints[0].problems, []);
         let last = r.endpoints[0].restorable.as_ref().unwrap();
         assert_eq!((last.revision, last.created), (30, 102));
@@ -462,7 +488,7 @@ mod tests {
             ("Incr-00000011-00000020-101", delta()),
             ("Incr-00000021-00000030-102", bad),
         ]);
-        let r = run(&eps, &Selection::Latest).unwrap();
+        let r = run(&eps, &Options { selection: Selection::Latest, deep: None }).unwrap();
         let v = &r.endpoints[0];
         assert_eq!(v.restorable.as_ref().unwrap().snapshot, "Incr-00000011-00000020-101");
         assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
@@ -482,20 +508,22 @@ mod tests {
             ("Incr-00000031-00000040-102", delta()),
             ("Full-00000000-00000050-103", full()),
         ]);
-        let r = run(&eps, &Selection::Latest).unwrap();
+        let r = run(&eps, &Options { selection: Selection::Latest, deep: None }).unwrap();
         assert!(r.endpoints[0].verified(), "{:?}", r.endpoints[0]);
         assert_eq!(r.endpoints[0].checked, 1);
-        let r = run(&eps, &Selection::All).unwrap();
+        let r = run(&eps, &Options { selection: Selection::All, deep: None }).unwrap();
         let v = &r.endpoints[0];
         assert_eq!(v.checked, 4);
         assert_eq!(v.restorable.as_ref().unwrap().revision, 50);
         assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
         assert!(v.problems[0].what.contains("revisions 21 to 30 are missing"), "{}", v.problems[0]);
-        let r = run(&eps, &Selection::UpTo("Incr-00000031-00000040-102".into())).unwrap();
+        let r = run(&eps, &Options { selection: Selection::UpTo("Incr-00000031-00000040-102".into()), deep: None })
+            .unwrap();
         let v = &r.endpoints[0];
         assert_eq!(v.restorable.as_ref().unwrap().revision, 20, "the chain restores up to the gap");
         assert_eq!(v.problems[0].object, "Incr-00000031-00000040-102");
-        let r = run(&eps, &Selection::UpTo("Full-00000000-00000099-1".into())).unwrap();
+        let r =
+            run(&eps, &Options { selection: Selection::UpTo("Full-00000000-00000099-1".into()), deep: None }).unwrap();
         assert!(r.endpoints[0].problems[0].what.contains("is not stored here"));
         assert_eq!(r.exit_code(), crate::exit::FAILED);
     }

@@ -233,6 +233,21 @@ fn check_list_scope(make: Make) {
     nested.delete("b").unwrap();
 }
 
+/// A sibling (`<prefix>/<dir>/`) is its own namespace beside `v2/`.
+fn check_sibling_is_separate(make: Make) {
+    let store = make(&common::unique("sibling"));
+    let records = store.sibling("hashkv");
+    assert!(records.location().contains("/hashkv/"), "{}", records.location());
+    store::save(&*store, "Full-00000000-00000001-1", b"snap").unwrap();
+    store::save(&*records, "Full-00000000-00000001-1", b"rec").unwrap();
+    assert_eq!(listed(&*store), vec![("Full-00000000-00000001-1".to_string(), 4)]);
+    assert_eq!(listed(&*records), vec![("Full-00000000-00000001-1".to_string(), 3)]);
+    assert_eq!(read_all(&*records, "Full-00000000-00000001-1", 0), b"rec");
+    records.delete("Full-00000000-00000001-1").unwrap();
+    assert_eq!(read_all(&*store, "Full-00000000-00000001-1", 0), b"snap");
+    store.delete("Full-00000000-00000001-1").unwrap();
+}
+
 fn check_fresh_prefix_is_empty(make: Make) {
     let store = make(&common::unique("fresh"));
     assert_eq!(listed(&*store), vec![]);
@@ -279,6 +294,10 @@ macro_rules! conformance {
             #[test]
             fn list_scope() {
                 check_list_scope(&make)
+            }
+            #[test]
+            fn sibling_is_separate() {
+                check_sibling_is_separate(&make)
             }
             #[test]
             fn fresh_prefix_is_empty() {

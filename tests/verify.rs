@@ -159,6 +159,21 @@ fn a_flipped_byte_on_one_endpoint_is_named_and_the_other_still_verifies() {
     assert_eq!(revisions(&v), [Some(last), Some(chain()[1].0.last_revision), Some(last)]);
     assert_eq!(v["endpoints"][1]["problems"][0]["object"], name.as_str());
     assert_eq!(v["endpoints"][1]["problems"][0]["endpoint"], "secondary");
+
+    // Reconcile replaces the bad copy from the good one, and only that one.
+    let mut args = vec!["snapshot".to_string(), "reconcile".into()];
+    args.extend(store_args(&prefix));
+    let out = binary(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("INFO Replaced the bad copy of snapshot {name} from primary to secondary endpoint")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("INFO Replaced").count() + stderr.matches("INFO Copied").count(), 1, "{stderr}");
+    assert!(load(&secondary(&prefix), name) == *bytes, "the secondary holds the good bytes again");
+    let out = verify(&prefix, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
 #[test]

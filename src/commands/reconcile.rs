@@ -11,7 +11,7 @@ pub fn run(cfg: &ReconcileConfig) -> i32 {
         Err(code) => return code,
     };
     let now = report::unix_now() as i64;
-    let summaries = reconcile::run(&endpoints, now, &cfg.options, &|_| false);
+    let summaries = reconcile::run(&endpoints, now, &cfg.options, &|_| false, &Default::default());
     if !cfg.options.dry_run {
         cfg.metrics.record_reconciled(&reconcile::copied(&summaries));
     }

@@ -2,17 +2,20 @@
 //! snapshotter (full snapshots on a schedule, deltas, garbage collection).
 
 use crate::flags::hiargs::SnapshotConfig;
+use crate::record::Recorder;
 use crate::{backup, continuous};
+use std::time::Duration;
 
 pub fn run(cfg: &SnapshotConfig) -> i32 {
     let endpoints = match super::open(&cfg.endpoints) {
         Ok(e) => e,
         Err(code) => return code,
     };
-    match &cfg.scheduled {
-        Some(settings) => continuous::run(&cfg.job, &endpoints, settings),
+    let recorder = Recorder::start(&cfg.job.etcd, &endpoints);
+    let code = match &cfg.scheduled {
+        Some(settings) => continuous::run(&cfg.job, &endpoints, settings, &recorder),
         None => {
-            let code = cfg.job.take(&endpoints, cfg.require_all_endpoints).0;
+            let code = cfg.job.take(&endpoints, cfg.require_all_endpoints, &recorder).0;
             // An endpoint detached from the snapshot may still be finishing
             // or aborting its upload: give it the same grace once more.
             let left = backup::wait_for_background_uploads(endpoints.max_lag);
@@ -24,5 +27,8 @@ pub fn run(cfg: &SnapshotConfig) -> i32 {
             }
             code
         }
-    }
+    };
+    // Bounded like one etcd call: a record is worth a short wait, not a hang.
+    recorder.finish(cfg.job.etcd.snapshot_timeout.min(Duration::from_secs(60)));
+    code
 }

@@ -11,7 +11,7 @@ pub fn run(cfg: &VerifyConfig) -> i32 {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let report = match crate::verify::run(&endpoints, &cfg.selection) {
+    let report = match crate::verify::run(&endpoints, &cfg.options) {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");

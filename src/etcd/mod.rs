@@ -204,6 +204,24 @@ impl Client {
         })
     }
 
+    /// `Maintenance/HashKV` at `revision`: the hash etcd's own corruption
+    /// check compares, over the keyspace as it was at that revision.
+    /// `Ok(None)` when etcd has already compacted that revision away.
+    pub fn hash_kv(&mut self, revision: i64) -> anyhow::Result<Option<HashKv>> {
+        let limit = self.snapshot_timeout;
+        let request = proto::HashKvRequest { revision };
+        let result = self.call("HashKV", Instant::now() + limit, limit, |conn| {
+            let request = request.clone();
+            async move { conn.unary::<_, proto::HashKvResponse>(path::MAINTENANCE_HASH_KV, request).await }
+        });
+        match result {
+            Ok(resp) => Ok(Some(HashKv { revision, hash: resp.hash, compact_revision: resp.compact_revision })),
+            // etcd's ErrCompacted: "mvcc: required revision has been compacted".
+            Err(e) if e.to_string().contains("required revision has been compacted") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `Maintenance/Snapshot` as a blocking stream. The whole stream, from
     /// this call to its last message, is bounded by `snapshot_timeout`.
     pub fn snapshot(&mut self) -> anyhow::Result<SnapshotStream<'_>> {
@@ -275,6 +293,16 @@ impl Client {
             Err(_) => bail!("{}: timed out after {}", what(), fmt_duration(self.rpc_timeout)),
         }
     }
+}
+
+/// What etcd's `HashKV` said of the keyspace at `revision`, with the
+/// compaction it was computed under (rows below it count only as the
+/// latest version of their key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKv {
+    pub revision: i64,
+    pub hash: u32,
+    pub compact_revision: i64,
 }
 
 /// The `Maintenance/Snapshot` stream: the database (`remaining_bytes`

@@ -7,6 +7,7 @@
 pub(super) mod path {
     pub const MAINTENANCE_STATUS: &str = "/etcdserverpb.Maintenance/Status";
     pub const MAINTENANCE_SNAPSHOT: &str = "/etcdserverpb.Maintenance/Snapshot";
+    pub const MAINTENANCE_HASH_KV: &str = "/etcdserverpb.Maintenance/HashKV";
     pub const AUTH_AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
     pub const WATCH_WATCH: &str = "/etcdserverpb.Watch/Watch";
 }
@@ -40,6 +41,22 @@ pub(super) struct StatusResponse {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct SnapshotRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct HashKvRequest {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct HashKvResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(uint32, tag = "2")]
+    pub hash: u32,
+    #[prost(int64, tag = "3")]
+    pub compact_revision: i64,
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct SnapshotResponse {

@@ -287,6 +287,16 @@ pub static FLAGS: &[Flag] = &[
         ..STORE
     },
     Flag {
+        name: "snapstore-temp-directory",
+        value: Some("DIR"),
+        default: Some("/tmp"),
+        help: "Where snapshot verify --deep keeps its temporary database (removed on every exit); the primary's                is used.",
+        set: |a, r, v| path(v).map(|p| a.store(r).temp_dir = p.unwrap_or_else(|| "/tmp".into())),
+        uses: &[Verify, Snapshot],
+        ignored_by: &[Restore, List, Gc, Reconcile],
+        ..STORE
+    },
+    Flag {
         name: "store-endpoint-override",
         value: Some("URL"),
         help: "URL of an S3-compatible server instead of AWS (path-style requests unless the credentials say \
@@ -409,6 +419,20 @@ pub static FLAGS: &[Flag] = &[
         default: Some("0 */1 * * *"),
         help: "When to take full snapshots without --once: 5-field cron in UTC, or @hourly, @daily, @every 30m.",
         set: |a, _, v| crate::cron::Schedule::parse(v).map(|_| a.schedule = v.to_string()),
+        ..SNAPSHOT
+    },
+    Flag {
+        name: "verify-schedule",
+        value: Some("CRON"),
+        default: Some(""),
+        help: "When to run snapshot verify (with --deep if given) on both endpoints, as --schedule;                exported as etcdbr_verify_* metrics. Empty: never.",
+        set: |a, _, v| {
+            if !v.is_empty() {
+                crate::cron::Schedule::parse(v)?;
+            }
+            a.verify_schedule = v.to_string();
+            Ok(())
+        },
         ..SNAPSHOT
     },
     Flag {
@@ -584,6 +608,15 @@ pub static FLAGS: &[Flag] = &[
         },
         group: Group::Choice,
         uses: &[Restore, Verify],
+        ..Flag::DEFAULT
+    },
+    Flag {
+        name: "deep",
+        default: Some("false"),
+        group: Group::Choice,
+        uses: &[Verify, Snapshot],
+        help: "Also apply each endpoint's chain natively (one temporary database in --snapstore-temp-directory),                check the database's structure and rows, and compare etcd's HashKV recorded with the snapshots.",
+        set: |a, _, v| parse_bool(v).map(|b| a.deep = b),
         ..Flag::DEFAULT
     },
     Flag {

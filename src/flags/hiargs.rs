@@ -108,6 +108,13 @@ fn scheduled(low: &LowArgs) -> Result<Settings, UsageError> {
             0 => DELTA_MEMORY_LIMIT,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
+        verify: match low.verify_schedule.as_str() {
+            "" => None,
+            s => Some((
+                crate::cron::Schedule::parse(s).map_err(|e| UsageError(format!("--verify-schedule: {e}")))?,
+                crate::verify::Options { selection: Default::default(), deep: deep(low) },
+            )),
+        },
         gc: (low.gc_period > Duration::from_secs(1)).then_some(Periodic {
             period: low.gc_period,
             policy,
@@ -165,7 +172,7 @@ impl ListConfig {
 #[derive(Debug)]
 pub struct VerifyConfig {
     pub endpoints: Configs,
-    pub selection: crate::verify::Selection,
+    pub options: crate::verify::Options,
     pub json: bool,
 }
 
@@ -178,8 +185,14 @@ impl VerifyConfig {
             (false, Some(name)) => Selection::UpTo(name.clone()),
             (false, None) => Selection::Latest,
         };
-        Ok(VerifyConfig { endpoints: endpoints(&low, env)?, selection, json: low.json })
+        let options = crate::verify::Options { selection, deep: deep(&low) };
+        Ok(VerifyConfig { endpoints: endpoints(&low, env)?, options, json: low.json })
     }
+}
+
+/// `--deep`: where its temporary database goes.
+fn deep(low: &LowArgs) -> Option<std::path::PathBuf> {
+    low.deep.then(|| low.stores[0].temp_dir.clone())
 }
 
 fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {

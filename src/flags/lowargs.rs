@@ -35,6 +35,10 @@ pub struct LowArgs {
     pub json: bool,
     /// `snapshot verify --all`.
     pub all: bool,
+    /// `snapshot verify --deep`, and the scheduled verify of `snapshot`.
+    pub deep: bool,
+    /// Empty: no scheduled verify.
+    pub verify_schedule: String,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,
@@ -58,6 +62,7 @@ pub struct StoreArgs {
     pub chunk_upload_timeout: Duration,
     pub chunk_upload_attempts: u32,
     pub chunk_upload_backoff: Duration,
+    pub temp_dir: PathBuf,
 }
 
 /// Go's `strconv.ParseBool`, which upstream's flags accept.

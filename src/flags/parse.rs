@@ -425,9 +425,11 @@ mod tests {
         ] {
             for f in FLAGS {
                 // Reconcile's copies count in the metrics file too; `--snapshot`
-                // moved to its own group when verify took it too.
+                // moved to its own group when verify took it too; `--deep`
+                // is verify's, and snapshot's for its scheduled verify.
                 let extra = (command == Command::Reconcile && f.name == "metrics-file")
-                    || (command == Command::Restore && f.name == "snapshot");
+                    || (command == Command::Restore && f.name == "snapshot")
+                    || (command == Command::Snapshot && f.name == "deep");
                 assert_eq!(f.accepted_by(command), groups.contains(&f.group) || extra, "--{} in {command:?}", f.name);
             }
         }

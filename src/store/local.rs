@@ -50,6 +50,11 @@ impl LocalStore {
 }
 
 impl Store for LocalStore {
+    fn sibling(&self, dir: &str) -> std::sync::Arc<dyn Store> {
+        let dir = self.dir.parent().unwrap_or(&self.container).join(dir);
+        std::sync::Arc::new(LocalStore { container: self.container.clone(), dir })
+    }
+
     fn location(&self) -> String {
         format!("file://{}/", self.dir.display())
     }

@@ -76,6 +76,11 @@ pub trait Store: Send + Sync {
 
     /// Remove object `name`. Removing a missing object succeeds, as on S3.
     fn delete(&self, name: &str) -> Result<()>;
+
+    /// The same store bound to `<prefix>/<dir>/` instead of `<prefix>/v2/`
+    /// (same endpoint, credentials and connections), for what is kept
+    /// beside the snapshots. `dir` is one path segment.
+    fn sibling(&self, dir: &str) -> std::sync::Arc<dyn Store>;
 }
 
 /// An object being written in parts. Parts may be stored concurrently from

@@ -100,6 +100,7 @@ pub struct S3Store {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     agent: ureq::Agent,
     bucket: Bucket,
@@ -201,6 +202,12 @@ impl S3Store {
 }
 
 impl Store for S3Store {
+    fn sibling(&self, dir: &str) -> Arc<dyn Store> {
+        let base = self.inner.key_prefix.strip_suffix("v2/").unwrap_or(&self.inner.key_prefix);
+        let key_prefix = format!("{base}{dir}/");
+        Arc::new(S3Store { inner: Arc::new(Inner { key_prefix, ..(*self.inner).clone() }) })
+    }
+
     fn location(&self) -> String {
         format!("s3://{}/{} at {}", self.inner.bucket.name(), self.inner.key_prefix, self.inner.endpoint)
     }
