@@ -10,13 +10,18 @@
 //! ascending order (like bbolt's compact/etcd's defrag): leaves are written
 //! as soon as they fill, branch levels are built when a bucket ends, and the
 //! two meta pages are written last.
+//!
+//! [`Db::check_structure`] proves a file's page accounting (every page
+//! reachable once or free, keys in order) in the same bounded memory.
 
+mod check;
 mod page;
 mod reader;
 #[cfg(test)]
 mod temp_file;
 mod writer;
 
+pub use check::Structure;
 pub use reader::Db;
 pub use writer::Writer;
 

@@ -18,11 +18,11 @@ const MAX_DEPTH: usize = 64;
 pub struct Db {
     file: File,
     path: PathBuf,
-    meta: Meta,
+    pub(super) meta: Meta,
 }
 
 /// Where a bucket's elements live.
-enum Bucket {
+pub(super) enum Bucket {
     /// Root page of the bucket's B+tree.
     Tree(u64),
     /// The page image stored in the parent's value (`root` 0).
@@ -30,8 +30,10 @@ enum Bucket {
 }
 
 type ElemFn<'f> = dyn FnMut(u32, &[u8], &[u8]) -> Result<(), Error> + 'f;
+/// Called by [`Db::walk`] for each page it reads: `(pgid, header, page run)`.
+pub(super) type PageFn<'f> = dyn FnMut(u64, PageHeader, &[u8]) -> Result<(), Error> + 'f;
 
-fn show_path(path: &[&[u8]]) -> String {
+pub(super) fn show_path(path: &[&[u8]]) -> String {
     if path.is_empty() {
         return "the root bucket".into();
     }
@@ -129,7 +131,7 @@ impl Db {
     /// Names of the top-level buckets, in ascending order.
     pub fn buckets(&self) -> Result<Vec<Vec<u8>>, Error> {
         let mut names = Vec::new();
-        self.walk(&Bucket::Tree(self.meta.root), &[], &mut |flags, k, _| {
+        self.walk(&Bucket::Tree(self.meta.root), &[], &mut |_, _, _| Ok(()), &mut |flags, k, _| {
             if flags & LEAF_BUCKET == 0 {
                 return Err(self.err(format!("the root bucket holds a plain key {}", show_key(k))));
             }
@@ -162,7 +164,7 @@ impl Db {
         let Some(bucket) = self.open_bucket(path)? else {
             return Ok(());
         };
-        self.walk(&bucket, path, &mut |flags, k, v| {
+        self.walk(&bucket, path, &mut |_, _, _| Ok(()), &mut |flags, k, v| {
             f(k, if flags & LEAF_BUCKET != 0 { Value::Bucket(v) } else { Value::Data(v) })
         })
     }
@@ -213,13 +215,22 @@ impl Db {
         Ok(found)
     }
 
-    fn err(&self, msg: String) -> Error {
+    pub(super) fn err(&self, msg: String) -> Error {
         Error::new(format!("{}: {msg}", self.path.display()))
     }
 
-    /// Reads the page run starting at `pgid` into `buf` and checks that it
-    /// is a leaf or branch whose header and element array are sound.
-    fn read_page(&self, pgid: u64, buf: &mut Vec<u8>) -> Result<PageHeader, Error> {
+    /// Reads `buf.len()` bytes at page `pgid`, `skip` bytes in.
+    pub(super) fn read_at(&self, pgid: u64, skip: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let at = pgid * u64::from(self.meta.page_size) + skip;
+        self.file
+            .read_exact_at(buf, at)
+            .map_err(|e| Error::io(format!("{}: reading page {pgid}", self.path.display()), e))
+    }
+
+    /// Reads the first page of the run at `pgid` into `buf` (one page long
+    /// afterwards) and checks that its header carries its own id and that
+    /// its overflow pages stay below the high-water mark.
+    pub(super) fn read_head(&self, pgid: u64, buf: &mut Vec<u8>) -> Result<PageHeader, Error> {
         let hwm = self.meta.pgid;
         if pgid >= hwm {
             return Err(self.err(format!("page {pgid} beyond high-water mark {hwm}")));
@@ -230,16 +241,21 @@ impl Db {
             *buf = Vec::new();
         }
         buf.resize(ps, 0);
-        let read = |buf: &mut [u8], at: u64| {
-            self.file
-                .read_exact_at(buf, at * ps as u64)
-                .map_err(|e| Error::io(format!("{}: reading page {pgid}", self.path.display()), e))
-        };
-        read(buf, pgid)?;
+        self.read_at(pgid, 0, buf)?;
         let h = PageHeader::decode(buf);
         if h.id != pgid {
             return Err(self.err(format!("page {pgid}: header says page {}", h.id)));
         }
+        if h.overflow > 0 && pgid + 1 + u64::from(h.overflow) > hwm {
+            return Err(self.err(format!("page {pgid}: {} overflow pages run past high-water mark {hwm}", h.overflow)));
+        }
+        Ok(h)
+    }
+
+    /// Reads the page run starting at `pgid` into `buf` and checks that it
+    /// is a leaf or branch whose header and element array are sound.
+    fn read_page(&self, pgid: u64, buf: &mut Vec<u8>) -> Result<PageHeader, Error> {
+        let h = self.read_head(pgid, buf)?;
         if h.flags != FLAG_LEAF && h.flags != FLAG_BRANCH {
             return Err(self.err(format!("page {pgid}: expected leaf or branch, found flags {:#06x}", h.flags)));
         }
@@ -247,15 +263,10 @@ impl Db {
             return Err(self.err(format!("page {pgid}: branch page without elements")));
         }
         if h.overflow > 0 {
-            let end = pgid + 1 + u64::from(h.overflow);
-            if end > hwm {
-                return Err(
-                    self.err(format!("page {pgid}: {} overflow pages run past high-water mark {hwm}", h.overflow))
-                );
-            }
+            let ps = self.meta.page_size as usize;
             // Bounded by the high-water mark, which open() checked against the file size.
             buf.resize((1 + h.overflow as usize) * ps, 0);
-            read(&mut buf[ps..], pgid + 1)?;
+            self.read_at(pgid + 1, 0, &mut buf[ps..])?;
         }
         check_count(buf, h.count as usize).map_err(|e| self.err(format!("page {pgid}: {e}")))?;
         Ok(h)
@@ -269,30 +280,37 @@ impl Db {
             let Some((flags, value)) = self.get(&bucket, name, &path[..i])? else {
                 return Ok(None);
             };
-            let here = show_path(&path[..=i]);
+            let here = &path[..=i];
             if flags & LEAF_BUCKET == 0 {
-                return Err(self.err(format!("{here} is a plain key, not a bucket")));
+                return Err(self.err(format!("{} is a plain key, not a bucket", show_path(here))));
             }
-            if value.len() < BUCKET_HEADER_SIZE {
-                return Err(self.err(format!("{here}: bucket value of {} bytes has no header", value.len())));
-            }
-            bucket = match u64_at(&value, 0) {
-                0 => {
-                    let image = value[BUCKET_HEADER_SIZE..].to_vec();
-                    if image.len() < super::page::HEADER_SIZE {
-                        return Err(self.err(format!("{here}: inline page of {} bytes", image.len())));
-                    }
-                    let h = PageHeader::decode(&image);
-                    if h.flags != FLAG_LEAF {
-                        return Err(self.err(format!("{here}: inline page has flags {:#06x}, not leaf", h.flags)));
-                    }
-                    check_count(&image, h.count as usize).map_err(|e| self.err(format!("{here}: inline page: {e}")))?;
-                    Bucket::Inline(image)
-                }
-                root => Bucket::Tree(root),
-            };
+            bucket = self.bucket_value(&value, here)?;
         }
         Ok(Some(bucket))
+    }
+
+    /// The bucket a bucket element's value (at `here`) describes: a tree
+    /// root, or an inline leaf page whose header and element array are sound.
+    pub(super) fn bucket_value(&self, value: &[u8], here: &[&[u8]]) -> Result<Bucket, Error> {
+        let here = || show_path(here);
+        if value.len() < BUCKET_HEADER_SIZE {
+            return Err(self.err(format!("{}: bucket value of {} bytes has no header", here(), value.len())));
+        }
+        Ok(match u64_at(value, 0) {
+            0 => {
+                let image = value[BUCKET_HEADER_SIZE..].to_vec();
+                if image.len() < super::page::HEADER_SIZE {
+                    return Err(self.err(format!("{}: inline page of {} bytes", here(), image.len())));
+                }
+                let h = PageHeader::decode(&image);
+                if h.flags != FLAG_LEAF {
+                    return Err(self.err(format!("{}: inline page has flags {:#06x}, not leaf", here(), h.flags)));
+                }
+                check_count(&image, h.count as usize).map_err(|e| self.err(format!("{}: inline page: {e}", here())))?;
+                Bucket::Inline(image)
+            }
+            root => Bucket::Tree(root),
+        })
     }
 
     /// `key`'s element in `bucket` as (flags, value).
@@ -337,8 +355,15 @@ impl Db {
     }
 
     /// Calls `f(flags, key, value)` for every element of `bucket` in order,
-    /// checking that keys ascend strictly.
-    fn walk(&self, bucket: &Bucket, path: &[&[u8]], f: &mut ElemFn<'_>) -> Result<(), Error> {
+    /// checking that keys ascend strictly, and `on_page` for every page of
+    /// its tree when it is read (a branch before its children).
+    pub(super) fn walk(
+        &self,
+        bucket: &Bucket,
+        path: &[&[u8]],
+        on_page: &mut PageFn<'_>,
+        f: &mut ElemFn<'_>,
+    ) -> Result<(), Error> {
         let mut prev: Option<Vec<u8>> = None;
         let mut visit = |flags: u32, k: &[u8], v: &[u8], at: &dyn Fn() -> String| -> Result<(), Error> {
             match &mut prev {
@@ -393,6 +418,7 @@ impl Db {
             }
             let h = self.read_page(pgid, &mut bufs[depth])?;
             let page = &bufs[depth];
+            on_page(pgid, h, page)?;
             if h.flags == FLAG_BRANCH {
                 let child = branch_element(page, 0).map_err(|e| self.err(format!("page {pgid}: {e}")))?.1;
                 branches.push((pgid, 1, h.count as usize));
