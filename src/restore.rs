@@ -201,7 +201,13 @@ const MAX_OBJECT_SIZE: u64 = 5 << 40;
 /// fails, the parts still missing come from the other one if both copies
 /// have the same size; the SHA-256 trailer, checked over the plain
 /// snapshot, still covers the whole result.
-fn fetch(entry: &Entry, sources: &[Endpoint], dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
+pub(crate) fn fetch(
+    entry: &Entry,
+    sources: &[Endpoint],
+    dest: &Path,
+    plain: &Path,
+    verify: bool,
+) -> anyhow::Result<Role> {
     let name = &entry.name;
     let mut plan: Vec<(usize, bool)> =
         (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
@@ -276,7 +282,11 @@ const PARALLEL_DELTAS: usize = 4;
 
 /// Fetch every delta (each from the primary, else the secondary) into the
 /// staging directory, verified; returns (name, plain file) in chain order.
-fn fetch_deltas(deltas: &[&Entry], sources: &[Endpoint], dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+pub(crate) fn fetch_deltas(
+    deltas: &[&Entry],
+    sources: &[Endpoint],
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let files: Vec<(String, PathBuf)> =
         deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("delta-{i:06}")))).collect();
     let indices: Vec<usize> = (0..deltas.len()).collect();

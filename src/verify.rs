@@ -11,7 +11,9 @@
 //! 64 KiB buffer ([`check_content`]) and its decompressor's window.
 
 use crate::catalog::{self, Catalog, Entry, Gap, NoChain};
+use crate::datadir::{bbolt, hashkv};
 use crate::endpoint::{Endpoint, Endpoints, Role, on_each};
+use crate::record;
 use crate::snapshot::{Kind, check_content};
 use crate::{signals, store};
 use log::{info, warn};
@@ -79,6 +81,8 @@ pub struct View {
     pub checked: usize,
     pub restorable: Option<Restorable>,
     pub problems: Vec<Problem>,
+    /// With `--deep`: what applying the restorable chain showed.
+    pub deep: Option<String>,
 }
 
 impl View {
@@ -155,12 +159,21 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report, String> {
             }
             problems.extend(plans[i].chain_problems(Some(role)));
         }
-        views.push(View {
-            endpoint: Some(role),
-            checked: plans[i].objects.len(),
-            restorable: plans[i].restorable(ok),
-            problems,
-        });
+        let mut restorable = plans[i].restorable(ok);
+        let mut deep = None;
+        if let (Some(dir), Some(upto), Some(chain)) = (&opts.deep, &restorable, plans[i].chains.first()) {
+            let objects: Vec<&Entry> = std::iter::once(chain.full).chain(chain.deltas.iter().copied()).collect();
+            let end = objects.iter().position(|e| e.name == upto.snapshot).map_or(0, |p| p + 1);
+            match deep_check(&endpoints[i], &objects[..end], dir) {
+                Ok(summary) => deep = Some(summary),
+                Err(p) => {
+                    // What the chain restores to is not what etcd had (or unknown).
+                    restorable = None;
+                    problems.push(p);
+                }
+            }
+        }
+        views.push(View { endpoint: Some(role), checked: plans[i].objects.len(), restorable, problems, deep });
     }
     // Merged: an object counts when any endpoint holding it verified it.
     let ok_anywhere = |e: &Entry| results.iter().any(|r| r.get(&e.name).is_some_and(Result::is_ok));
@@ -187,6 +200,7 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report, String> {
         checked: merged_plan.objects.len(),
         restorable: merged_plan.restorable(ok_anywhere),
         problems,
+        deep: None,
     };
     for v in views.iter().chain([&merged]) {
         for p in &v.problems {
@@ -203,6 +217,95 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report, String> {
         );
     }
     Ok(Report { endpoints: views, merged })
+}
+
+/// `--deep` on one endpoint's chain (objects that verified, in order):
+/// fetch it from this endpoint alone into a temporary directory under
+/// `dir`, check the database's bbolt structure and mvcc rows, and compute
+/// etcd's HashKV over the rows a restore would write (the snapshot's, then
+/// the deltas' events, without writing them) at the latest revision of the
+/// chain that has a record, to compare with what etcd said. Temporary disk:
+/// the one database (and, while it is decompressed, its compressed
+/// download); removed on every way out.
+fn deep_check(ep: &Endpoint, chain: &[&Entry], dir: &std::path::Path) -> Result<String, Problem> {
+    let last = chain.last().map_or(String::new(), |e| e.name.clone());
+    let problem = |object: &str, what: String| Problem { endpoint: Some(ep.role), object: object.into(), what };
+    let Some((full, deltas)) = chain.split_first() else { return Ok(String::new()) };
+    let tmp = TempDir::create(dir, ep.role).map_err(|e| problem(&last, format!("deep check: {e}")))?;
+    let sources = std::slice::from_ref(ep);
+    let plain = tmp.0.join("snapshot.db");
+    crate::restore::fetch(full, sources, &tmp.0.join("snapshot.download"), &plain, true)
+        .and_then(|_| crate::datadir::db::strip_trailer(&plain))
+        .map_err(|e| problem(&full.name, format!("deep check: {e:#}")))?;
+    let delta_files = crate::restore::fetch_deltas(deltas, sources, &tmp.0)
+        .map_err(|e| problem(&last, format!("deep check: {e:#}")))?;
+    let db = bbolt::Db::open(&plain).map_err(|e| problem(&full.name, format!("not a bbolt database: {e:#}")))?;
+    let structure =
+        db.check_structure().map_err(|e| problem(&full.name, format!("bbolt structure is broken: {e:#}")))?;
+    let rows = hashkv::Rows { db: &db, deltas: &delta_files };
+    let top = chain.last().map_or(0, |e| e.snapshot.last_revision) as i64;
+    let mvcc = hashkv::check_mvcc(&rows, top).map_err(|e| problem(&last, format!("mvcc rows: {e}")))?;
+    let mut summary = format!(
+        "{} pages ({} free), {} rows of {} keys up to revision {}",
+        structure.pages, structure.free, mvcc.rows, mvcc.keys, mvcc.highest_revision
+    );
+    // The latest record of the chain: a HashKV at an earlier revision is
+    // computed over the same rows, those above it left out.
+    let mut recorded = None;
+    for e in chain.iter().rev() {
+        match record::load(ep, &e.name) {
+            Ok(Some(h)) => {
+                recorded = Some((e, h));
+                break;
+            }
+            Ok(None) => {}
+            Err(why) => return Err(problem(&e.name, why)),
+        }
+    }
+    match recorded {
+        Some((e, h)) => {
+            let ours = hashkv::hash_kv(&rows, h.revision, h.compact_revision)
+                .map_err(|why| problem(&e.name, format!("HashKV: {why}")))?;
+            if ours != h.hash {
+                return Err(problem(
+                    &e.name,
+                    format!(
+                        "HashKV at revision {} is {ours}, but etcd said {} when it was stored: the chain does not \
+                         restore to what etcd had",
+                        h.revision, h.hash
+                    ),
+                ));
+            }
+            summary.push_str(&format!("; HashKV {ours} at revision {} equals etcd's", h.revision));
+        }
+        None => summary.push_str("; no HashKV recorded for this chain (etcd had compacted it, or it predates records)"),
+    }
+    Ok(summary)
+}
+
+/// A directory of its own under `--snapstore-temp-directory`, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create(parent: &std::path::Path, role: Role) -> Result<TempDir, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = parent.join(format!(".etcdbr-verify-{}-{}", std::process::id(), role.name()));
+        // Upstream creates its temporary directory when missing.
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            warn!("Cannot remove the temporary directory {}: {e}", self.0.display());
+        }
+    }
 }
 
 /// What one view checks: its chains (a full snapshot and the deltas that

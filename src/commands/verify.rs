@@ -35,6 +35,9 @@ fn to_text(report: &Report) -> String {
             None => "nothing restorable".into(),
         };
         out.push_str(&format!("{}: {status}: {} objects checked, {upto}\n", v.name(), v.checked));
+        if let Some(deep) = &v.deep {
+            out.push_str(&format!("  deep: {deep}\n"));
+        }
         for p in &v.problems {
             out.push_str(&format!("  {p}\n"));
         }
@@ -51,6 +54,7 @@ fn view_json(v: &View) -> serde_json::Value {
         "lastVerifiedRevision": r.map(|r| r.revision),
         "lastVerifiedSnapshot": r.map(|r| r.snapshot.as_str()),
         "lastVerifiedTime": r.map(|r| time(r.created)),
+        "deep": v.deep,
         "problems": v.problems.iter().map(|p| serde_json::json!({
             "endpoint": p.endpoint.map_or("both", |r| r.name()),
             "object": p.object,

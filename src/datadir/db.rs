@@ -61,7 +61,7 @@ pub fn rewrite(
 }
 
 /// The downloaded file still ends in the 32-byte trailer when it had one.
-fn strip_trailer(src: &Path) -> anyhow::Result<()> {
+pub(crate) fn strip_trailer(src: &Path) -> anyhow::Result<()> {
     let len = fs::metadata(src)?.len();
     if len % 512 == TRAILER_LEN as u64 {
         File::options().write(true).open(src)?.set_len(len - TRAILER_LEN as u64)?;

@@ -18,9 +18,11 @@
 //! compaction. Rows stream through [`Db::for_each`] twice.
 
 use super::bbolt::{Db, Error, Value};
+use super::mvcc::apply_deltas;
 use super::pb::{self, Field, crc32c};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, DefaultHasher, Hasher};
+use std::path::PathBuf;
 
 /// The mvcc revision of a `key`-bucket row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,8 +135,44 @@ const TOMBSTONE: u64 = 1 << 63;
 /// Takes a row's (key, revision, tombstone, value); false stops the rows.
 type RowFn<'f> = dyn FnMut(&[u8], Rev, bool, &[u8]) -> Result<bool, String> + 'f;
 
-/// Calls `f` for each row of the `key` bucket in order until it returns false.
-fn rows(db: &Db, f: &mut RowFn<'_>) -> Result<(), String> {
+/// The `key` rows etcd would hold: a db's, then those the events of delta
+/// snapshots (name, plain file, in chain order) add after its latest
+/// revision, as a restore writes them. Nothing is written anywhere.
+pub struct Rows<'a> {
+    pub db: &'a Db,
+    pub deltas: &'a [(String, PathBuf)],
+}
+
+impl<'a> From<&'a Db> for Rows<'a> {
+    fn from(db: &'a Db) -> Rows<'a> {
+        Rows { db, deltas: &[] }
+    }
+}
+
+/// Calls `f` for each row in order until it returns false.
+fn rows(src: &Rows<'_>, f: &mut RowFn<'_>) -> Result<(), String> {
+    let (db, mut highest, mut stopped) = (src.db, 0u64, false);
+    each_db_row(db, &mut |k, rev, tomb, v| {
+        highest = rev.main as u64;
+        let go_on = f(k, rev, tomb, v)?;
+        stopped = !go_on;
+        Ok(go_on)
+    })?;
+    if stopped || src.deltas.is_empty() {
+        return Ok(());
+    }
+    apply_deltas(highest, src.deltas, &mut |_, k, v| {
+        if !stopped {
+            let (rev, tomb) = row_rev(k).map_err(|e| anyhow::anyhow!(e))?;
+            stopped = !f(k, rev, tomb, v).map_err(|e| anyhow::anyhow!("{}: {e}", row_name(rev, tomb)))?;
+        }
+        Ok(())
+    })
+    .map(drop)
+    .map_err(|e| format!("{e:#}"))
+}
+
+fn each_db_row(db: &Db, f: &mut RowFn<'_>) -> Result<(), String> {
     let mut failed = None;
     let r = db.for_each(b"key", &mut |k, v| {
         let step = match v {
@@ -163,7 +201,7 @@ fn rows(db: &Db, f: &mut RowFn<'_>) -> Result<(), String> {
 /// `compact_revision` (0 or less: never compacted): what
 /// `Maintenance.HashKV{revision}` returns as `hash` in etcd 3.4, 3.5 and 3.6
 /// for this db.
-pub fn hash_kv(db: &Db, revision: i64, compact_revision: i64) -> Result<u32, String> {
+pub fn hash_kv(db: &Rows<'_>, revision: i64, compact_revision: i64) -> Result<u32, String> {
     let upper = Rev { main: revision.saturating_add(1), sub: 0 };
     let lower = Rev { main: compact_revision.saturating_add(1), sub: 0 };
     // For each user key, its latest row below `upper` (main | TOMBSTONE).
@@ -221,8 +259,8 @@ pub struct MvccSummary {
 /// is its main revision, 1 <= create_revision <= mod_revision, version >= 1;
 /// a deletion stores the key only. The highest revision must reach
 /// `revision`, and the `meta` bucket must exist.
-pub fn check_mvcc(db: &Db, revision: i64) -> Result<MvccSummary, String> {
-    let buckets = db.buckets().map_err(|e| format!("{e:#}"))?;
+pub fn check_mvcc(db: &Rows<'_>, revision: i64) -> Result<MvccSummary, String> {
+    let buckets = db.db.buckets().map_err(|e| format!("{e:#}"))?;
     for name in [&b"key"[..], b"meta"] {
         if !buckets.iter().any(|b| b == name) {
             return Err(format!("no {} bucket", show(name)));
@@ -401,14 +439,14 @@ mod tests {
         let rows = history();
         let (_p, db) = db_of(&rows);
         let all: Vec<_> = rows.iter().map(Row::id).collect();
-        assert_eq!(hash_kv(&db, 9, 0), Ok(expected(&rows, &all)));
-        assert_eq!(hash_kv(&db, 9, -1), Ok(expected(&rows, &all)));
-        assert_eq!(hash_kv(&db, 100, 0), Ok(expected(&rows, &all)));
-        assert_eq!(hash_kv(&db, 5, 0), Ok(expected(&rows, &all[..4])));
-        assert_eq!(hash_kv(&db, 6, 0), Ok(expected(&rows, &all[..6])));
-        assert_eq!(hash_kv(&db, 1, 0), Ok(crc32c(0, b"key")));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 0), Ok(expected(&rows, &all)));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, -1), Ok(expected(&rows, &all)));
+        assert_eq!(hash_kv(&Rows::from(&db), 100, 0), Ok(expected(&rows, &all)));
+        assert_eq!(hash_kv(&Rows::from(&db), 5, 0), Ok(expected(&rows, &all[..4])));
+        assert_eq!(hash_kv(&Rows::from(&db), 6, 0), Ok(expected(&rows, &all[..6])));
+        assert_eq!(hash_kv(&Rows::from(&db), 1, 0), Ok(crc32c(0, b"key")));
         // Distinct hashes for distinct revisions.
-        assert_ne!(hash_kv(&db, 5, 0), hash_kv(&db, 6, 0));
+        assert_ne!(hash_kv(&Rows::from(&db), 5, 0), hash_kv(&Rows::from(&db), 6, 0));
     }
 
     #[test]
@@ -423,11 +461,11 @@ mod tests {
             let (_p, db) = db_of(&rows);
             // keep(9): b@7, c@6, d@6.1, e@9 (a's latest is a deletion): a@4 and
             // the tombstone b@5 are left out.
-            let got = hash_kv(&db, 9, 5).unwrap();
+            let got = hash_kv(&Rows::from(&db), 9, 5).unwrap();
             assert_eq!(got, expected(&rows, &[(6, 0), (6, 1), (7, 0), (8, 0), (9, 0)]), "keep_tomb {keep_tomb}");
             // keep(6): a@4, c, d.
-            assert_eq!(hash_kv(&db, 6, 5), Ok(expected(&rows, &[(4, 0), (6, 0), (6, 1)])));
-            assert_eq!(hash_kv(&db, 5, 5), Ok(expected(&rows, &[(4, 0)])));
+            assert_eq!(hash_kv(&Rows::from(&db), 6, 5), Ok(expected(&rows, &[(4, 0), (6, 0), (6, 1)])));
+            assert_eq!(hash_kv(&Rows::from(&db), 5, 5), Ok(expected(&rows, &[(4, 0)])));
         }
     }
 
@@ -437,11 +475,11 @@ mod tests {
         let ids: Vec<_> = rows.iter().map(Row::id).collect();
         assert_eq!(ids, [(4, 0), (6, 0), (6, 1), (7, 0), (8, 0), (9, 0)]);
         let (_p, db) = db_of(&rows);
-        assert_eq!(hash_kv(&db, 7, 6), Ok(expected(&rows, &[(4, 0), (6, 0), (6, 1), (7, 0)])));
+        assert_eq!(hash_kv(&Rows::from(&db), 7, 6), Ok(expected(&rows, &[(4, 0), (6, 0), (6, 1), (7, 0)])));
         // a deleted at 8: its row at 4 drops out of keep(9).
-        assert_eq!(hash_kv(&db, 9, 6), Ok(expected(&rows, &[(6, 0), (6, 1), (7, 0), (8, 0), (9, 0)])));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 6), Ok(expected(&rows, &[(6, 0), (6, 1), (7, 0), (8, 0), (9, 0)])));
         // A compact revision without rows below it changes nothing.
-        assert_eq!(hash_kv(&db, 9, 3), hash_kv(&db, 9, 0));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 3), hash_kv(&Rows::from(&db), 9, 0));
     }
 
     #[test]
@@ -453,13 +491,17 @@ mod tests {
             let (_p, db) = db_of(&rows);
             // keep(5) is empty: y@3 is hashed though keep(5) would not hold
             // it; x's tombstone at the compact revision is not.
-            assert_eq!(hash_kv(&db, 5, 4), Ok(expected(&rows, &[(3, 0), (5, 0)])), "keep_tomb {keep_tomb}");
+            assert_eq!(
+                hash_kv(&Rows::from(&db), 5, 4),
+                Ok(expected(&rows, &[(3, 0), (5, 0)])),
+                "keep_tomb {keep_tomb}"
+            );
             // keep(4) = {y@3}.
-            assert_eq!(hash_kv(&db, 4, 4), Ok(expected(&rows, &[(3, 0)])));
+            assert_eq!(hash_kv(&Rows::from(&db), 4, 4), Ok(expected(&rows, &[(3, 0)])));
         }
         // Uncompacted, nothing is skipped, deletions included.
         let (_p, db) = db_of(&full);
-        assert_eq!(hash_kv(&db, 5, 0), Ok(expected(&full, &[(2, 0), (3, 0), (4, 0), (5, 0)])));
+        assert_eq!(hash_kv(&Rows::from(&db), 5, 0), Ok(expected(&full, &[(2, 0), (3, 0), (4, 0), (5, 0)])));
     }
 
     /// The hashes etcd 3.4.23 returned (`etcdctl endpoint hashkv --rev`)
@@ -471,35 +513,38 @@ mod tests {
         let full = history();
         let (_p, db) = db_of(&full);
         for (rev, want) in [(9, 257908993), (6, 3425667755), (5, 2386484818), (2, 2587454935)] {
-            assert_eq!(hash_kv(&db, rev, -1), Ok(want), "revision {rev}");
+            assert_eq!(hash_kv(&Rows::from(&db), rev, -1), Ok(want), "revision {rev}");
         }
         let (_p, db) = db_of(&compacted(&full, 5, false));
-        assert_eq!(hash_kv(&db, 9, 5), Ok(243045599));
-        assert_eq!(hash_kv(&db, 6, 5), Ok(610375359));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 5), Ok(243045599));
+        assert_eq!(hash_kv(&Rows::from(&db), 6, 5), Ok(610375359));
         let (_p, db) = db_of(&compacted(&full, 6, false));
-        assert_eq!(hash_kv(&db, 9, 6), Ok(243045599));
-        assert_eq!(hash_kv(&db, 7, 6), Ok(3775951029));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 6), Ok(243045599));
+        assert_eq!(hash_kv(&Rows::from(&db), 7, 6), Ok(3775951029));
         // keep empty: put x, put y, delete x, delete y, compact 4.
         let rows = [put(3, 0, b"y", b"1", 3, 1), del(5, 0, b"y")];
         let (_p, db) = db_of(&rows);
-        assert_eq!(hash_kv(&db, 5, 4), Ok(3588791141));
+        assert_eq!(hash_kv(&Rows::from(&db), 5, 4), Ok(3588791141));
         // Then put z, put w, delete z, compact 7, delete w: keep(9) empty.
         let rows = [put(6, 0, b"z", b"1", 6, 1), put(7, 0, b"w", b"1", 7, 1), del(8, 0, b"z"), del(9, 0, b"w")];
         let (_p, db) = db_of(&rows);
-        assert_eq!(hash_kv(&db, 9, 7), Ok(1522238847));
+        assert_eq!(hash_kv(&Rows::from(&db), 9, 7), Ok(1522238847));
     }
 
     #[test]
     fn mvcc_check_summarises_and_names_bad_rows() {
         let rows = history();
         let (_p, db) = db_of(&rows);
-        assert_eq!(check_mvcc(&db, 9), Ok(MvccSummary { rows: 9, keys: 5, highest_revision: 9 }));
-        assert_eq!(check_mvcc(&db, 10).unwrap_err(), "the key bucket ends at revision 9, below revision 10");
+        assert_eq!(check_mvcc(&Rows::from(&db), 9), Ok(MvccSummary { rows: 9, keys: 5, highest_revision: 9 }));
+        assert_eq!(
+            check_mvcc(&Rows::from(&db), 10).unwrap_err(),
+            "the key bucket ends at revision 9, below revision 10"
+        );
 
         let good = put(3, 0, b"k", b"v", 3, 1);
         let with = |k: Vec<u8>, v: Vec<u8>| {
             let (_p, db) = db_of_raw(&[put(2, 0, b"k", b"v", 2, 1).bytes(), (k, v)]);
-            check_mvcc(&db, 0).unwrap_err()
+            check_mvcc(&Rows::from(&db), 0).unwrap_err()
         };
         let (k, v) = good.bytes();
         let mut short = k.clone();
@@ -538,18 +583,20 @@ mod tests {
         w.begin_bucket(b"key").unwrap();
         w.end_bucket().unwrap();
         w.finish(2).unwrap();
-        assert_eq!(check_mvcc(&Db::open(&path).unwrap(), 0).unwrap_err(), "no \"meta\" bucket");
+        assert_eq!(check_mvcc(&Rows::from(&Db::open(&path).unwrap()), 0).unwrap_err(), "no \"meta\" bucket");
     }
 
     #[test]
     fn malformed_rows_are_errors_for_the_hash_too() {
         let (_p, db) = db_of_raw(&[(b"short".to_vec(), b"x".to_vec())]);
-        assert!(hash_kv(&db, 5, 0).unwrap_err().contains("row key \"short\" is not an mvcc revision"));
+        assert!(hash_kv(&Rows::from(&db), 5, 0).unwrap_err().contains("row key \"short\" is not an mvcc revision"));
         // Two rows of one key in one revision cannot be told apart by main revision.
         let rows = [put(2, 0, b"k", b"1", 2, 1), put(2, 1, b"k", b"2", 2, 2)];
         let (_p, db) = db_of(&rows);
-        assert!(hash_kv(&db, 2, 1).unwrap_err().contains("revision 2 sub 1: a second row for the same key"));
-        assert_eq!(hash_kv(&db, 2, 0), Ok(expected(&rows, &[(2, 0), (2, 1)])));
+        assert!(
+            hash_kv(&Rows::from(&db), 2, 1).unwrap_err().contains("revision 2 sub 1: a second row for the same key")
+        );
+        assert_eq!(hash_kv(&Rows::from(&db), 2, 0), Ok(expected(&rows, &[(2, 0), (2, 1)])));
     }
 
     /// Timing on a larger db: `cargo test --lib hashkv::tests::timing -- --ignored --nocapture`.
@@ -589,13 +636,13 @@ mod tests {
         let s = db.check_structure().unwrap();
         eprintln!("check_structure {s:?}: {:?}", t.elapsed());
         let t = std::time::Instant::now();
-        let m = check_mvcc(&db, n as i64).unwrap();
+        let m = check_mvcc(&Rows::from(&db), n as i64).unwrap();
         eprintln!("check_mvcc {m:?}: {:?}", t.elapsed());
         let t = std::time::Instant::now();
-        hash_kv(&db, n as i64, 0).unwrap();
+        hash_kv(&Rows::from(&db), n as i64, 0).unwrap();
         eprintln!("hash_kv uncompacted: {:?}", t.elapsed());
         let t = std::time::Instant::now();
-        hash_kv(&db, n as i64, n as i64 / 2).unwrap();
+        hash_kv(&Rows::from(&db), n as i64, n as i64 / 2).unwrap();
         eprintln!("hash_kv compacted (two passes): {:?}", t.elapsed());
     }
 }
