@@ -20,6 +20,8 @@ impl Entry {
         match role {
             Role::Primary => self.primary_size,
             Role::Secondary => self.secondary_size,
+            // `copy` lists its source on its own; the catalog merges the two backup endpoints.
+            Role::Source => None,
         }
     }
 
@@ -107,6 +109,7 @@ impl Catalog {
         match role {
             Role::Primary => self.entries[i].primary_size = Some(size),
             Role::Secondary => self.entries[i].secondary_size = Some(size),
+            Role::Source => unreachable!("the copy source is never merged into the catalog"),
         }
     }
 

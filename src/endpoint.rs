@@ -1,4 +1,4 @@
-//! One store endpoint, primary or secondary: its settings, how it is opened,
+//! One store endpoint, primary or secondary (or `copy`'s source): its settings, how it is opened,
 //! and the one way every store call on it is retried and logged. Commands
 //! open endpoints; the domain modules (backup, snapshotter, catalog, gc,
 //! restore) take opened [`Endpoints`] and never see the flags.
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub enum Role {
     Primary,
     Secondary,
+    /// Where `copy` reads from (`--source-*`, `SOURCE_*`); never written.
+    Source,
 }
 
 impl Role {
@@ -25,6 +27,7 @@ impl Role {
         match self {
             Role::Primary => "primary",
             Role::Secondary => "secondary",
+            Role::Source => "source",
         }
     }
     /// Prefix of the generated flag (`--secondary-<name>`).
@@ -32,6 +35,7 @@ impl Role {
         match self {
             Role::Primary => "",
             Role::Secondary => "secondary-",
+            Role::Source => "source-",
         }
     }
     /// Prefix of the endpoint's environment variables (`SECONDARY_<VAR>`).
@@ -39,6 +43,7 @@ impl Role {
         match self {
             Role::Primary => "",
             Role::Secondary => "SECONDARY_",
+            Role::Source => "SOURCE_",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod commands;
 pub mod compression;
 pub mod continuous;
+pub mod copy;
 pub mod credentials;
 pub mod cron;
 pub mod datadir;

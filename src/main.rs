@@ -1,7 +1,7 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
 use etcd_backup_restore::flags::hiargs::{
-    GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, SnapshotConfig, VerifyConfig,
+    CopyConfig, GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, SnapshotConfig, VerifyConfig,
 };
 use etcd_backup_restore::flags::{self, Command, Parsed};
 use etcd_backup_restore::{commands, exit, logging, signals};
@@ -27,6 +27,7 @@ fn main() {
                 Command::Gc => GcOnceConfig::new(*low, &env).map(|c| commands::gc::run(&c)),
                 Command::Reconcile => ReconcileConfig::new(*low, &env).map(|c| commands::reconcile::run(&c)),
                 Command::Verify => VerifyConfig::new(*low, &env).map(|c| commands::verify::run(&c)),
+                Command::Copy => CopyConfig::new(*low, &env).map(|c| commands::copy::run(&c)),
             };
             code.unwrap_or_else(|e| usage(&e.0))
         }

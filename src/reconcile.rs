@@ -229,7 +229,7 @@ pub fn run(
             Ok(()) => {
                 info!("{done} snapshot {} from {} to {} endpoint", c.name, src.name(), dst.name());
                 verified.insert(c.to, &c.name, c.size);
-                record::copy(src, dst, &c.name);
+                record::copy(src, dst, &c.name, &c.name);
                 summaries[to].copied += 1;
             }
             Err(Failure::Source(e)) => {
@@ -269,18 +269,23 @@ const MAX_PARTS: u64 = 10_000;
 /// Copy object `name` (`size` bytes as listed) from `src` to `dst`,
 /// streamed and verified; on any failure the upload is aborted.
 pub fn copy(src: &Endpoint, dst: &Endpoint, name: &str, size: u64) -> Result<(), Failure> {
+    copy_as(src, dst, name, name, size)
+}
+
+/// [`copy`] to object `dst_name` on `dst` (`copy` strips `.final`, as upstream does).
+pub fn copy_as(src: &Endpoint, dst: &Endpoint, name: &str, dst_name: &str, size: u64) -> Result<(), Failure> {
     let snapshot =
         SnapshotName::parse(name).ok_or_else(|| Failure::Source(format!("{name} is not a snapshot name")))?;
     let part_size = dst.parts.min_size.max(size.div_ceil(MAX_PARTS)).max(1);
     let upload = dst
-        .call(&format!("starting the upload of {name}"), || dst.store.begin(name))
+        .call(&format!("starting the upload of {dst_name}"), || dst.store.begin(dst_name))
         .map_err(|e| Failure::Destination(e.to_string()))?;
     let result = stream(src, dst, &snapshot, name, size, part_size, upload.as_ref())
-        .and_then(|()| dst.call(&format!("completing {name}"), || upload.complete()).map_err(dest));
+        .and_then(|()| dst.call(&format!("completing {dst_name}"), || upload.complete()).map_err(dest));
     if result.is_err()
-        && let Err(e) = dst.call(&format!("aborting the upload of {name}"), || upload.abort())
+        && let Err(e) = dst.call(&format!("aborting the upload of {dst_name}"), || upload.abort())
     {
-        warn!("{} endpoint: cannot abort the upload of {name}: {e}", dst.name());
+        warn!("{} endpoint: cannot abort the upload of {dst_name}: {e}", dst.name());
     }
     result
 }
@@ -471,6 +476,7 @@ mod tests {
             match role {
                 Role::Primary => entries[i].primary_size = Some(10),
                 Role::Secondary => entries[i].secondary_size = Some(10),
+                Role::Source => unreachable!(),
             }
         }
         crate::catalog::order(&mut entries);

@@ -97,11 +97,12 @@ pub fn delete(ep: &Endpoint, name: &str) {
     }
 }
 
-/// Copy the record of `name` from `src` to `dst`, when `src` has one.
-pub fn copy(src: &Endpoint, dst: &Endpoint, name: &str) {
+/// Copy the record of `name` from `src` to `dst` (as `dst_name`), when
+/// `src` has one.
+pub fn copy(src: &Endpoint, dst: &Endpoint, name: &str, dst_name: &str) {
     match load(src, name) {
         Ok(Some(h)) => {
-            if let Err(e) = save(dst, name, &h) {
+            if let Err(e) = save(dst, dst_name, &h) {
                 warn!("{} endpoint: cannot save the HashKV record of {name}: {e}", dst.name());
             }
         }

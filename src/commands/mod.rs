@@ -2,6 +2,7 @@
 //! exit code out. Commands open the endpoints and call the domain modules;
 //! nothing below this layer imports `flags`.
 
+pub mod copy;
 pub mod gc;
 pub mod list;
 pub mod reconcile;

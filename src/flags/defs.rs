@@ -1,7 +1,8 @@
 //! Every flag, defined once: name, value, default, environment fallback,
 //! help, the commands that use it, and how it sets the low-level arguments.
 //! Store flags are defined for the primary only; `--secondary-<name>` and
-//! `SECONDARY_<VAR>` are generated from the same definition.
+//! `SECONDARY_<VAR>` (and, for `copy`, `--source-<name>` and `SOURCE_<VAR>`)
+//! are generated from the same definition.
 //!
 //! Defaults are applied by running `set` on the `default` text, so the help
 //! output and the behaviour cannot drift apart. A definition states only what
@@ -9,7 +10,7 @@
 //! differs from `Flag::DEFAULT`.
 
 use super::lowargs::*;
-use super::parse::Command::{self, Gc, List, Reconcile, Restore, Snapshot, Verify};
+use super::parse::Command::{self, Copy, Gc, List, Reconcile, Restore, Snapshot, Verify};
 
 /// A help section. Sections are shown in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +28,12 @@ pub enum Group {
     /// Which snapshots: `restore` and `snapshot verify`.
     Choice,
     List,
+    /// `copy`: which snapshots, how many at once, waiting for the final one.
+    Copy,
 }
 
 impl Group {
-    pub const ALL: [Group; 9] = [
+    pub const ALL: [Group; 10] = [
         Group::Global,
         Group::Etcd,
         Group::Store,
@@ -40,6 +43,7 @@ impl Group {
         Group::Restore,
         Group::Choice,
         Group::List,
+        Group::Copy,
     ];
 
     pub fn title(self) -> &'static str {
@@ -53,12 +57,18 @@ impl Group {
             Group::List => "Output",
             Group::Gc => "Garbage collection",
             Group::GcOnce => "One cycle",
+            Group::Copy => "Copy",
         }
     }
 
-    /// The endpoints a flag of this group exists for.
-    pub fn roles(self) -> &'static [Role] {
-        if self == Group::Store { &[Role::Primary, Role::Secondary] } else { &[Role::Primary] }
+    /// The endpoints a flag of this group exists for in `command`: store
+    /// flags for both backup endpoints, and in `copy` for its source too.
+    pub fn roles(self, command: Command) -> &'static [Role] {
+        match (self, command) {
+            (Group::Store, Copy) => &[Role::Source, Role::Primary, Role::Secondary],
+            (Group::Store, _) => &[Role::Primary, Role::Secondary],
+            _ => &[Role::Primary],
+        }
     }
 }
 
@@ -101,16 +111,39 @@ impl Flag {
     pub fn accepted_by(&self, command: Command) -> bool {
         self.uses.contains(&command) || self.ignored_by.contains(&command)
     }
+
+    /// Whether `command` reads the flag of endpoint `role`. The copy source
+    /// is only read, as `restore` reads its endpoints: it uses the store
+    /// flags `restore` uses, and takes (and ignores) the upload flags, as
+    /// upstream's `copy` takes `--source-min-chunk-size`.
+    pub fn used_for(&self, command: Command, role: Role) -> bool {
+        match role {
+            Role::Source => command == Copy && self.group == Group::Store && self.uses.contains(&Restore),
+            _ => self.uses.contains(&command),
+        }
+    }
+
+    /// Whether `command` takes the flag of endpoint `role` on its command line.
+    pub fn accepted_for(&self, command: Command, role: Role) -> bool {
+        match role {
+            Role::Source => command == Copy && self.group == Group::Store && self.accepted_by(Restore),
+            _ => self.accepted_by(command),
+        }
+    }
 }
 
 /// In the order the README lists commands.
-pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore];
+pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore, Copy];
+/// Every command but `copy`, which reads one source and writes its
+/// destinations one after another, with no endpoint waiting for another.
+const BACKUP_COMMANDS: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore];
 
 const ETCD: Flag = Flag { group: Group::Etcd, uses: &[Snapshot], ..Flag::DEFAULT };
 const STORE: Flag = Flag { group: Group::Store, ..Flag::DEFAULT };
-/// Flags of the upload path (reconcile's copies too); the other commands
-/// only list, fetch and delete.
-const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile], ignored_by: &[Restore, List, Gc, Verify], ..STORE };
+/// Flags of the upload path (reconcile's and copy's copies too); the other
+/// commands only list, fetch and delete.
+const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile, Copy], ignored_by: &[Restore, List, Gc, Verify], ..STORE };
+const COPY: Flag = Flag { group: Group::Copy, uses: &[Copy], ..Flag::DEFAULT };
 const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag::DEFAULT };
 /// Reconcile copies exactly what garbage collection keeps, so it takes the policy.
 const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc, Reconcile], ..Flag::DEFAULT };
@@ -179,6 +212,7 @@ pub static FLAGS: &[Flag] = &[
                 Ok(())
             }
         },
+        uses: BACKUP_COMMANDS,
         ..Flag::DEFAULT
     },
     // etcd connection
@@ -293,7 +327,7 @@ pub static FLAGS: &[Flag] = &[
         help: "Where snapshot verify --deep keeps its temporary database (removed on every exit); the primary's                is used.",
         set: |a, r, v| path(v).map(|p| a.store(r).temp_dir = p.unwrap_or_else(|| "/tmp".into())),
         uses: &[Verify, Snapshot],
-        ignored_by: &[Restore, List, Gc, Reconcile],
+        ignored_by: &[Restore, List, Gc, Reconcile, Copy],
         ..STORE
     },
     Flag {
@@ -646,7 +680,62 @@ pub static FLAGS: &[Flag] = &[
         },
         ..Flag::DEFAULT
     },
+    // copy (upstream's copierOptions, same names and defaults)
+    Flag {
+        name: "max-backups-to-copy",
+        value: Some("N"),
+        default: Some("-1"),
+        help: "Copy only the newest N full snapshots (within --max-backup-age) with their delta snapshots; -1 \
+               copies all.",
+        set: |a, _, v| at_least_minus_one(v).map(|n| a.copy.max_backups = n),
+        ..COPY
+    },
+    Flag {
+        name: "max-backup-age",
+        value: Some("DAYS"),
+        default: Some("-1"),
+        help: "Copy only full snapshots created less than this many days ago (24-hour days), with their delta \
+               snapshots; -1 copies any age.",
+        set: |a, _, v| at_least_minus_one(v).map(|n| a.copy.max_age_days = n),
+        ..COPY
+    },
+    Flag {
+        name: "max-parallel-copy-operations",
+        value: Some("N"),
+        default: Some("10"),
+        help: "Snapshots copied at the same time, over all destinations (at most 64); each holds up to \
+               --max-parallel-chunk-uploads + 2 parts in memory.",
+        set: |a, _, v| count(v, MAX_PARALLEL_COPIES).map(|n| a.copy.parallel = n as usize),
+        ..COPY
+    },
+    Flag {
+        name: "wait-for-final-snapshot",
+        default: Some("false"),
+        help: "Before copying, wait until the source's latest full snapshot is a final one (*.final, taken when \
+               the source cluster was shut down), checking every 15s.",
+        set: |a, _, v| parse_bool(v).map(|b| a.copy.wait_for_final = b),
+        ..COPY
+    },
+    Flag {
+        name: "wait-for-final-snapshot-timeout",
+        value: Some("DURATION"),
+        default: Some("0"),
+        help: "Stop waiting for the final snapshot after this long and copy what is there; 0 waits without limit.",
+        set: |a, _, v| parse_duration(v).map(|d| a.copy.wait_timeout = d),
+        ..COPY
+    },
 ];
+
+/// At most this many copies at once; each holds its own part buffers.
+pub const MAX_PARALLEL_COPIES: u64 = 64;
+
+/// Upstream's copier counts: -1 (no limit) or a whole number; `None` is -1.
+fn at_least_minus_one(v: &str) -> Result<Option<u64>, String> {
+    match v {
+        "-1" => Ok(None),
+        _ => v.parse().map(Some).map_err(|_| "expected -1 or a whole number".to_string()),
+    }
+}
 
 /// S3's smallest part but the last.
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;

@@ -88,6 +88,69 @@ impl ReconcileConfig {
     }
 }
 
+/// `copy`: the source, the destinations (the primary, and the secondary
+/// when configured), and upstream's copier options.
+#[derive(Debug)]
+pub struct CopyConfig {
+    pub source: EndpointConfig,
+    pub destinations: Configs,
+    pub options: crate::copy::Options,
+}
+
+impl CopyConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<CopyConfig, UsageError> {
+        use crate::copy::WaitForFinal;
+        let mut source = low.stores[Role::Source as usize].clone();
+        // Upstream's `MergeWith`: an empty source prefix is the destination's.
+        if source.prefix.is_empty() {
+            source.prefix.clone_from(&low.stores[Role::Primary as usize].prefix);
+        }
+        // Upstream reads only SOURCE_* for the source: no fallback to the primary's credentials.
+        let source = endpoint(&source, Role::Source, credentials::load(Role::Source.env_prefix(), env)?)?;
+        let destinations = endpoints(&low, env)?;
+        for d in destinations.iter() {
+            if let Some(place) = same_location(&source.backend, &d.backend) {
+                return Err(UsageError(format!(
+                    "the source is the {} endpoint ({place}): nothing to copy; check --source-store-container, \
+                     --source-store-prefix and --source-store-endpoint-override",
+                    d.role.name()
+                )));
+            }
+        }
+        let c = &low.copy;
+        let wait_for_final = match (c.wait_for_final, c.wait_timeout) {
+            (false, _) => WaitForFinal::No,
+            (true, t) if t.is_zero() => WaitForFinal::Forever,
+            (true, t) => WaitForFinal::AtMost(t),
+        };
+        let options = crate::copy::Options {
+            max_backups: c.max_backups,
+            max_age_days: c.max_age_days,
+            parallel: c.parallel,
+            wait_for_final,
+        };
+        Ok(CopyConfig { source, destinations, options })
+    }
+}
+
+/// Where two endpoints are, when it is the same place: the same bucket and
+/// prefix at the same server, or the same directory and prefix.
+fn same_location(a: &Backend, b: &Backend) -> Option<String> {
+    match (a, b) {
+        (Backend::S3(a), Backend::S3(b))
+            if (&a.endpoint, &a.bucket, &a.prefix) == (&b.endpoint, &b.bucket, &b.prefix) =>
+        {
+            let server = a.endpoint.as_deref().unwrap_or("AWS");
+            Some(format!("s3://{}/{} at {server}", a.bucket, a.prefix))
+        }
+        (Backend::Local { container: a, prefix: p }, Backend::Local { container: b, prefix: q }) if p == q => {
+            let real = |c: &std::path::Path| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf());
+            (real(a) == real(b)).then(|| format!("{}/{p}", a.display()))
+        }
+        _ => None,
+    }
+}
+
 fn gc_policy(low: &LowArgs) -> Result<crate::gc::Policy, UsageError> {
     match low.gc_policy.as_str() {
         "LimitBased" if low.max_backups == 0 => {
@@ -414,6 +477,114 @@ mod tests {
             let err = config(&args, env).unwrap_err().0;
             assert!(err.contains(want), "{args:?}: {err}");
         }
+    }
+
+    fn copy_config(args: &[&str], env: &[(&str, &str)]) -> Result<CopyConfig, UsageError> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |k: &str| env.get(k).cloned();
+        let argv = ["copy"].iter().chain(args).map(std::ffi::OsString::from);
+        let Parsed::Run(_, low) = parse(argv, &env)? else { panic!() };
+        CopyConfig::new(*low, &env)
+    }
+
+    const SOURCE: &[&str] = &["--source-storage-provider=S3", "--source-store-container=old-bucket"];
+    const SOURCE_KEYS: &[(&str, &str)] = &[
+        ("AWS_ACCESS_KEY_ID", "pk"),
+        ("AWS_SECRET_ACCESS_KEY", "ps"),
+        ("SOURCE_AWS_ACCESS_KEY_ID", "sk"),
+        ("SOURCE_AWS_SECRET_ACCESS_KEY", "ss"),
+    ];
+
+    #[test]
+    fn copy_reads_the_source_from_its_own_flags_and_source_credentials() {
+        let args: Vec<&str> = BASE.iter().chain(SOURCE).chain(&["--store-prefix=etcd"]).copied().collect();
+        let c = copy_config(&args, SOURCE_KEYS).unwrap();
+        assert_eq!(c.source.role, Role::Source);
+        let src = s3(&c.source);
+        assert_eq!(
+            (src.bucket.as_str(), src.access_key_id.as_str(), src.endpoint.as_deref()),
+            ("old-bucket", "sk", None)
+        );
+        assert_eq!(src.prefix, "etcd", "an empty source prefix is the destination's, as upstream's MergeWith");
+        assert_eq!(c.destinations.len(), 1);
+        assert_eq!(s3(&c.destinations[0]).access_key_id, "pk");
+        let mut args = args.clone();
+        args.extend([
+            "--source-store-prefix=other",
+            "--secondary-storage-provider=Local",
+            "--secondary-store-container=/tmp",
+        ]);
+        let c = copy_config(&args, SOURCE_KEYS).unwrap();
+        assert_eq!((s3(&c.source).prefix.as_str(), c.destinations.len()), ("other", 2));
+        assert_eq!(c.options.wait_for_final, crate::copy::WaitForFinal::No);
+        use crate::copy::WaitForFinal::{AtMost, Forever};
+        let wait = |extra: &[&str]| {
+            let a: Vec<&str> = BASE.iter().chain(SOURCE).chain(extra).copied().collect();
+            copy_config(&a, SOURCE_KEYS).unwrap().options.wait_for_final
+        };
+        assert_eq!(wait(&["--wait-for-final-snapshot"]), Forever, "timeout 0: no deadline, as upstream");
+        assert_eq!(
+            wait(&["--wait-for-final-snapshot", "--wait-for-final-snapshot-timeout=1m"]),
+            AtMost(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn copy_usage_errors_are_one_line() {
+        let with = |extra: &[&'static str]| BASE.iter().chain(extra).copied().collect::<Vec<_>>();
+        for (args, env, want) in [
+            (with(&["--source-store-container=old"]), SOURCE_KEYS, "--source-storage-provider is required"),
+            (
+                with(&["--source-storage-provider=S3"]),
+                SOURCE_KEYS,
+                "--source-store-container (or SOURCE_STORAGE_CONTAINER) is required",
+            ),
+            // No fallback to the primary's credentials, as upstream.
+            (with(SOURCE), KEYS, "no credentials for the source endpoint: set SOURCE_AWS_APPLICATION_CREDENTIALS"),
+            (
+                with(&[
+                    "--source-storage-provider=S3",
+                    "--source-store-container=bk1",
+                    "--source-store-endpoint-override=http://127.0.0.1:9/",
+                ]),
+                SOURCE_KEYS,
+                "the source is the primary endpoint (s3://bk1/ at http://127.0.0.1:9)",
+            ),
+            (
+                with(&[
+                    "--source-storage-provider=Local",
+                    "--source-store-container=/tmp",
+                    "--source-store-prefix=p",
+                    "--secondary-storage-provider=Local",
+                    "--secondary-store-container=/tmp/",
+                    "--secondary-store-prefix=p",
+                ]),
+                KEYS,
+                "the source is the secondary endpoint",
+            ),
+            (
+                with(&["--source-storage-provider=GCS", "--source-store-container=b"]),
+                SOURCE_KEYS,
+                "--source-storage-provider",
+            ),
+        ] {
+            let err = copy_config(&args, env).unwrap_err().0;
+            assert!(err.contains(want) && !err.contains('\n'), "{args:?}: {err}");
+        }
+        // Another prefix or another server is another place.
+        let other_prefix = with(&[
+            "--source-storage-provider=S3",
+            "--source-store-container=bk1",
+            "--source-store-prefix=x",
+            "--source-store-endpoint-override=http://127.0.0.1:9",
+        ]);
+        assert!(copy_config(&other_prefix, SOURCE_KEYS).is_ok());
+        let other_server = with(&[
+            "--source-storage-provider=S3",
+            "--source-store-container=bk1",
+            "--source-store-endpoint-override=http://127.0.0.1:10",
+        ]);
+        assert!(copy_config(&other_server, SOURCE_KEYS).is_ok());
     }
 
     #[test]

@@ -12,7 +12,8 @@ pub struct LowArgs {
     pub max_endpoint_lag: Duration,
     /// Checked against itself in `hiargs::etcd`, then used as it is.
     pub etcd: crate::etcd::EtcdConfig,
-    pub stores: [StoreArgs; 2],
+    /// By [`Role`]: the primary, the secondary, `copy`'s source.
+    pub stores: [StoreArgs; 3],
     pub once: bool,
     pub compress: bool,
     pub compression_policy: crate::compression::Policy,
@@ -39,6 +40,8 @@ pub struct LowArgs {
     pub deep: bool,
     /// Empty: no scheduled verify.
     pub verify_schedule: String,
+    /// `copy`'s own flags.
+    pub copy: CopyArgs,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,
@@ -50,7 +53,17 @@ impl LowArgs {
     }
 }
 
+/// `copy`: upstream's copier options (`None` stands for its -1).
 #[derive(Debug, Default)]
+pub struct CopyArgs {
+    pub max_backups: Option<u64>,
+    pub max_age_days: Option<u64>,
+    pub parallel: usize,
+    pub wait_for_final: bool,
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Default, Clone)]
 pub struct StoreArgs {
     pub provider: Option<String>,
     pub container: Option<String>,

@@ -15,6 +15,7 @@ pub enum Command {
     Gc,
     Reconcile,
     Verify,
+    Copy,
 }
 
 impl Command {
@@ -26,6 +27,7 @@ impl Command {
             Command::Gc => "snapshot gc",
             Command::Reconcile => "snapshot reconcile",
             Command::Verify => "snapshot verify",
+            Command::Copy => "copy",
         }
     }
     fn about(self) -> &'static str {
@@ -57,6 +59,14 @@ impl Command {
                  present, as long as listed, its SHA-256 trailer matching, no gap in the chain. Exit 0 when every \
                  endpoint verifies, 3 when only one does, 1 when none does."
             }
+            Command::Copy => {
+                "Copy the snapshots of another location (the source: --source-* flags, SOURCE_* credentials) that \
+                 the primary and, when configured, the secondary endpoint lack, as upstream's `copy` does: the newest \
+                 --max-backups-to-copy full snapshots within --max-backup-age, each with its delta snapshots, \
+                 streamed and verified (SHA-256 trailer) before the copy completes; a final snapshot is stored \
+                 without its .final. An empty --source-store-prefix means --store-prefix, as upstream. Exit 0 when \
+                 every destination holds every snapshot selected, 3 when one of two does, 1 when none does."
+            }
         }
     }
 }
@@ -87,8 +97,10 @@ struct Given {
 }
 
 fn lookup(name: &str) -> Option<(&'static Flag, Role)> {
-    if let Some(base) = name.strip_prefix("secondary-") {
-        FLAGS.iter().find(|f| f.name == base && f.group == Group::Store).map(|f| (f, Role::Secondary))
+    let generated =
+        [Role::Secondary, Role::Source].into_iter().find_map(|r| Some((name.strip_prefix(r.flag_prefix())?, r)));
+    if let Some((base, role)) = generated {
+        FLAGS.iter().find(|f| f.name == base && f.group == Group::Store).map(|f| (f, role))
     } else {
         FLAGS.iter().find(|f| f.name == name).map(|f| (f, Role::Primary))
     }
@@ -166,6 +178,7 @@ fn command_of(words: &[&str]) -> Result<Command, UsageError> {
         ["snapshot", "reconcile"] => Ok(Command::Reconcile),
         ["snapshot", "verify"] => Ok(Command::Verify),
         ["restore"] => Ok(Command::Restore),
+        ["copy"] => Ok(Command::Copy),
         _ => Err(UsageError(format!("unknown command `{}` (see --help)", words.join(" ")))),
     }
 }
@@ -173,8 +186,8 @@ fn command_of(words: &[&str]) -> Result<Command, UsageError> {
 /// Defaults, then environment fallbacks, then the command line.
 fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, UsageError> {
     let mut low = LowArgs::default();
-    for f in FLAGS.iter().filter(|f| f.accepted_by(command)) {
-        for &role in f.group.roles() {
+    for f in FLAGS {
+        for &role in f.group.roles(command).iter().filter(|&&r| f.accepted_for(command, r)) {
             if let Some(d) = f.default {
                 (f.set)(&mut low, role, d).unwrap_or_else(|e| panic!("default of --{}: {e}", f.name));
             }
@@ -188,7 +201,7 @@ fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, Us
         }
     }
     for g in given {
-        if !g.flag.accepted_by(command) {
+        if !g.flag.accepted_for(command, g.role) {
             return Err(UsageError(format!("{} is not a flag of `{}` (see --help)", g.shown, command.words())));
         }
         (g.flag.set)(&mut low, g.role, &g.value)
@@ -216,6 +229,7 @@ Commands:
                     Copy what one endpoint lacks from the other, verified (--dry-run: only show)
   snapshot verify   Check that each endpoint alone, and both together, can restore the latest chain
   restore           Write an etcd data directory from the latest snapshot on either endpoint
+  copy              Copy the snapshots of a source location (--source-*) that the endpoints lack
   help [COMMAND]    Show the flags of a command
 
 {}",
@@ -229,11 +243,13 @@ fn footer() -> String {
     let vars: String = VARIABLES.iter().map(|(name, holds)| format!("  {name:width$}{holds}\n")).collect();
     format!(
         "Credentials, tried in this order (the secondary reads the same names with a SECONDARY_ prefix
-and falls back to the primary's when it has none):
+and falls back to the primary's when it has none; copy's source reads them with a SOURCE_ prefix
+and, as upstream, never falls back):
 {vars}
 Exit codes: 0 success, 1 failure, 2 usage or configuration error,
             3 stored on one endpoint only (with --require-all-endpoints),
-              or only one endpoint verifies (snapshot verify)"
+              or only one endpoint verifies (snapshot verify),
+              or only one of two destinations holds every snapshot (copy)"
     )
 }
 
@@ -242,13 +258,19 @@ pub fn command_help(command: Command) -> String {
     let mut out = format!("Usage: etcd-backup-restore {} [FLAGS]\n\n{}\n", command.words(), command.about());
     let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for group in Group::ALL {
-        let flags: Vec<&Flag> = FLAGS.iter().filter(|f| f.group == group && f.uses.contains(&command)).collect();
-        if flags.is_empty() {
-            continue;
-        }
-        for &role in group.roles() {
+        for &role in group.roles(command) {
+            let flags: Vec<&Flag> = FLAGS.iter().filter(|f| f.group == group && f.used_for(command, role)).collect();
+            if flags.is_empty() {
+                continue;
+            }
+            let copy = command == Command::Copy;
             let title = match (group, role) {
+                (Group::Store, Role::Source) => "Source store (copied from; read only)".to_string(),
+                (Group::Store, Role::Primary) if copy => "Primary store (copied to)".to_string(),
                 (Group::Store, Role::Primary) => "Primary store".to_string(),
+                (Group::Store, Role::Secondary) if copy => {
+                    "Secondary store (optional, copied to as well; needs --secondary-storage-provider)".to_string()
+                }
                 (Group::Store, Role::Secondary) => {
                     "Secondary store (optional; needs --secondary-storage-provider)".to_string()
                 }
@@ -311,7 +333,8 @@ mod tests {
         assert_eq!(low.etcd.connection_timeout.as_secs(), 30);
         assert_eq!(low.etcd.snapshot_timeout.as_secs(), 900);
         assert!(low.etcd.insecure_transport && !low.etcd.insecure_skip_tls_verify);
-        for s in &low.stores {
+        // The source (`copy` only) gets its defaults in `copy`.
+        for s in &low.stores[..2] {
             assert_eq!((s.max_parallel_chunk_uploads, s.min_chunk_size), (5, 5 << 20));
         }
         assert_eq!(low.log_level, Some(log::LevelFilter::Info));
@@ -422,6 +445,7 @@ mod tests {
             (Command::Gc, &[Global, Store, Gc, GcOnce]),
             (Command::Reconcile, &[Global, Store, Gc, GcOnce]),
             (Command::Verify, &[Global, Store, Choice, List]),
+            (Command::Copy, &[Global, Store, Copy]),
         ] {
             for f in FLAGS {
                 // Reconcile's copies count in the metrics file too; `--snapshot`
@@ -430,7 +454,14 @@ mod tests {
                 let extra = (command == Command::Reconcile && f.name == "metrics-file")
                     || (command == Command::Restore && f.name == "snapshot")
                     || (command == Command::Snapshot && f.name == "deep");
-                assert_eq!(f.accepted_by(command), groups.contains(&f.group) || extra, "--{} in {command:?}", f.name);
+                // `copy` came later, and no endpoint of its waits for another.
+                let except = command == Command::Copy && f.name == "max-endpoint-lag";
+                assert_eq!(
+                    f.accepted_by(command),
+                    (groups.contains(&f.group) || extra) && !except,
+                    "--{} in {command:?}",
+                    f.name
+                );
             }
         }
     }
@@ -460,6 +491,111 @@ mod tests {
             assert!(top_help().contains(&format!("\n  {name} ")), "{name}");
             assert!(command_help(Command::Restore).contains(&format!("\n  {name} ")), "{name}");
         }
+    }
+
+    fn copy(args: &[&str], env: Env) -> Result<LowArgs, UsageError> {
+        let args = ["copy"].iter().chain(args).map(OsString::from);
+        match parse(args, env)? {
+            Parsed::Run(Command::Copy, low) => Ok(*low),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn copy_generates_every_source_store_flag_and_source_env() {
+        for f in FLAGS.iter().filter(|f| f.group == Group::Store) {
+            let (found, role) = lookup(&format!("source-{}", f.name)).unwrap_or_else(|| panic!("--source-{}", f.name));
+            assert_eq!((found.name, role), (f.name, Role::Source));
+        }
+        let env = |k: &str| match k {
+            "SOURCE_STORAGE_CONTAINER" => Some("src-env".to_string()),
+            "STORAGE_CONTAINER" => Some("dst-env".to_string()),
+            _ => None,
+        };
+        let low = copy(&["--source-store-prefix=old", "--source-chunk-upload-attempts=2"], &env).unwrap();
+        let src = &low.stores[Role::Source as usize];
+        assert_eq!((src.container.as_deref(), src.prefix.as_str()), (Some("src-env"), "old"));
+        assert_eq!((src.chunk_upload_attempts, src.min_chunk_size), (2, 5 << 20), "defaults per role");
+        assert_eq!(low.stores[Role::Primary as usize].container.as_deref(), Some("dst-env"));
+        assert_eq!(low.stores[Role::Primary as usize].chunk_upload_attempts, 6);
+        let low = copy(&["--source-store-container=flag"], &env).unwrap();
+        assert_eq!(low.stores[Role::Source as usize].container.as_deref(), Some("flag"), "the flag wins");
+        // Upstream's copy takes the upload flags for its source too: accepted, ignored.
+        assert!(copy(&["--source-min-chunk-size=6Mi", "--source-max-parallel-chunk-uploads=2"], &no_env).is_ok());
+        // Only `copy` has a source.
+        let err = parse(["snapshot", "--source-store-prefix=x"].map(OsString::from), &no_env).unwrap_err().0;
+        assert!(err.contains("--source-store-prefix is not a flag of `snapshot`"), "{err}");
+        let err = parse(["restore"].map(OsString::from), &|k: &str| {
+            (k == "SOURCE_STORAGE_CONTAINER").then(|| "ignored".to_string())
+        });
+        assert!(err.is_ok(), "SOURCE_* means nothing to other commands");
+    }
+
+    #[test]
+    fn copier_flags_have_upstreams_defaults_and_bounds() {
+        let low = copy(&[], &no_env).unwrap();
+        let c = &low.copy;
+        assert_eq!((c.max_backups, c.max_age_days, c.parallel), (None, None, 10));
+        assert_eq!((c.wait_for_final, c.wait_timeout), (false, std::time::Duration::ZERO));
+        let low = copy(
+            &[
+                "--max-backups-to-copy=1",
+                "--max-backup-age=0",
+                "--max-parallel-copy-operations=64",
+                "--wait-for-final-snapshot",
+                "--wait-for-final-snapshot-timeout=90s",
+            ],
+            &no_env,
+        )
+        .unwrap();
+        let c = &low.copy;
+        assert_eq!((c.max_backups, c.max_age_days, c.parallel), (Some(1), Some(0), 64));
+        assert_eq!((c.wait_for_final, c.wait_timeout.as_secs()), (true, 90));
+        for (arg, want) in [
+            ("--max-backups-to-copy=-2", "--max-backups-to-copy"),
+            ("--max-backups-to-copy=all", "expected -1 or a whole number"),
+            ("--max-backup-age=-3", "--max-backup-age"),
+            ("--max-parallel-copy-operations=0", "greater than 0"),
+            ("--max-parallel-copy-operations=65", "at most 64"),
+            ("--wait-for-final-snapshot-timeout=soon", "--wait-for-final-snapshot-timeout"),
+            ("--wait-for-final-snapshot=maybe", "--wait-for-final-snapshot"),
+            ("--max-endpoint-lag=1s", "is not a flag of `copy`"),
+        ] {
+            let err = copy(&[arg], &no_env).unwrap_err().0;
+            assert!(err.contains(want) && !err.contains('\n'), "{arg}: {err}");
+        }
+        let err = parse(["snapshot", "--max-backups-to-copy=1"].map(OsString::from), &no_env).unwrap_err().0;
+        assert!(err.contains("is not a flag of `snapshot`"), "{err}");
+    }
+
+    #[test]
+    fn copy_help_lists_only_what_copy_uses() {
+        let Parsed::Help(h) = parse(["copy", "--help"].map(OsString::from), &no_env).unwrap() else { panic!() };
+        for flag in [
+            "--source-storage-provider",
+            "--source-store-container",
+            "--source-store-prefix",
+            "--source-store-endpoint-override",
+            "--source-chunk-upload-attempts",
+            "--store-prefix",
+            "--secondary-store-prefix",
+            "--min-chunk-size",
+            "--secondary-max-parallel-chunk-uploads",
+            "--max-backups-to-copy",
+            "--max-backup-age",
+            "--max-parallel-copy-operations",
+            "--wait-for-final-snapshot ",
+            "--wait-for-final-snapshot-timeout",
+        ] {
+            assert!(h.contains(flag), "{flag} missing:\n{h}");
+        }
+        for flag in
+            ["--source-min-chunk-size", "--source-max-parallel-chunk-uploads", "--max-endpoint-lag", "--data-dir"]
+        {
+            assert!(!h.contains(flag), "{flag} listed:\n{h}");
+        }
+        assert!(h.contains("[env: SOURCE_STORAGE_CONTAINER]") && h.contains("Source store"), "{h}");
+        assert!(top_help().contains("\n  copy "), "{}", top_help());
     }
 
     /// A definition without its own `set` keeps `Flag::DEFAULT`'s, which fails.
