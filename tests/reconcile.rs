@@ -288,3 +288,61 @@ fn copy_throughput_between_the_local_servers() {
     let mb = data.len() as f64 / 1e6;
     eprintln!("reconcile copied {mb:.1} MB in {secs:.2}s: {:.1} MB/s", mb / secs);
 }
+
+/// (5) The long-running snapshotter's scheduled verify (`--deep`) finds a
+/// copy damaged at rest, exports it, and the next reconcile replaces it
+/// from the good copy; the metrics then say both endpoints verify.
+#[test]
+fn the_scheduled_verify_finds_bit_rot_and_reconcile_repairs_it() {
+    let v = v35();
+    let prefix = unique("rec-rot");
+    let dir = scratch("rec-rot");
+    let metrics = dir.join("etcdbr.prom");
+    let s = start(
+        &v.endpoint,
+        &prefix,
+        &[
+            "--schedule=0 0 1 1 *",
+            "--verify-schedule=@every 2s",
+            "--deep",
+            &format!("--snapstore-temp-directory={}", dir.display()),
+            "--garbage-collection-period=2s",
+            &format!("--metrics-file={}", metrics.display()),
+        ],
+    );
+    s.wait_for_lines(&["INFO Snapshot Full-", "successfully saved to both endpoints"], 1);
+    let full = names(&primary(&prefix)).into_iter().find(|n| n.starts_with("Full-")).unwrap();
+    let good = load(&primary(&prefix), &full);
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x10;
+    store::save(&secondary(&prefix), &full, &bad).unwrap();
+
+    s.wait_for(&format!("WARN secondary endpoint: {full}: "));
+    s.wait_for(&format!("INFO Replaced the bad copy of snapshot {full} from primary to secondary endpoint"));
+    assert!(load(&secondary(&prefix), &full) == good, "the secondary holds the good bytes again");
+    // A verify after the repair: both endpoints verify (deep) again.
+    let text = || std::fs::read_to_string(&metrics).unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = s.log();
+        let after_repair = log.split("INFO Replaced the bad copy").nth(1).unwrap_or_default();
+        if after_repair.matches("INFO Verified secondary").count() >= 1 {
+            break log;
+        }
+        assert!(Instant::now() < end, "no verify after the repair:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    s.stop();
+    let m = text();
+    for role in ["primary", "secondary"] {
+        assert!(m.contains(&format!("etcdbr_verify_success{{endpoint=\"{role}\"}} 1\n")), "{m}\n{log}");
+        assert!(m.contains(&format!("etcdbr_verified_revision{{endpoint=\"{role}\"}} ")), "{m}");
+        assert!(m.contains(&format!("etcdbr_verify_timestamp_seconds{{endpoint=\"{role}\"}} ")), "{m}");
+    }
+    let parsed = std::process::Command::new("python3").args(["-c", PARSE, metrics.to_str().unwrap()]).output().unwrap();
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(p["types"]["etcdbr_verify_success"], "gauge", "{p}");
+    assert_eq!(p["etcdbr_reconciled_total"]["secondary"].as_f64(), Some(1.0), "{p}");
+}
