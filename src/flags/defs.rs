@@ -324,7 +324,8 @@ pub static FLAGS: &[Flag] = &[
         name: "snapstore-temp-directory",
         value: Some("DIR"),
         default: Some("/tmp"),
-        help: "Where snapshot verify --deep keeps its temporary database (removed on every exit); the primary's                is used.",
+        help: "Where snapshot verify --deep keeps its temporary database (removed on every exit); the primary's \
+               is used.",
         set: |a, r, v| path(v).map(|p| a.store(r).temp_dir = p.unwrap_or_else(|| "/tmp".into())),
         uses: &[Verify, Snapshot],
         ignored_by: &[Restore, List, Gc, Reconcile, Copy],
@@ -458,8 +459,8 @@ pub static FLAGS: &[Flag] = &[
     Flag {
         name: "verify-schedule",
         value: Some("CRON"),
-        default: Some(""),
-        help: "When to run snapshot verify (with --deep if given) on both endpoints, as --schedule;                exported as etcdbr_verify_* metrics. Empty: never.",
+        help: "When to run snapshot verify (with --deep if given) on both endpoints, as --schedule; \
+               exported as etcdbr_verify_* metrics. Empty: never.",
         set: |a, _, v| {
             if !v.is_empty() {
                 crate::cron::Schedule::parse(v)?;
@@ -649,7 +650,8 @@ pub static FLAGS: &[Flag] = &[
         default: Some("false"),
         group: Group::Choice,
         uses: &[Verify, Snapshot],
-        help: "Also apply each endpoint's chain natively (one temporary database in --snapstore-temp-directory),                check the database's structure and rows, and compare etcd's HashKV recorded with the snapshots.",
+        help: "Also apply each endpoint's chain natively (one temporary database in --snapstore-temp-directory), \
+               check the database's structure and rows, and compare etcd's HashKV recorded with the snapshots.",
         set: |a, _, v| parse_bool(v).map(|b| a.deep = b),
         ..Flag::DEFAULT
     },
