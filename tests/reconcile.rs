@@ -7,7 +7,7 @@ mod common;
 
 use common::cli::*;
 use common::fault::S3Faults;
-use common::restore::{kvs, restore_and_start, revision, scratch, v35};
+use common::restore::{Version, kvs, restore_and_start, revision, scratch, v34, v35};
 use common::snapshotter::start;
 use common::{env, unique};
 use etcd_backup_restore::snapshot::SnapshotName;
@@ -59,9 +59,17 @@ fn not_crashed(r: &Run) {
 /// reconcile copies them, and a restore from the secondary alone equals
 /// the source. gzip, the default, so the copies are verified decompressed.
 #[test]
-fn what_the_secondary_missed_is_copied_and_it_restores_alone() {
-    let v = v35();
-    let prefix = unique("rec-missed");
+fn what_the_secondary_missed_is_copied_and_it_restores_alone_35() {
+    missed_is_copied_and_restores_alone(v35(), "rec-missed35");
+}
+
+#[test]
+fn what_the_secondary_missed_is_copied_and_it_restores_alone_34() {
+    missed_is_copied_and_restores_alone(v34(), "rec-missed34");
+}
+
+fn missed_is_copied_and_restores_alone(v: Version, tag: &str) {
+    let prefix = unique(tag);
     let keys = format!("/{}/", unique("k"));
     common::cli::etcdctl_put(&v.ctl, &v.endpoint, &format!("{keys}a"), "in the full snapshot");
     once_on_primary_only(&v.endpoint, &prefix, &[]);
@@ -85,6 +93,11 @@ fn what_the_secondary_missed_is_copied_and_it_restores_alone() {
     }
     assert_eq!(same_objects(&prefix), on_primary);
     no_uploads_left_on_secondary(&prefix);
+    // The HashKV records travel with their snapshots.
+    let records = |s: &dyn Store| listed(&*s.sibling("hashkv")).into_iter().map(|o| o.name).collect::<Vec<_>>();
+    let on_primary_records = records(&primary(&prefix));
+    assert!(!on_primary_records.is_empty(), "the snapshotter records HashKV");
+    assert_eq!(records(&secondary(&prefix)), on_primary_records);
 
     let again = reconcile(&prefix, &[]);
     assert_eq!(again.code, 0, "{}", again.stderr);
@@ -100,6 +113,11 @@ fn what_the_secondary_missed_is_copied_and_it_restores_alone() {
     assert_eq!(restored.as_array().map(Vec::len), Some(4), "{restored}");
     assert_eq!(restored, kvs(&v, &v.endpoint, &keys), "every key, value and revision");
     assert_eq!(revision(&v, &e.client_url), last, "the revision of the last delta snapshot");
+    // The whole keyspace, not only this test's keys: etcd's own HashKV.
+    let hashkv = |ep: &str| {
+        common::etcdctl_json(&v.ctl, ep, &["endpoint", "hashkv", &format!("--rev={last}")])[0]["HashKV"]["hash"].clone()
+    };
+    assert_eq!(hashkv(&e.client_url), hashkv(&v.endpoint), "HashKV at revision {last}");
 }
 
 /// (2) The long-running snapshotter with the secondary down at first:

@@ -459,6 +459,7 @@ pub static FLAGS: &[Flag] = &[
     Flag {
         name: "verify-schedule",
         value: Some("CRON"),
+        default: Some(""),
         help: "When to run snapshot verify (with --deep if given) on both endpoints, as --schedule; \
                exported as etcdbr_verify_* metrics. Empty: never.",
         set: |a, _, v| {

@@ -16,7 +16,7 @@ pub fn flag_table() -> String {
     let mut out = String::from("| flag | default | commands | meaning |\n|---|---|---|---|\n");
     for f in FLAGS {
         let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_default();
-        let mut default: Vec<String> = f.default.iter().map(|d| format!("`{d}`")).collect();
+        let mut default: Vec<String> = f.default.iter().filter(|d| !d.is_empty()).map(|d| format!("`{d}`")).collect();
         default.extend(f.env.map(|e| format!("env `{e}`")));
         let commands = if f.uses.len() == ALL.len() {
             "all".to_string()
