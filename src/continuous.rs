@@ -20,7 +20,7 @@ use crate::{delta, gc, reconcile};
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use log::{debug, error, info, warn};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What the long-running `snapshot` does besides full snapshots.
@@ -34,6 +34,9 @@ pub struct Settings {
     pub gc: Option<gc::Periodic>,
     /// `--verify-schedule`, when given: when and how to verify.
     pub verify: Option<(crate::cron::Schedule, crate::verify::Options)>,
+    /// `--defragmentation-schedule`, unless empty: defragment every member,
+    /// then take a full snapshot.
+    pub defrag: Option<crate::defrag::Options>,
 }
 
 /// How often waits wake up to notice a signal.
@@ -56,7 +59,18 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder
     );
     let chain = CurrentChain::default();
     let deltas = DeltaWriters::start(endpoints);
-    let mut s = Snapshotter { job, sch, endpoints, deltas, chain: &chain, recorder, last_revision: 0, last_full: None };
+    let full_requested = AtomicBool::new(false);
+    let mut s = Snapshotter {
+        job,
+        sch,
+        endpoints,
+        deltas,
+        chain: &chain,
+        recorder,
+        last_revision: 0,
+        last_full: None,
+        full_requested: &full_requested,
+    };
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
             let chain = &chain;
@@ -80,6 +94,10 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder
         if let Some((schedule, opts)) = &sch.verify {
             let chain = &chain;
             scope.spawn(move || verify_periodically(job, endpoints, schedule, opts, &chain.1));
+        }
+        if let Some(opts) = &sch.defrag {
+            let requested = &full_requested;
+            scope.spawn(move || defrag_periodically(job, opts, requested));
         }
         s.run();
     });
@@ -132,6 +150,8 @@ struct Snapshotter<'a> {
     last_revision: u64,
     /// Creation time of the latest full snapshot (unix seconds).
     last_full: Option<u64>,
+    /// Set after a defragmentation: take a full snapshot now.
+    full_requested: &'a AtomicBool,
 }
 
 /// Why watching stopped.
@@ -170,7 +190,7 @@ impl Snapshotter<'_> {
 
     fn full_snapshots_only(&mut self) -> Next {
         loop {
-            if let Next::Stop = wait_until(self.due()) {
+            if let Next::Stop = wait_until_or(self.due(), self.full_requested) {
                 return Next::Stop;
             }
             if self.full_snapshot().is_none() {
@@ -241,6 +261,7 @@ impl Snapshotter<'_> {
     fn watch(&mut self, period: Duration) -> Next {
         let (job, endpoints, chain, recorder) = (self.job, self.endpoints, self.chain, self.recorder);
         let schedule = &self.sch.schedule;
+        let requested = self.full_requested;
         let mut last_full = self.last_full;
         let next = std::thread::scope(|scope| {
             let mut full: Option<std::thread::ScopedJoinHandle<'_, Option<SnapshotName>>> = None;
@@ -255,7 +276,9 @@ impl Snapshotter<'_> {
                         None => due = unix_now() as i64 + RETRY.as_secs() as i64,
                     }
                 }
-                if full.is_none() && past(due) {
+                // A request waits for a full snapshot already running to end:
+                // that one may have started before the defragmentation.
+                if full.is_none() && (past(due) || requested.swap(false, Ordering::SeqCst)) {
                     full = Some(scope.spawn(move || take_full(job, endpoints, chain, recorder)));
                 }
             });
@@ -615,6 +638,23 @@ fn verify_periodically(
     }
 }
 
+/// `--defragmentation-schedule`: defragment every member at each scheduled
+/// time, then have the snapshotter take a full snapshot, as upstream does
+/// (the first snapshot of the compact database, and a fresh base for deltas).
+fn defrag_periodically(job: &Job, opts: &crate::defrag::Options, full_requested: &AtomicBool) {
+    loop {
+        let Some(due) = opts.schedule.next_after(unix_now() as i64) else { return };
+        if let Next::Stop = wait_until(due) {
+            return;
+        }
+        if let Some(members) = crate::defrag::run_once(&job.etcd, opts) {
+            job.metrics.record_defragmented(&members.iter().map(|m| (m.member.clone(), m.seconds)).collect::<Vec<_>>());
+            info!("Defragmentation done; taking a full snapshot");
+            full_requested.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// When the next scheduled full snapshot is due (unix seconds), after the
 /// one taken at `last_full` (or from now).
 fn due_after(schedule: &crate::cron::Schedule, last_full: Option<u64>) -> i64 {
@@ -627,7 +667,12 @@ fn past(unix: i64) -> bool {
 
 /// Sleep until `unix` seconds (then a full snapshot is due) or a signal.
 fn wait_until(unix: i64) -> Next {
-    while !past(unix) {
+    wait_until_or(unix, &AtomicBool::new(false))
+}
+
+/// `wait_until`, or until `requested` is set (and then clear it).
+fn wait_until_or(unix: i64, requested: &AtomicBool) -> Next {
+    while !past(unix) && !requested.swap(false, Ordering::SeqCst) {
         if signals::interrupted() {
             return Next::Stop;
         }

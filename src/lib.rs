@@ -10,6 +10,7 @@ pub mod copy;
 pub mod credentials;
 pub mod cron;
 pub mod datadir;
+pub mod defrag;
 pub mod delta;
 pub mod endpoint;
 pub mod etcd;

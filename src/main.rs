@@ -20,6 +20,9 @@ fn main() {
         Ok(Parsed::Run(command, low)) => {
             logging::init(low.log_level.unwrap_or(log::LevelFilter::Info));
             signals::install();
+            for note in &low.notes {
+                log::info!("{note}");
+            }
             let code = match command {
                 Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| commands::snapshot::run(&c)),
                 Command::Restore => RestoreConfig::new(*low, &env).map(|c| commands::restore::run(&c)),

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Metric name, help, type. Upstream's `etcdbr_` names where one exists.
-const METRICS: [(&str, &str, &str); 11] = [
+const METRICS: [(&str, &str, &str); 12] = [
     ("etcdbr_snapshot_latest_timestamp", "Unix time of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_latest_revision", "etcd revision of the latest snapshot stored on the endpoint.", "gauge"),
     ("etcdbr_snapshot_uploaded_bytes", "Bytes stored for the latest snapshot on the endpoint.", "gauge"),
@@ -23,6 +23,7 @@ const METRICS: [(&str, &str, &str); 11] = [
     ("etcdbr_verified_revision", "Latest etcd revision the endpoint alone restores to, as last verified.", "gauge"),
     ("etcdbr_verify_success", "1 if the last verify found the endpoint restorable and nothing wrong, else 0.", "gauge"),
     ("etcdbr_verify_timestamp_seconds", "Unix time of the last verify of the endpoint.", "gauge"),
+    ("etcdbr_defragmentation_duration_seconds", "Duration of the member's last defragmentation.", "gauge"),
 ];
 
 /// Threads of one process (snapshots, reconcile, verify) update the same
@@ -92,6 +93,18 @@ pub fn record_verified(path: &Path, verified: &[(Role, Option<u64>, bool)], now:
         }
         set("etcdbr_verify_success", if ok { 1.0 } else { 0.0 });
         set("etcdbr_verify_timestamp_seconds", now as f64);
+    }
+    write_atomically(path, &render(&samples))
+}
+
+/// Record how long each member's defragmentation took.
+pub fn record_defragmented(path: &Path, members: &[(String, f64)]) -> std::io::Result<()> {
+    let _one = FILE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut samples = read(path)?;
+    for (member, secs) in members {
+        // A member name is etcd's `--name`: escaped as Prometheus label values are.
+        let label = member.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        samples.insert(("etcdbr_defragmentation_duration_seconds".into(), format!("member=\"{label}\"")), *secs);
     }
     write_atomically(path, &render(&samples))
 }

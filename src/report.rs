@@ -110,6 +110,14 @@ impl MetricsFile {
         }
     }
 
+    /// Record each member's defragmentation time.
+    pub fn record_defragmented(&self, members: &[(String, f64)]) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = crate::metrics::record_defragmented(path, members) {
+            error!("Cannot write the metrics file {}: {e}", path.display());
+        }
+    }
+
     /// Count the snapshots one reconcile cycle copied to each endpoint.
     pub fn record_reconciled(&self, copied: &[(Role, u64)]) {
         let Some(path) = &self.path else { return };

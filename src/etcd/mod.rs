@@ -77,8 +77,22 @@ pub struct Status {
     pub version: String,
     /// Size of the backend database file, in bytes.
     pub db_size: i64,
+    /// Bytes of that file in use; the rest is free pages a defragmentation
+    /// gives back (0 from etcd before 3.4).
+    pub db_size_in_use: i64,
+    /// The member ID of the cluster's leader, as this member sees it.
+    pub leader: u64,
     pub member_id: u64,
     pub cluster_id: u64,
+}
+
+/// One member of the cluster, as `Cluster/MemberList` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
 }
 
 /// One message of the `Maintenance/Snapshot` stream.
@@ -199,6 +213,8 @@ impl Client {
             revision: header.revision,
             version: resp.version,
             db_size: resp.db_size,
+            db_size_in_use: resp.db_size_in_use,
+            leader: resp.leader,
             member_id: header.member_id,
             cluster_id: header.cluster_id,
         })
@@ -220,6 +236,29 @@ impl Client {
             Err(e) if e.to_string().contains("required revision has been compacted") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `Maintenance/Defragment` of the member this client talks to, bounded
+    /// by `timeout`; the member blocks its reads and writes meanwhile.
+    pub fn defragment(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.call("defragment", Instant::now() + timeout, timeout, |conn| async move {
+            conn.unary::<_, proto::DefragmentResponse>(path::MAINTENANCE_DEFRAGMENT, proto::DefragmentRequest {}).await
+        })
+        .map(drop)
+    }
+
+    /// `Cluster/MemberList`: every member with its client URLs.
+    pub fn member_list(&mut self) -> anyhow::Result<Vec<Member>> {
+        let limit = self.rpc_timeout;
+        let resp = self.call("member list", Instant::now() + limit, limit, |conn| async move {
+            let request = proto::MemberListRequest { linearizable: true };
+            conn.unary::<_, proto::MemberListResponse>(path::CLUSTER_MEMBER_LIST, request).await
+        })?;
+        Ok(resp
+            .members
+            .into_iter()
+            .map(|m| Member { id: m.id, name: m.name, client_urls: m.client_urls, is_learner: m.is_learner })
+            .collect())
     }
 
     /// `Maintenance/Snapshot` as a blocking stream. The whole stream, from

@@ -8,6 +8,8 @@ pub(super) mod path {
     pub const MAINTENANCE_STATUS: &str = "/etcdserverpb.Maintenance/Status";
     pub const MAINTENANCE_SNAPSHOT: &str = "/etcdserverpb.Maintenance/Snapshot";
     pub const MAINTENANCE_HASH_KV: &str = "/etcdserverpb.Maintenance/HashKV";
+    pub const MAINTENANCE_DEFRAGMENT: &str = "/etcdserverpb.Maintenance/Defragment";
+    pub const CLUSTER_MEMBER_LIST: &str = "/etcdserverpb.Cluster/MemberList";
     pub const AUTH_AUTHENTICATE: &str = "/etcdserverpb.Auth/Authenticate";
     pub const WATCH_WATCH: &str = "/etcdserverpb.Watch/Watch";
 }
@@ -37,6 +39,44 @@ pub(super) struct StatusResponse {
     pub db_size: i64,
     #[prost(uint64, tag = "4")]
     pub leader: u64,
+    /// Bytes of the database file in use (etcd 3.4 and later; 0 before).
+    #[prost(int64, tag = "9")]
+    pub db_size_in_use: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct DefragmentRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct DefragmentResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct MemberListRequest {
+    #[prost(bool, tag = "1")]
+    pub linearizable: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct MemberListResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct Member {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, repeated, tag = "4")]
+    pub client_urls: Vec<String>,
+    #[prost(bool, tag = "5")]
+    pub is_learner: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -173,6 +213,7 @@ mod tests {
             version: "3.5.1".into(),
             db_size: 20480,
             leader: 2,
+            db_size_in_use: 8192,
         };
         let mut wire = m.encode_to_vec();
         // raftIndex = 5 (field 5, varint) and errors = ["x"] (field 8), unknown to us.

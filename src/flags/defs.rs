@@ -30,10 +30,13 @@ pub enum Group {
     List,
     /// `copy`: which snapshots, how many at once, waiting for the final one.
     Copy,
+    /// Upstream's flags that mean nothing here: accepted, each with one INFO
+    /// line saying why (`Flag::no_effect`), and listed in no help section.
+    Upstream,
 }
 
 impl Group {
-    pub const ALL: [Group; 10] = [
+    pub const ALL: [Group; 11] = [
         Group::Global,
         Group::Etcd,
         Group::Store,
@@ -44,6 +47,7 @@ impl Group {
         Group::Choice,
         Group::List,
         Group::Copy,
+        Group::Upstream,
     ];
 
     pub fn title(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Group {
             Group::Gc => "Garbage collection",
             Group::GcOnce => "One cycle",
             Group::Copy => "Copy",
+            Group::Upstream => "Upstream flags without effect here",
         }
     }
 
@@ -88,6 +93,10 @@ pub struct Flag {
     /// took every store and garbage collection flag.
     pub ignored_by: &'static [Command],
     pub help: &'static str,
+    /// Why the flag does nothing in the commands of `ignored_by`, for the
+    /// one INFO line logged at start when it is given to one of them.
+    /// `None`: ignored silently (upstream's `restore` takes every upload flag).
+    pub no_effect: Option<&'static str>,
     pub set: fn(&mut LowArgs, Role, &str) -> Result<(), String>,
 }
 
@@ -104,6 +113,7 @@ impl Flag {
         uses: ALL,
         ignored_by: &[],
         help: "",
+        no_effect: None,
         set: |_, _, _| Err("the flag has no `set` in defs.rs".into()),
     };
 
@@ -148,6 +158,41 @@ const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag:
 /// Reconcile copies exactly what garbage collection keeps, so it takes the policy.
 const GC: Flag = Flag { group: Group::Gc, uses: &[Snapshot, Gc, Reconcile], ..Flag::DEFAULT };
 const RESTORE: Flag = Flag { group: Group::Restore, uses: &[Restore], ..Flag::DEFAULT };
+/// Restore flags upstream's `server` (and so its Helm chart) passes to the
+/// process that also takes the snapshots.
+const RESTORE_ALSO_SNAPSHOT: Flag =
+    Flag { ignored_by: &[Snapshot], no_effect: Some("only restore writes a data directory"), ..RESTORE };
+/// Upstream's flags without meaning here, for `snapshot` (whose long-running
+/// form is upstream's `server`) and `restore`.
+const UPSTREAM: Flag = Flag { group: Group::Upstream, uses: &[], ignored_by: &[Snapshot, Restore], ..Flag::DEFAULT };
+/// Restore's embedded etcd, which applying delta snapshots natively needs not.
+const EMBEDDED_ETCD: Option<&str> =
+    Some("restore applies delta snapshots natively, without an embedded etcd (and snapshot does not restore)");
+/// Upstream's backoff is between restarts of its snapshotter, which has no
+/// counterpart: retries here are per request, and after a failed full snapshot.
+const BACKOFF: Option<&str> = Some(
+    "requests are retried with --chunk-upload-attempts and --chunk-upload-backoff (doubling), and a failed full \
+     snapshot every 5s",
+);
+const OWNER_CHECK: Option<&str> = Some("there is no owner check here");
+const VALIDATION: Option<&str> = Some("there is no data directory validation (upstream's initialize) here");
+const LEADER_ELECTION: Option<&str> =
+    Some("snapshots are taken from whichever --endpoints answers; there is no leader election here");
+const SECONDARY_SYNC: Option<&str> =
+    Some("every snapshot goes to both endpoints as it is taken, and reconcile copies what one lacks");
+const K8S: Option<&str> = Some("there are no Kubernetes leases, member garbage collection or leader election here");
+
+fn ignore_bool(v: &str) -> Result<(), String> {
+    parse_bool(v).map(drop)
+}
+
+fn ignore_duration(v: &str) -> Result<(), String> {
+    parse_duration(v).map(drop)
+}
+
+fn ignore_whole(v: &str) -> Result<(), String> {
+    whole(v).map(drop)
+}
 
 fn path(v: &str) -> Result<Option<std::path::PathBuf>, String> {
     Ok(Some(v.into()).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty()))
@@ -193,7 +238,8 @@ pub static FLAGS: &[Flag] = &[
         name: "log-level",
         value: Some("LEVEL"),
         default: Some("info"),
-        help: "Log level: error, warn, info, debug or trace.",
+        help: "Log level: error, warn, info, debug or trace; or upstream's logrus number (0-2 error, 3 warn, 4 info, \
+               5 debug, 6 trace).",
         set: |a, _, v| parse_level(v).map(|l| a.log_level = Some(l)),
         ..Flag::DEFAULT
     },
@@ -294,6 +340,25 @@ pub static FLAGS: &[Flag] = &[
         default: Some("15m"),
         help: "Time allowed for streaming the whole snapshot from etcd.",
         set: |a, _, v| timeout(v).map(|d| a.etcd.snapshot_timeout = d),
+        ..ETCD
+    },
+    Flag {
+        name: "etcd-defrag-timeout",
+        value: Some("DURATION"),
+        default: Some("8m"),
+        help: "Time allowed for defragmenting one etcd member (--defragmentation-schedule).",
+        set: |a, _, v| timeout(v).map(|d| a.defrag_timeout = d),
+        ..ETCD
+    },
+    Flag {
+        name: "service-endpoints",
+        value: Some("URLS"),
+        help: "etcd client URLs that reach any member (a Kubernetes service), comma separated: the defragmentation \
+               asks them for the member list. Empty: --endpoints.",
+        set: |a, _, v| {
+            a.service_endpoints = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            a.service_endpoints.iter().try_for_each(|e| crate::etcd::check_endpoint(e))
+        },
         ..ETCD
     },
     // Store (primary; the secondary variant is generated)
@@ -472,6 +537,21 @@ pub static FLAGS: &[Flag] = &[
         ..SNAPSHOT
     },
     Flag {
+        name: "defragmentation-schedule",
+        value: Some("CRON"),
+        default: Some("0 0 */3 * *"),
+        help: "When to defragment every etcd member, one at a time and the leader last, in the long-running \
+               snapshot, each followed by a full snapshot; as --schedule. Empty: never.",
+        set: |a, _, v| {
+            if !v.is_empty() {
+                crate::cron::Schedule::parse(v)?;
+            }
+            a.defrag_schedule = v.to_string();
+            Ok(())
+        },
+        ..SNAPSHOT
+    },
+    Flag {
         name: "delta-snapshot-period",
         value: Some("DURATION"),
         default: Some("20s"),
@@ -554,7 +634,7 @@ pub static FLAGS: &[Flag] = &[
             a.restore.data_dir = v.into();
             Ok(())
         },
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "name",
@@ -565,7 +645,7 @@ pub static FLAGS: &[Flag] = &[
             a.restore.name = v.to_string();
             Ok(())
         },
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "initial-cluster",
@@ -576,7 +656,7 @@ pub static FLAGS: &[Flag] = &[
             a.restore.initial_cluster = v.to_string();
             Ok(())
         },
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "initial-cluster-token",
@@ -587,7 +667,7 @@ pub static FLAGS: &[Flag] = &[
             a.restore.initial_cluster_token = v.to_string();
             Ok(())
         },
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "initial-advertise-peer-urls",
@@ -598,14 +678,14 @@ pub static FLAGS: &[Flag] = &[
             a.restore.initial_advertise_peer_urls = v.split(',').map(|u| u.trim().to_string()).collect();
             Ok(())
         },
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "skip-hash-check",
         default: Some("false"),
         help: "Do not verify the snapshot's SHA-256 trailer (for a db copied out of a data directory).",
         set: |a, _, v| parse_bool(v).map(|b| a.restore.skip_hash_check = b),
-        ..RESTORE
+        ..RESTORE_ALSO_SNAPSHOT
     },
     Flag {
         name: "bump-revision",
@@ -726,6 +806,310 @@ pub static FLAGS: &[Flag] = &[
         help: "Stop waiting for the final snapshot after this long and copy what is there; 0 waits without limit.",
         set: |a, _, v| parse_duration(v).map(|d| a.copy.wait_timeout = d),
         ..COPY
+    },
+    // Upstream's flags without effect here (`UPSTREAM`), with upstream's defaults.
+    Flag {
+        name: "restoration-temp-snapshots-dir",
+        value: Some("DIR"),
+        default: Some("default.restoration.tmp"),
+        help: "Upstream: where restore keeps fetched delta snapshots.",
+        no_effect: Some("restore streams each snapshot from the store, without temporary files"),
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "max-fetchers",
+        value: Some("N"),
+        default: Some("6"),
+        help: "Upstream: delta snapshots fetched in parallel by restore.",
+        no_effect: Some("restore reads each delta snapshot as it applies it"),
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "max-call-send-message-size",
+        value: Some("BYTES"),
+        default: Some("10485760"),
+        help: "Upstream: largest message restore sends to its embedded etcd.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "max-request-bytes",
+        value: Some("BYTES"),
+        default: Some("10485760"),
+        help: "Upstream: largest request restore's embedded etcd accepts.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "max-txn-ops",
+        value: Some("N"),
+        default: Some("10240"),
+        help: "Upstream: most operations in one transaction of restore's embedded etcd.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "embedded-etcd-quota-bytes",
+        value: Some("BYTES"),
+        default: Some("8589934592"),
+        help: "Upstream: backend quota of restore's embedded etcd.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "auto-compaction-mode",
+        value: Some("MODE"),
+        default: Some("periodic"),
+        help: "Upstream: periodic or revision, the auto-compaction of restore's embedded etcd.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, v| match v {
+            "periodic" | "revision" => Ok(()),
+            _ => Err("expected periodic or revision".into()),
+        },
+        ..UPSTREAM
+    },
+    Flag {
+        name: "auto-compaction-retention",
+        value: Some("RETENTION"),
+        default: Some("30m"),
+        help: "Upstream: auto-compaction retention of restore's embedded etcd.",
+        no_effect: EMBEDDED_ETCD,
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "next-cluster-version-compatible",
+        default: Some("true"),
+        help: "Upstream: let restore's embedded etcd open data of the next etcd version.",
+        no_effect: Some("the data directory restore writes opens in etcd 3.4 and 3.5 alike"),
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "backoff-multiplier",
+        value: Some("N"),
+        default: Some("2"),
+        help: "Upstream: growth of the wait between the snapshotter's restarts.",
+        no_effect: BACKOFF,
+        set: |_, _, v| parse_positive(v).map(drop),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "backoff-attempt-limit",
+        value: Some("N"),
+        default: Some("6"),
+        help: "Upstream: snapshotter restarts before the wait stays at --backoff-threshold-time.",
+        no_effect: BACKOFF,
+        set: |_, _, v| parse_positive(v).map(drop),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "backoff-threshold-time",
+        value: Some("DURATION"),
+        default: Some("128s"),
+        help: "Upstream: longest wait between the snapshotter's restarts.",
+        no_effect: BACKOFF,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "freespace-threshold",
+        value: Some("BYTES"),
+        default: Some("1073741824"),
+        help: "Upstream: free space in etcd's database below which a scheduled defragmentation is skipped.",
+        no_effect: Some("every scheduled defragmentation runs"),
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "config-file",
+        value: Some("FILE"),
+        help: "Upstream: YAML of the whole component configuration.",
+        no_effect: Some("configuration comes from flags and environment variables only; the file is not read"),
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "use-etcd-wrapper",
+        default: Some("false"),
+        help: "Upstream: serve etcd-wrapper's initialization calls.",
+        no_effect: Some("there is no etcd-wrapper integration here"),
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "validation-mode",
+        value: Some("MODE"),
+        default: Some("full"),
+        help: "Upstream: full or sanity, how the data directory is validated before etcd starts.",
+        no_effect: VALIDATION,
+        set: |_, _, v| match v {
+            "full" | "sanity" => Ok(()),
+            _ => Err("expected full or sanity".into()),
+        },
+        ..UPSTREAM
+    },
+    Flag {
+        name: "experimental-fail-below-revision",
+        value: Some("REVISION"),
+        default: Some("0"),
+        help: "Upstream: fail the data directory validation below this revision.",
+        no_effect: VALIDATION,
+        set: |_, _, v| ignore_whole(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "enable-snapshot-lease-renewal",
+        default: Some("false"),
+        help: "Upstream: renew Kubernetes leases with the latest snapshot revisions.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "full-snapshot-lease-name",
+        value: Some("NAME"),
+        default: Some("full-snapshot-revisions"),
+        help: "Upstream: the Kubernetes lease of the latest full snapshot.",
+        no_effect: K8S,
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "delta-snapshot-lease-name",
+        value: Some("NAME"),
+        default: Some("delta-snapshot-revisions"),
+        help: "Upstream: the Kubernetes lease of the latest delta snapshot.",
+        no_effect: K8S,
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "full-snapshot-lease-update-interval",
+        value: Some("DURATION"),
+        default: Some("3m"),
+        help: "Upstream: retry interval of the full snapshot lease update.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "enable-member-lease-renewal",
+        default: Some("false"),
+        help: "Upstream: renew this member's Kubernetes lease.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "enable-etcd-member-gc",
+        default: Some("false"),
+        help: "Upstream: remove etcd members whose Kubernetes pods are gone.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "k8s-heartbeat-duration",
+        value: Some("DURATION"),
+        default: Some("30s"),
+        help: "Upstream: member lease renewal period.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "k8s-member-gc-duration",
+        value: Some("DURATION"),
+        default: Some("1m"),
+        help: "Upstream: member garbage collection period.",
+        no_effect: K8S,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "reelection-period",
+        value: Some("DURATION"),
+        default: Some("5s"),
+        help: "Upstream: how often the sidecar checks whether its etcd member leads.",
+        no_effect: LEADER_ELECTION,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "etcd-connection-timeout-leader-election",
+        value: Some("DURATION"),
+        default: Some("5s"),
+        help: "Upstream: etcd connection timeout of the leader election.",
+        no_effect: LEADER_ELECTION,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "secondary-backup-sync-enabled",
+        default: Some("false"),
+        help: "Upstream: copy backups to the secondary store periodically.",
+        no_effect: SECONDARY_SYNC,
+        set: |_, _, v| ignore_bool(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "secondary-backup-sync-period",
+        value: Some("DURATION"),
+        default: Some("1h"),
+        help: "Upstream: how often backups are copied to the secondary store.",
+        no_effect: SECONDARY_SYNC,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "owner-name",
+        value: Some("DOMAIN"),
+        help: "Upstream: DNS name whose address must be --owner-id for backups to run.",
+        no_effect: OWNER_CHECK,
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "owner-id",
+        value: Some("ID"),
+        help: "Upstream: the address --owner-name must resolve to.",
+        no_effect: OWNER_CHECK,
+        set: |_, _, _| Ok(()),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "owner-check-interval",
+        value: Some("DURATION"),
+        default: Some("30s"),
+        help: "Upstream: time between owner checks.",
+        no_effect: OWNER_CHECK,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "owner-check-timeout",
+        value: Some("DURATION"),
+        default: Some("2m"),
+        help: "Upstream: timeout of one owner check.",
+        no_effect: OWNER_CHECK,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
+    },
+    Flag {
+        name: "owner-check-dns-cache-ttl",
+        value: Some("DURATION"),
+        default: Some("1m"),
+        help: "Upstream: DNS cache lifetime of the owner check.",
+        no_effect: OWNER_CHECK,
+        set: |_, _, v| ignore_duration(v),
+        ..UPSTREAM
     },
 ];
 

@@ -178,6 +178,18 @@ fn scheduled(low: &LowArgs) -> Result<Settings, UsageError> {
                 crate::verify::Options { selection: Default::default(), deep: deep(low) },
             )),
         },
+        defrag: match low.defrag_schedule.as_str() {
+            "" => None,
+            s => Some(crate::defrag::Options {
+                schedule: crate::cron::Schedule::parse(s)
+                    .map_err(|e| UsageError(format!("--defragmentation-schedule: {e}")))?,
+                timeout: low.defrag_timeout,
+                cluster: match low.service_endpoints.as_slice() {
+                    [] => etcd(low)?,
+                    service => EtcdConfig { endpoints: service.to_vec(), ..etcd(low)? },
+                },
+            }),
+        },
         gc: (low.gc_period > Duration::from_secs(1)).then_some(Periodic {
             period: low.gc_period,
             policy,

@@ -42,6 +42,14 @@ pub struct LowArgs {
     pub verify_schedule: String,
     /// `copy`'s own flags.
     pub copy: CopyArgs,
+    /// `--defragmentation-schedule`; empty: never.
+    pub defrag_schedule: String,
+    pub defrag_timeout: Duration,
+    /// `--service-endpoints`; empty: `--endpoints`.
+    pub service_endpoints: Vec<String>,
+    /// One line per flag given that has no effect in this command, and why:
+    /// logged as INFO once logging is set up.
+    pub notes: Vec<String>,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,
@@ -114,14 +122,16 @@ pub fn parse_positive(v: &str) -> Result<u64, String> {
     }
 }
 
+/// A level name, or upstream's logrus number: 0 panic, 1 fatal and 2 error
+/// all log errors here, as there is no level above error.
 pub fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
     match v.to_ascii_lowercase().as_str() {
-        "error" => Ok(log::LevelFilter::Error),
-        "warn" | "warning" => Ok(log::LevelFilter::Warn),
-        "info" => Ok(log::LevelFilter::Info),
-        "debug" => Ok(log::LevelFilter::Debug),
-        "trace" => Ok(log::LevelFilter::Trace),
-        _ => Err("expected error, warn, info, debug or trace".into()),
+        "error" | "0" | "1" | "2" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" | "3" => Ok(log::LevelFilter::Warn),
+        "info" | "4" => Ok(log::LevelFilter::Info),
+        "debug" | "5" => Ok(log::LevelFilter::Debug),
+        "trace" | "6" => Ok(log::LevelFilter::Trace),
+        _ => Err("expected error, warn, info, debug or trace, or a number from 0 to 6".into()),
     }
 }
 

@@ -99,11 +99,10 @@ struct Given {
 fn lookup(name: &str) -> Option<(&'static Flag, Role)> {
     let generated =
         [Role::Secondary, Role::Source].into_iter().find_map(|r| Some((name.strip_prefix(r.flag_prefix())?, r)));
-    if let Some((base, role)) = generated {
-        FLAGS.iter().find(|f| f.name == base && f.group == Group::Store).map(|f| (f, role))
-    } else {
-        FLAGS.iter().find(|f| f.name == name).map(|f| (f, Role::Primary))
-    }
+    // Upstream's own `--secondary-backup-sync-*` are not generated ones.
+    let generated = generated
+        .and_then(|(base, role)| FLAGS.iter().find(|f| f.name == base && f.group == Group::Store).map(|f| (f, role)));
+    generated.or_else(|| FLAGS.iter().find(|f| f.name == name).map(|f| (f, Role::Primary)))
 }
 
 fn utf8(v: OsString, what: &str) -> Result<String, UsageError> {
@@ -206,6 +205,12 @@ fn low_args(command: Command, given: Vec<Given>, env: Env) -> Result<LowArgs, Us
         }
         (g.flag.set)(&mut low, g.role, &g.value)
             .map_err(|e| UsageError(format!("invalid value {:?} for {}: {e}", g.value, g.shown)))?;
+        if let Some(why) = g.flag.no_effect.filter(|_| !g.flag.used_for(command, g.role)) {
+            let note = format!("{} has no effect here: {why}", g.shown);
+            if !low.notes.contains(&note) {
+                low.notes.push(note);
+            }
+        }
         if g.role == Role::Secondary {
             low.secondary_flags_given.push(g.shown);
         }
@@ -289,7 +294,38 @@ pub fn command_help(command: Command) -> String {
             out.push_str(&format!("  {left:width$}{right}\n"));
         }
     }
+    let compat: Vec<String> = FLAGS
+        .iter()
+        .filter(|f| f.no_effect.is_some() && f.accepted_by(command) && !f.uses.contains(&command))
+        .map(|f| format!("--{}", f.name))
+        .collect();
+    if !compat.is_empty() {
+        out.push_str(&format!(
+            "\nAccepted as upstream accepts them, without effect here (one INFO line says why):\n{}",
+            wrap(&compat, 100)
+        ));
+    }
     out.push_str(&format!("\n  -h, --help{:w$}Show this help\n\n{}\n", "", footer(), w = width.saturating_sub(8)));
+    out
+}
+
+/// `words` as indented lines of at most `width` characters.
+fn wrap(words: &[String], width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for w in words {
+        if !line.is_empty() && line.len() + 1 + w.len() > width {
+            out.push_str(&format!("  {line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("  {line}\n"));
+    }
     out
 }
 
@@ -428,7 +464,7 @@ mod tests {
         let Parsed::Help(h) = parse(["snapshot", "--help"].map(OsString::from), &no_env).unwrap() else { panic!() };
         assert!(h.contains("[default: 5242880]"));
         assert!(h.contains("[env: SECONDARY_STORAGE_CONTAINER]"));
-        assert!(!h.contains("--data-dir"), "restore flags are not snapshot flags");
+        assert!(!h.contains("--data-dir DIR"), "restore flags are not snapshot flags");
         let Parsed::Help(top) = parse(["help"].map(OsString::from), &no_env).unwrap() else { panic!() };
         assert!(top.contains("snapshot --once") && top.contains("restore"));
     }
@@ -456,6 +492,11 @@ mod tests {
                     || (command == Command::Snapshot && f.name == "deep");
                 // `copy` came later, and no endpoint of its waits for another.
                 let except = command == Command::Copy && f.name == "max-endpoint-lag";
+                // Upstream's flags without effect here, and the restore flags
+                // upstream's server takes, which `snapshot` now accepts too.
+                let extra = extra
+                    || (f.group == Upstream && [Command::Snapshot, Command::Restore].contains(&command))
+                    || (f.group == Restore && command == Command::Snapshot && f.no_effect.is_some());
                 assert_eq!(
                     f.accepted_by(command),
                     (groups.contains(&f.group) || extra) && !except,
@@ -598,12 +639,108 @@ mod tests {
         assert!(top_help().contains("\n  copy "), "{}", top_help());
     }
 
+    /// The `backup-restore` container's args of upstream's Helm chart
+    /// (gardener/etcd-backup-restore, chart/etcd-backup-restore/templates/etcd-statefulset.yaml),
+    /// verbatim, with the chart's values filled in: the TLS branch, and the
+    /// others with every optional value set. `--server-cert`/`--server-key`
+    /// (TLS of upstream's HTTP server) are `server`'s, not `snapshot`'s.
+    const CHART: &[&str] = &[
+        "--schedule=0 */24 * * *",
+        "--max-backups=7",
+        "--garbage-collection-policy=LimitBased",
+        "--garbage-collection-period=1m",
+        "--data-dir=/var/etcd/data/new.etcd",
+        "--storage-provider=S3",
+        "--store-prefix=etcd-main-etcd",
+        "--embedded-etcd-quota-bytes=8589934592",
+        "--cert=/var/etcd/ssl/tls/tls.crt",
+        "--key=/var/etcd/ssl/tls/tls.key",
+        "--cacert=/var/etcd/ssl/ca/ca.crt",
+        "--insecure-transport=false",
+        "--insecure-skip-tls-verify=false",
+        "--endpoints=https://etcd-main-etcd-0:2379",
+        "--defragmentation-schedule=0 0 */3 * *",
+        "--etcd-connection-timeout=30s",
+        "--etcd-snapshot-timeout=8m",
+        "--etcd-defrag-timeout=8m",
+        "--delta-snapshot-period=60s",
+        "--delta-snapshot-memory-limit=104857600",
+        "--etcd-username=root",
+        "--etcd-password=secret",
+        "--compress-snapshots=true",
+        "--compression-policy=gzip",
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=30m",
+    ];
+
+    #[test]
+    fn upstream_chart_flags_parse_for_snapshot_and_restore() {
+        let args = ["snapshot"].iter().chain(CHART).map(OsString::from);
+        let Parsed::Run(Command::Snapshot, low) = parse(args, &no_env).unwrap() else { panic!() };
+        assert_eq!(low.defrag_schedule, "0 0 */3 * *");
+        assert_eq!(low.defrag_timeout.as_secs(), 480);
+        assert_eq!(low.etcd.endpoints, vec!["https://etcd-main-etcd-0:2379"]);
+        assert_eq!((low.gc_policy.as_str(), low.max_backups), ("LimitBased", 7));
+        let noted: Vec<&str> = low.notes.iter().map(|n| n.split(' ').next().unwrap()).collect();
+        assert_eq!(
+            noted,
+            ["--data-dir", "--embedded-etcd-quota-bytes", "--auto-compaction-mode", "--auto-compaction-retention"]
+        );
+        assert!(low.notes[0].contains("has no effect here: only restore writes a data directory"), "{:?}", low.notes);
+        // Upstream's `restore` takes the restoration and snapstore flags among them.
+        let restore_flags = ["--data-dir", "--storage-provider", "--store-prefix", "--embedded-etcd-quota-bytes"];
+        let restore_flags =
+            CHART.iter().filter(|a| restore_flags.iter().chain(&["--auto-compaction"]).any(|f| a.starts_with(f)));
+        let args = ["restore"].iter().chain(restore_flags).map(OsString::from);
+        let Parsed::Run(Command::Restore, low) = parse(args, &no_env).unwrap() else { panic!() };
+        assert_eq!(low.restore.data_dir, std::path::PathBuf::from("/var/etcd/data/new.etcd"));
+        assert_eq!(low.notes.len(), 3, "{:?}", low.notes);
+        // Every upstream flag of the kind, with upstream's defaults as values.
+        for f in FLAGS.iter().filter(|f| f.group == Group::Upstream) {
+            let arg = format!("--{}={}", f.name, f.default.unwrap_or("x"));
+            for command in ["snapshot", "restore"] {
+                let r = parse([command, arg.as_str()].map(OsString::from), &no_env);
+                assert!(matches!(r, Ok(Parsed::Run(..))), "{command} {arg}: {r:?}");
+            }
+        }
+        let args = ["snapshot", "--backoff-multiplier=3", "--backoff-multiplier=3", "--secondary-backup-sync-enabled"];
+        let Parsed::Run(_, low) = parse(args.map(OsString::from), &no_env).unwrap() else { panic!() };
+        assert_eq!(low.notes.len(), 2, "one line per flag: {:?}", low.notes);
+        assert!(low.notes[1].starts_with("--secondary-backup-sync-enabled has no effect here"));
+    }
+
+    #[test]
+    fn numeric_log_levels_are_logrus_levels() {
+        use log::LevelFilter::*;
+        for (n, level) in
+            [("0", Error), ("2", Error), ("3", Warn), ("4", Info), ("5", Debug), ("6", Trace), ("warn", Warn)]
+        {
+            let arg = format!("--log-level={n}");
+            let low = run(&["snapshot", &arg]).unwrap();
+            assert_eq!(low.log_level, Some(level), "{n}");
+        }
+        assert!(run(&["snapshot", "--log-level=7"]).is_err());
+    }
+
+    #[test]
+    fn help_names_the_flags_without_effect() {
+        let h = command_help(Command::Restore);
+        assert!(h.contains("--embedded-etcd-quota-bytes") && h.contains("without effect here"), "{h}");
+        assert!(!h.contains("--embedded-etcd-quota-bytes BYTES"), "not listed as a flag of its own: {h}");
+        assert!(command_help(Command::Snapshot).contains("--defragmentation-schedule CRON"));
+    }
+
     /// A definition without its own `set` keeps `Flag::DEFAULT`'s, which fails.
     #[test]
     fn every_flag_sets_something() {
         for f in FLAGS {
             let mut low = LowArgs::default();
-            (f.set)(&mut low, Role::Primary, f.default.unwrap_or("x")).unwrap_or_else(|e| panic!("--{}: {e}", f.name));
+            let any = match f.value {
+                Some("URLS") => "127.0.0.1:2379",
+                Some("CRON") => "@hourly",
+                _ => "x",
+            };
+            (f.set)(&mut low, Role::Primary, f.default.unwrap_or(any)).unwrap_or_else(|e| panic!("--{}: {e}", f.name));
         }
     }
 }

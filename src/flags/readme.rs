@@ -23,7 +23,13 @@ pub fn flag_table() -> String {
         } else {
             ALL.iter().filter(|c| f.uses.contains(c)).map(|c| format!("`{}`", c.words())).collect::<Vec<_>>().join(", ")
         };
-        out.push_str(&format!("| `{short}--{}` | {} | {commands} | {} |\n", f.name, default.join(", "), md(f.help)));
+        let mut help = md(f.help);
+        if let Some(why) = f.no_effect {
+            let ignoring: Vec<String> = f.ignored_by.iter().map(|c| format!("`{}`", c.words())).collect();
+            help.push_str(&format!(" Accepted without effect by {}: {}.", ignoring.join(", "), md(why)));
+        }
+        let commands = if commands.is_empty() { "none".to_string() } else { commands };
+        out.push_str(&format!("| `{short}--{}` | {} | {commands} | {help} |\n", f.name, default.join(", ")));
     }
     out
 }
