@@ -65,8 +65,20 @@ impl Job {
         require_all_endpoints: bool,
         recorder: &Recorder,
     ) -> (i32, Option<(SnapshotName, Outcome)>) {
+        self.take_marked(endpoints, require_all_endpoints, recorder, false)
+    }
+
+    /// `take`, named `<name>.final` when `is_final` (upstream's final full
+    /// snapshot, `/snapshot/full?final=true`).
+    pub fn take_marked(
+        &self,
+        endpoints: &Endpoints,
+        require_all_endpoints: bool,
+        recorder: &Recorder,
+        is_final: bool,
+    ) -> (i32, Option<(SnapshotName, Outcome)>) {
         let started = Instant::now();
-        let result = full_snapshot(&self.etcd, endpoints, self.compression);
+        let result = full_snapshot(&self.etcd, endpoints, self.compression, is_final);
         self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
         match result {
             Ok(o) => {
@@ -94,11 +106,13 @@ pub fn full_snapshot(
     etcd_cfg: &EtcdConfig,
     endpoints: &Endpoints,
     compression: Option<Policy>,
+    is_final: bool,
 ) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
     let status = client.status()?;
     let mut snapshot_name = SnapshotName::full(status.revision.max(0) as u64, unix_now());
     snapshot_name.compression = compression.map_or("", Policy::suffix).to_string();
+    snapshot_name.is_final = is_final;
     let name = snapshot_name.to_string();
     info!(
         "Taking snapshot {name} from etcd {} (version {}, revision {})",

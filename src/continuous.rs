@@ -20,7 +20,7 @@ use crate::{delta, gc, reconcile};
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use log::{debug, error, info, warn};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What the long-running `snapshot` does besides full snapshots.
@@ -51,6 +51,13 @@ const DRAIN: Duration = Duration::from_secs(3);
 
 /// Run until SIGTERM/SIGINT; the exit code.
 pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder) -> i32 {
+    run_controlled(job, endpoints, sch, recorder, &Control::default())
+}
+
+/// `run`, taking snapshot requests from and reporting health to `control`
+/// (the server's side).
+pub fn run_controlled(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder, control: &Control) -> i32 {
+    control.health(|h| h.delta_period = sch.delta_period);
     info!(
         "Snapshotter started: full snapshots on {}, delta snapshots {}, garbage collection {}",
         sch.schedule,
@@ -59,7 +66,6 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder
     );
     let chain = CurrentChain::default();
     let deltas = DeltaWriters::start(endpoints);
-    let full_requested = AtomicBool::new(false);
     let mut s = Snapshotter {
         job,
         sch,
@@ -67,9 +73,10 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder
         deltas,
         chain: &chain,
         recorder,
+        control,
         last_revision: 0,
         last_full: None,
-        full_requested: &full_requested,
+        last_delta: None,
     };
     std::thread::scope(|scope| {
         if let Some(periodic) = sch.gc {
@@ -96,10 +103,10 @@ pub fn run(job: &Job, endpoints: &Endpoints, sch: &Settings, recorder: &Recorder
             scope.spawn(move || verify_periodically(job, endpoints, schedule, opts, &chain.1));
         }
         if let Some(opts) = &sch.defrag {
-            let requested = &full_requested;
-            scope.spawn(move || defrag_periodically(job, opts, requested));
+            scope.spawn(move || defrag_periodically(job, opts, control));
         }
         s.run();
+        control.stop();
     });
     info!("Snapshotter stopped");
     crate::exit::OK
@@ -146,12 +153,13 @@ struct Snapshotter<'a> {
     deltas: DeltaWriters,
     chain: &'a CurrentChain,
     recorder: &'a Recorder,
+    control: &'a Control,
     /// Everything up to this revision is stored on at least one endpoint.
     last_revision: u64,
     /// Creation time of the latest full snapshot (unix seconds).
     last_full: Option<u64>,
-    /// Set after a defragmentation: take a full snapshot now.
-    full_requested: &'a AtomicBool,
+    /// The latest delta snapshot stored, and when, for a request's answer.
+    last_delta: Option<(Instant, Taken)>,
 }
 
 /// Why watching stopped.
@@ -178,7 +186,10 @@ impl Snapshotter<'_> {
             };
             match next {
                 Next::FullSnapshot => full_now = true,
-                Next::Reconnect => sleep(RETRY),
+                Next::Reconnect => {
+                    self.control.health(|h| h.etcd_ok = false);
+                    sleep(RETRY)
+                }
                 Next::Stop => break,
             }
         }
@@ -190,10 +201,19 @@ impl Snapshotter<'_> {
 
     fn full_snapshots_only(&mut self) -> Next {
         loop {
-            if let Next::Stop = wait_until_or(self.due(), self.full_requested) {
-                return Next::Stop;
+            while !past(self.due()) && !self.control.full_requested() {
+                if signals::interrupted() {
+                    return Next::Stop;
+                }
+                std::thread::sleep(TICK);
             }
-            if self.full_snapshot().is_none() {
+            let requested = self.control.take_full();
+            let is_final = requested.as_ref().is_some_and(|r| r.0);
+            let result = self.full_snapshot_marked(is_final);
+            if let Some((_, tickets)) = requested {
+                self.control.answer(&tickets, &result.as_ref().map(|(_, t)| Some(t.clone())).ok_or_else(not_stored));
+            }
+            if result.is_none() {
                 sleep(RETRY);
             }
         }
@@ -223,6 +243,7 @@ impl Snapshotter<'_> {
         };
         let last = chain.last().unwrap_or(&full).snapshot.last_revision;
         self.last_revision = last;
+        self.control.health(|h| h.full_stored = Some(true));
         self.chain.start(&full.name, full.snapshot.last_revision);
         for d in &chain {
             self.chain.push(&d.name, d.snapshot.last_revision);
@@ -238,7 +259,14 @@ impl Snapshotter<'_> {
 
     /// Take a full snapshot now and go on from it.
     fn full_snapshot(&mut self) -> Option<SnapshotName> {
-        let name = take_full(self.job, self.endpoints, self.chain, self.recorder)?;
+        self.full_snapshot_marked(false).map(|(name, _)| name)
+    }
+
+    fn full_snapshot_marked(&mut self, is_final: bool) -> Option<(SnapshotName, Taken)> {
+        let taken = take_full(self.job, self.endpoints, self.chain, self.recorder, self.control, is_final);
+        // Nothing is being watched now: no change waits for a delta.
+        self.control.pending(false);
+        let (name, taken) = taken?;
         if name.last_revision < self.last_revision {
             warn!(
                 "etcd went back in time: snapshot {name} is at revision {}, below revision {} already stored. etcd \
@@ -250,7 +278,7 @@ impl Snapshotter<'_> {
         }
         self.last_revision = name.last_revision;
         self.last_full = Some(name.created);
-        Some(name)
+        Some((name, taken))
     }
 
     /// Watch etcd from the last stored revision and save delta snapshots
@@ -259,16 +287,23 @@ impl Snapshotter<'_> {
     /// long full snapshot; the chain needs no break for them, as a restore
     /// skips what the full snapshot already holds.
     fn watch(&mut self, period: Duration) -> Next {
-        let (job, endpoints, chain, recorder) = (self.job, self.endpoints, self.chain, self.recorder);
+        let (job, endpoints, chain, recorder, control) =
+            (self.job, self.endpoints, self.chain, self.recorder, self.control);
         let schedule = &self.sch.schedule;
-        let requested = self.full_requested;
         let mut last_full = self.last_full;
         let next = std::thread::scope(|scope| {
-            let mut full: Option<std::thread::ScopedJoinHandle<'_, Option<SnapshotName>>> = None;
+            type Full<'s> = std::thread::ScopedJoinHandle<'s, Option<(SnapshotName, Taken)>>;
+            // The full snapshot running, and the requests it answers.
+            let mut full: Option<(Full<'_>, Vec<u64>)> = None;
             let mut due = due_after(schedule, last_full);
+            let finish = |(handle, tickets): (Full<'_>, Vec<u64>)| {
+                let result = handle.join().expect("full snapshot thread panicked");
+                control.answer(&tickets, &result.as_ref().map(|(_, t)| Some(t.clone())).ok_or_else(not_stored));
+                result.map(|(name, _)| name)
+            };
             let next = self.watch_with(period, &mut || {
-                if full.as_ref().is_some_and(|h| h.is_finished()) {
-                    match full.take().unwrap().join().expect("full snapshot thread panicked") {
+                if full.as_ref().is_some_and(|(h, _)| h.is_finished()) {
+                    match finish(full.take().unwrap()) {
                         Some(name) => {
                             last_full = Some(name.created);
                             due = due_after(schedule, last_full);
@@ -276,14 +311,21 @@ impl Snapshotter<'_> {
                         None => due = unix_now() as i64 + RETRY.as_secs() as i64,
                     }
                 }
-                // A request waits for a full snapshot already running to end:
-                // that one may have started before the defragmentation.
-                if full.is_none() && (past(due) || requested.swap(false, Ordering::SeqCst)) {
-                    full = Some(scope.spawn(move || take_full(job, endpoints, chain, recorder)));
+                if full.is_some() {
+                    return;
                 }
+                // A request goes first; it also serves as the scheduled one
+                // when that is due.
+                let (is_final, tickets) = match control.take_full() {
+                    Some(requested) => requested,
+                    None if past(due) => (false, Vec::new()),
+                    None => return,
+                };
+                let handle = scope.spawn(move || take_full(job, endpoints, chain, recorder, control, is_final));
+                full = Some((handle, tickets));
             });
             // A signal aborts it; otherwise it completes normally.
-            if let Some(name) = full.and_then(|h| h.join().expect("full snapshot thread panicked")) {
+            if let Some(name) = full.and_then(&finish) {
                 last_full = Some(name.created);
             }
             next
@@ -331,11 +373,17 @@ impl Snapshotter<'_> {
             }
         };
         debug!("Watching etcd at {endpoint} from revision {start}");
+        self.control.health(|h| h.etcd_ok = true);
         let limit = self.sch.delta_memory_limit;
         let mut pending = delta::Writer::new();
         let mut period_end = Instant::now() + period;
         let mut due = false;
         let next = loop {
+            self.control.pending(!pending.is_empty());
+            if let Some((tickets, asked)) = self.control.take_delta() {
+                let answer = self.requested_delta(&mut watch, &mut pending, asked);
+                self.control.answer(&tickets, &answer);
+            }
             let wake = period_end.min(Instant::now() + TICK);
             match watch.next(wake) {
                 Ok(Some(events)) => {
@@ -422,6 +470,20 @@ impl Snapshotter<'_> {
         }
     }
 
+    /// A delta snapshot on request: the changes up to etcd's revision now,
+    /// saved at once. With none pending, the delta stored since the request
+    /// arrived (at `asked`) already holds them; `None` when there is none.
+    fn requested_delta(&mut self, watch: &mut etcd::Watch<'_>, pending: &mut delta::Writer, asked: Instant) -> Answer {
+        self.drain(watch, pending);
+        if pending.is_empty() {
+            return Ok(self.last_delta.as_ref().filter(|(at, _)| *at >= asked).map(|(_, t)| t.clone()));
+        }
+        if !self.save_delta(pending) {
+            return Err("the delta snapshot was not stored on any endpoint (see the log)".into());
+        }
+        Ok(self.last_delta.as_ref().map(|(_, t)| t.clone()))
+    }
+
     /// Save `pending`; when no endpoint takes it and too much is held,
     /// drop it and ask for a full snapshot instead.
     fn save_or_give_up(&mut self, pending: &mut delta::Writer) -> Option<Next> {
@@ -468,6 +530,7 @@ impl Snapshotter<'_> {
             self.chain.verified(&outcome);
             self.chain.push(&name, last as u64);
             self.last_revision = last as u64;
+            self.last_delta = Some((Instant::now(), taken(&outcome)));
             *pending = delta::Writer::new();
         }
         stored
@@ -491,11 +554,24 @@ fn compacted(endpoint: &str, start: u64, compact_revision: i64) {
 
 /// Take a full snapshot; its name when at least one endpoint stored it,
 /// which then heads the current chain.
-fn take_full(job: &Job, endpoints: &Endpoints, chain: &CurrentChain, recorder: &Recorder) -> Option<SnapshotName> {
-    let (name, outcome) = job.take(endpoints, false, recorder).1?;
+fn take_full(
+    job: &Job,
+    endpoints: &Endpoints,
+    chain: &CurrentChain,
+    recorder: &Recorder,
+    control: &Control,
+    is_final: bool,
+) -> Option<(SnapshotName, Taken)> {
+    let result = job.take_marked(endpoints, false, recorder, is_final).1;
+    control.health(|h| h.full_stored = Some(result.is_some()));
+    let (name, outcome) = result?;
     chain.verified(&outcome);
     chain.start(&name.to_string(), name.last_revision);
-    Some(name)
+    Some((name, taken(&outcome)))
+}
+
+fn not_stored() -> String {
+    "the full snapshot was not stored on any endpoint (see the log)".into()
 }
 
 /// Counts a finished delta when dropped, also when saving panicked.
@@ -641,7 +717,7 @@ fn verify_periodically(
 /// `--defragmentation-schedule`: defragment every member at each scheduled
 /// time, then have the snapshotter take a full snapshot, as upstream does
 /// (the first snapshot of the compact database, and a fresh base for deltas).
-fn defrag_periodically(job: &Job, opts: &crate::defrag::Options, full_requested: &AtomicBool) {
+fn defrag_periodically(job: &Job, opts: &crate::defrag::Options, control: &Control) {
     loop {
         let Some(due) = opts.schedule.next_after(unix_now() as i64) else { return };
         if let Next::Stop = wait_until(due) {
@@ -650,7 +726,7 @@ fn defrag_periodically(job: &Job, opts: &crate::defrag::Options, full_requested:
         if let Some(members) = crate::defrag::run_once(&job.etcd, opts) {
             job.metrics.record_defragmented(&members.iter().map(|m| (m.member.clone(), m.seconds)).collect::<Vec<_>>());
             info!("Defragmentation done; taking a full snapshot");
-            full_requested.store(true, Ordering::SeqCst);
+            control.request_full();
         }
     }
 }
@@ -667,16 +743,190 @@ fn past(unix: i64) -> bool {
 
 /// Sleep until `unix` seconds (then a full snapshot is due) or a signal.
 fn wait_until(unix: i64) -> Next {
-    wait_until_or(unix, &AtomicBool::new(false))
-}
-
-/// `wait_until`, or until `requested` is set (and then clear it).
-fn wait_until_or(unix: i64, requested: &AtomicBool) -> Next {
-    while !past(unix) && !requested.swap(false, Ordering::SeqCst) {
+    while !past(unix) {
         if signals::interrupted() {
             return Next::Stop;
         }
         std::thread::sleep(TICK);
     }
     Next::FullSnapshot
+}
+
+/// A snapshot taken on request, as the server reports it.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub name: String,
+    /// The endpoints that stored it.
+    pub stored_on: Vec<Role>,
+}
+
+/// What a request for a snapshot got: `Ok(None)` for a delta when nothing
+/// changed since the last one.
+pub type Answer = Result<Option<Taken>, String>;
+
+/// What the server asks of, and learns from, the running snapshotter.
+/// Requests and health are plain data under short locks: the snapshotter
+/// only ever takes a request and posts an answer, never waits for the
+/// server, and no lock is held across I/O.
+#[derive(Default)]
+pub struct Control {
+    requests: std::sync::Mutex<Requests>,
+    answered: std::sync::Condvar,
+    health: std::sync::Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Requests {
+    next: u64,
+    /// Waiting full snapshot requests: ticket and whether final.
+    full: Vec<(u64, bool)>,
+    /// Waiting delta snapshot requests: ticket and arrival.
+    delta: Vec<(u64, Instant)>,
+    answers: std::collections::HashMap<u64, Answer>,
+    stopped: bool,
+}
+
+/// Inputs of `/healthz`.
+#[derive(Default, Debug, Clone)]
+struct Health {
+    /// The snapshotter's last contact with etcd (its watch) worked.
+    etcd_ok: bool,
+    /// The last full snapshot attempt (or the one resumed from) is stored
+    /// on at least one endpoint; `None` before the first.
+    full_stored: Option<bool>,
+    /// Since when watched events wait in memory for a delta snapshot.
+    pending_since: Option<Instant>,
+    delta_period: Option<Duration>,
+}
+
+/// The ticket of a request nobody waits for; real tickets start at 1.
+const UNANSWERED: u64 = 0;
+
+/// How often a waiting request re-checks that the process is not stopping.
+const REQUEST_TICK: Duration = Duration::from_millis(200);
+
+impl Control {
+    /// Healthy: a full snapshot is stored (the last attempt, or the one
+    /// resumed from, reached at least one endpoint), and, with deltas on,
+    /// etcd answered the snapshotter's last contact (its watch is up) and
+    /// no watched change has waited more than two delta periods for a delta
+    /// to store it.
+    pub fn healthy(&self) -> bool {
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deltas_ok = match (h.pending_since, h.delta_period) {
+            (Some(since), Some(period)) => since.elapsed() <= 2 * period,
+            _ => true,
+        };
+        // Without deltas, the full snapshots are the only contact with etcd.
+        let etcd_ok = h.etcd_ok || h.delta_period.is_none();
+        h.full_stored == Some(true) && etcd_ok && deltas_ok
+    }
+
+    fn health(&self, change: impl FnOnce(&mut Health)) {
+        change(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn pending(&self, waiting: bool) {
+        self.health(|h| match (waiting, h.pending_since) {
+            (true, None) => h.pending_since = Some(Instant::now()),
+            (false, Some(_)) => h.pending_since = None,
+            _ => {}
+        });
+    }
+
+    /// Ask for a full snapshot (`final`: named `.final`) and wait up to
+    /// `timeout` for it. A request is answered by the first full snapshot
+    /// started after it arrived, so it holds every write acknowledged
+    /// before the request: requests waiting together share one snapshot; one
+    /// arriving while a snapshot runs waits for it and gets the next one.
+    pub fn full_snapshot(&self, is_final: bool, timeout: Duration) -> Answer {
+        self.ask(|r, ticket| r.full.push((ticket, is_final)), timeout)
+    }
+
+    /// Ask for a delta snapshot of the changes so far (up to etcd's revision
+    /// when the snapshotter takes the request) and wait up to `timeout`.
+    pub fn delta_snapshot(&self, timeout: Duration) -> Answer {
+        self.ask(|r, ticket| r.delta.push((ticket, Instant::now())), timeout)
+    }
+
+    /// Ask for a full snapshot nobody waits for (after a defragmentation).
+    /// Like a server request, it waits for a full snapshot already running
+    /// to end: that one may have started before the defragmentation.
+    pub fn request_full(&self) {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.stopped {
+            r.full.push((UNANSWERED, false));
+        }
+    }
+
+    fn ask(&self, push: impl FnOnce(&mut Requests, u64), timeout: Duration) -> Answer {
+        let end = Instant::now() + timeout;
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if r.stopped {
+            return Err("the snapshotter is stopping".into());
+        }
+        r.next += 1;
+        let ticket = r.next;
+        push(&mut r, ticket);
+        loop {
+            if let Some(answer) = r.answers.remove(&ticket) {
+                return answer;
+            }
+            let now = Instant::now();
+            if r.stopped || signals::interrupted() || now >= end {
+                r.full.retain(|&(t, _)| t != ticket);
+                r.delta.retain(|&(t, _)| t != ticket);
+                return Err(if now >= end {
+                    format!("no snapshot within {timeout:?}")
+                } else {
+                    "the snapshotter is stopping".into()
+                });
+            }
+            let wait = (end - now).min(REQUEST_TICK);
+            r = self.answered.wait_timeout(r, wait).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// The waiting full snapshot requests one snapshot serves: all those
+    /// asking for the same finality as the oldest one.
+    fn take_full(&self) -> Option<(bool, Vec<u64>)> {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let is_final = r.full.first()?.1;
+        let (batch, rest): (Vec<_>, Vec<_>) = r.full.iter().partition(|&&(_, f)| f == is_final);
+        r.full = rest;
+        Some((is_final, batch.into_iter().map(|(t, _)| t).collect()))
+    }
+
+    /// The waiting delta requests, and when the oldest arrived.
+    fn take_delta(&self) -> Option<(Vec<u64>, Instant)> {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = r.delta.iter().map(|&(_, at)| at).min()?;
+        Some((std::mem::take(&mut r.delta).into_iter().map(|(t, _)| t).collect(), oldest))
+    }
+
+    fn answer(&self, tickets: &[u64], answer: &Answer) {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for &t in tickets.iter().filter(|&&t| t != UNANSWERED) {
+            r.answers.insert(t, answer.clone());
+        }
+        self.answered.notify_all();
+    }
+
+    /// No more requests are taken; those waiting are told.
+    fn stop(&self) {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        r.stopped = true;
+        r.full.clear();
+        r.delta.clear();
+        self.answered.notify_all();
+    }
+
+    fn full_requested(&self) -> bool {
+        !self.requests.lock().unwrap_or_else(|p| p.into_inner()).full.is_empty()
+    }
+}
+
+fn taken(outcome: &Outcome) -> Taken {
+    let stored_on = outcome.results.iter().filter(|(_, r)| r.is_ok()).map(|(role, _)| *role).collect();
+    Taken { name: outcome.name.clone(), stored_on }
 }

@@ -22,6 +22,7 @@ pub mod reconcile;
 pub mod record;
 pub mod report;
 pub mod restore;
+pub mod server;
 pub mod signals;
 pub mod snapshot;
 pub mod store;

@@ -1,7 +1,7 @@
 //! Parses the command line and dispatches; the work lives in the library.
 
 use etcd_backup_restore::flags::hiargs::{
-    CopyConfig, GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, SnapshotConfig, VerifyConfig,
+    CopyConfig, GcOnceConfig, ListConfig, ReconcileConfig, RestoreConfig, ServerConfig, SnapshotConfig, VerifyConfig,
 };
 use etcd_backup_restore::flags::{self, Command, Parsed};
 use etcd_backup_restore::{commands, exit, logging, signals};
@@ -25,6 +25,7 @@ fn main() {
             }
             let code = match command {
                 Command::Snapshot => SnapshotConfig::new(*low, &env).map(|c| commands::snapshot::run(&c)),
+                Command::Server => ServerConfig::new(*low, &env).map(|c| commands::server::run(&c)),
                 Command::Restore => RestoreConfig::new(*low, &env).map(|c| commands::restore::run(&c)),
                 Command::List => ListConfig::new(*low, &env).map(|c| commands::list::run(&c)),
                 Command::Gc => GcOnceConfig::new(*low, &env).map(|c| commands::gc::run(&c)),

@@ -80,49 +80,55 @@ pub fn reply_or_log<T>(
     }
 }
 
-/// `--metrics-file`, when given, for the endpoints in `roles`.
+/// The process's metrics (one model, `crate::metrics::Model`), for the
+/// endpoints in `roles`; written to `--metrics-file` when given.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsFile {
-    pub path: Option<PathBuf>,
+    pub model: std::sync::Arc<crate::metrics::Model>,
     pub roles: Vec<Role>,
 }
 
 impl MetricsFile {
+    pub fn new(path: Option<PathBuf>, roles: Vec<Role>) -> MetricsFile {
+        MetricsFile { model: std::sync::Arc::new(crate::metrics::Model::new(path)), roles }
+    }
+
+    fn failed(&self, e: std::io::Error) {
+        let path = self.model.path().map(|p| p.display().to_string()).unwrap_or_default();
+        error!("Cannot write the metrics file {path}: {e}");
+    }
+
     /// Record one attempt; `outcome` is `None` when nothing could be tried
     /// (etcd unreachable). A failure to write is logged; the backup's own
     /// result stands.
     pub fn record(&self, kind: Kind, outcome: Option<&Outcome>, started: Instant) {
-        let Some(path) = &self.path else { return };
         let stored: Vec<(Role, bool)> =
             self.roles.iter().map(|&r| (r, outcome.is_some_and(|o| o.stored_on(r)))).collect();
         let snapshot = outcome.and_then(|o| SnapshotName::parse(&o.name).map(|n| (n, o.bytes)));
         let secs = started.elapsed().as_secs_f64();
-        if let Err(e) = crate::metrics::record(path, &stored, kind, snapshot.as_ref(), secs, unix_now()) {
-            error!("Cannot write the metrics file {}: {e}", path.display());
+        if let Err(e) = self.model.record(&stored, kind, snapshot.as_ref(), secs, unix_now()) {
+            self.failed(e);
         }
     }
 
     /// Record what one verify found of each endpoint.
     pub fn record_verified(&self, verified: &[(Role, Option<u64>, bool)]) {
-        let Some(path) = &self.path else { return };
-        if let Err(e) = crate::metrics::record_verified(path, verified, unix_now()) {
-            error!("Cannot write the metrics file {}: {e}", path.display());
+        if let Err(e) = self.model.record_verified(verified, unix_now()) {
+            self.failed(e);
         }
     }
 
     /// Record each member's defragmentation time.
     pub fn record_defragmented(&self, members: &[(String, f64)]) {
-        let Some(path) = &self.path else { return };
-        if let Err(e) = crate::metrics::record_defragmented(path, members) {
-            error!("Cannot write the metrics file {}: {e}", path.display());
+        if let Err(e) = self.model.record_defragmented(members) {
+            self.failed(e);
         }
     }
 
     /// Count the snapshots one reconcile cycle copied to each endpoint.
     pub fn record_reconciled(&self, copied: &[(Role, u64)]) {
-        let Some(path) = &self.path else { return };
-        if let Err(e) = crate::metrics::record_reconciled(path, copied) {
-            error!("Cannot write the metrics file {}: {e}", path.display());
+        if let Err(e) = self.model.record_reconciled(copied) {
+            self.failed(e);
         }
     }
 }

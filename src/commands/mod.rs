@@ -7,6 +7,7 @@ pub mod gc;
 pub mod list;
 pub mod reconcile;
 pub mod restore;
+pub mod server;
 pub mod snapshot;
 pub mod verify;
 

@@ -11,6 +11,7 @@
 
 mod proto;
 mod tls;
+pub(crate) use tls::{read_certs, read_key};
 
 use std::path::PathBuf;
 use std::sync::Arc;

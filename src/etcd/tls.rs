@@ -51,7 +51,7 @@ pub(super) fn client_config(cfg: &EtcdConfig) -> anyhow::Result<Arc<ClientConfig
     let mut config = match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "client certificate file")?;
-            let key_der = read_key(key)?;
+            let key_der = read_key(key, "client key file")?;
             builder.with_client_auth_cert(chain, key_der).with_context(|| {
                 format!("client certificate {} and key {} cannot be used together", cert.display(), key.display())
             })?
@@ -94,7 +94,7 @@ fn system_roots() -> anyhow::Result<RootCertStore> {
 }
 
 /// Every certificate in a PEM file. Errors name the file but never show its contents.
-fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     // A CA file may be a whole bundle; a client certificate chain is smaller.
     let bytes = crate::userfile::read(path, crate::userfile::CA_BUNDLE)
         .with_context(|| format!("reading {what} {}", path.display()))?;
@@ -108,12 +108,12 @@ fn read_certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'sta
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+pub(crate) fn read_key(path: &Path, what: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
     let bytes = crate::userfile::read(path, crate::userfile::SMALL)
-        .with_context(|| format!("reading client key file {}", path.display()))?;
+        .with_context(|| format!("reading {what} {}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        pem::Error::NoItemsFound => anyhow::anyhow!("client key file {} holds no PEM private key", path.display()),
-        e => anyhow::anyhow!("client key file {} is not valid PEM: {}", path.display(), pem_problem(&e)),
+        pem::Error::NoItemsFound => anyhow::anyhow!("{what} {} holds no PEM private key", path.display()),
+        e => anyhow::anyhow!("{what} {} is not valid PEM: {}", path.display(), pem_problem(&e)),
     })
 }
 

@@ -10,7 +10,7 @@
 //! differs from `Flag::DEFAULT`.
 
 use super::lowargs::*;
-use super::parse::Command::{self, Copy, Gc, List, Reconcile, Restore, Snapshot, Verify};
+use super::parse::Command::{self, Copy, Gc, List, Reconcile, Restore, Server, Snapshot, Verify};
 
 /// A help section. Sections are shown in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +33,12 @@ pub enum Group {
     /// Upstream's flags that mean nothing here: accepted, each with one INFO
     /// line saying why (`Flag::no_effect`), and listed in no help section.
     Upstream,
+    /// `server`: its HTTP API.
+    Server,
 }
 
 impl Group {
-    pub const ALL: [Group; 11] = [
+    pub const ALL: [Group; 12] = [
         Group::Global,
         Group::Etcd,
         Group::Store,
@@ -48,6 +50,7 @@ impl Group {
         Group::List,
         Group::Copy,
         Group::Upstream,
+        Group::Server,
     ];
 
     pub fn title(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Group {
             Group::GcOnce => "One cycle",
             Group::Copy => "Copy",
             Group::Upstream => "Upstream flags without effect here",
+            Group::Server => "HTTP API",
         }
     }
 
@@ -117,9 +121,17 @@ impl Flag {
         set: |_, _, _| Err("the flag has no `set` in defs.rs".into()),
     };
 
-    /// Whether `command` takes the flag on its command line.
+    /// Whether `command` takes the flag on its command line. `server` is
+    /// `snapshot` with an HTTP API: it takes every flag `snapshot` takes.
     pub fn accepted_by(&self, command: Command) -> bool {
-        self.uses.contains(&command) || self.ignored_by.contains(&command)
+        self.uses.contains(&command)
+            || self.ignored_by.contains(&command)
+            || (command == Server && self.accepted_by(Snapshot))
+    }
+
+    /// Whether `command` reads the flag (`server` every one `snapshot` reads).
+    pub fn uses(&self, command: Command) -> bool {
+        self.uses.contains(&command) || (command == Server && self.uses.contains(&Snapshot))
     }
 
     /// Whether `command` reads the flag of endpoint `role`. The copy source
@@ -129,7 +141,7 @@ impl Flag {
     pub fn used_for(&self, command: Command, role: Role) -> bool {
         match role {
             Role::Source => command == Copy && self.group == Group::Store && self.uses.contains(&Restore),
-            _ => self.uses.contains(&command),
+            _ => self.uses(command),
         }
     }
 
@@ -143,7 +155,7 @@ impl Flag {
 }
 
 /// In the order the README lists commands.
-pub const ALL: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore, Copy];
+pub const ALL: &[Command] = &[Snapshot, Server, List, Gc, Reconcile, Verify, Restore, Copy];
 /// Every command but `copy`, which reads one source and writes its
 /// destinations one after another, with no endpoint waiting for another.
 const BACKUP_COMMANDS: &[Command] = &[Snapshot, List, Gc, Reconcile, Verify, Restore];
@@ -193,6 +205,7 @@ fn ignore_duration(v: &str) -> Result<(), String> {
 fn ignore_whole(v: &str) -> Result<(), String> {
     whole(v).map(drop)
 }
+const SERVER: Flag = Flag { group: Group::Server, uses: &[Server], ..Flag::DEFAULT };
 
 fn path(v: &str) -> Result<Option<std::path::PathBuf>, String> {
     Ok(Some(v.into()).filter(|p: &std::path::PathBuf| !p.as_os_str().is_empty()))
@@ -1110,6 +1123,44 @@ pub static FLAGS: &[Flag] = &[
         no_effect: OWNER_CHECK,
         set: |_, _, v| ignore_duration(v),
         ..UPSTREAM
+    },
+    // server (upstream's http-server flags)
+    Flag {
+        name: "server-port",
+        short: Some('p'),
+        value: Some("PORT"),
+        default: Some("8080"),
+        help: "Port of the HTTP API (/healthz, /metrics, /snapshot/latest, /snapshot/full, /snapshot/delta).",
+        set: |a, _, v| v.parse().map(|p| a.server.port = p).map_err(|_| "expected a port number (0 to 65535)".into()),
+        ..SERVER
+    },
+    Flag {
+        name: "server-address",
+        value: Some("ADDRESS"),
+        default: Some("0.0.0.0"),
+        help: "IP address the HTTP API listens on (upstream: every interface); 127.0.0.1 keeps it local.",
+        set: |a, _, v| match v.parse::<std::net::IpAddr>() {
+            Ok(_) => {
+                a.server.address = v.to_string();
+                Ok(())
+            }
+            Err(_) => Err("expected an IP address".into()),
+        },
+        ..SERVER
+    },
+    Flag {
+        name: "server-cert",
+        value: Some("FILE"),
+        help: "Certificate chain (PEM) of the HTTP API; with --server-key it serves HTTPS.",
+        set: |a, _, v| path(v).map(|p| a.server.cert = p),
+        ..SERVER
+    },
+    Flag {
+        name: "server-key",
+        value: Some("FILE"),
+        help: "Private key (PEM) of the HTTP API's certificate (with --server-cert).",
+        set: |a, _, v| path(v).map(|p| a.server.key = p),
+        ..SERVER
     },
 ];
 

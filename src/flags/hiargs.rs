@@ -32,13 +32,41 @@ impl SnapshotConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<SnapshotConfig, UsageError> {
         let endpoints = endpoints(&low, env)?;
         let scheduled = if low.once { None } else { Some(scheduled(&low)?) };
-        let metrics = MetricsFile { path: low.metrics_file.clone(), roles: endpoints.iter().map(|e| e.role).collect() };
+        let metrics = MetricsFile::new(low.metrics_file.clone(), endpoints.iter().map(|e| e.role).collect());
         Ok(SnapshotConfig {
             job: Job { etcd: etcd(&low)?, compression: low.compress.then_some(low.compression_policy), metrics },
             endpoints,
             require_all_endpoints: low.require_all_endpoints,
             scheduled,
         })
+    }
+}
+
+/// `server`: the long-running `snapshot` with upstream's HTTP API.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub snapshot: SnapshotConfig,
+    pub http: crate::server::Options,
+}
+
+impl ServerConfig {
+    pub fn new(low: LowArgs, env: Env) -> Result<ServerConfig, UsageError> {
+        if low.once {
+            return Err(UsageError("server runs until SIGTERM: --once is `snapshot --once`'s".into()));
+        }
+        let tls = match (low.server.cert.clone(), low.server.key.clone()) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(UsageError("--server-cert and --server-key go together (HTTPS needs both)".into())),
+        };
+        let ip: std::net::IpAddr =
+            low.server.address.parse().map_err(|_| UsageError("invalid --server-address".into()))?;
+        let addr = (ip, low.server.port).into();
+        let snapshot = SnapshotConfig::new(low, env)?;
+        // A request for a snapshot waits as long as etcd may take to send one.
+        let request_timeout = snapshot.job.etcd.snapshot_timeout + Duration::from_secs(60);
+        let http = crate::server::Options { addr, tls, request_timeout };
+        Ok(ServerConfig { snapshot, http })
     }
 }
 
@@ -78,7 +106,7 @@ impl ReconcileConfig {
                 "snapshot reconcile needs two endpoints: --secondary-storage-provider is missing".into(),
             ));
         }
-        let metrics = MetricsFile { path: low.metrics_file.clone(), roles: endpoints.iter().map(|e| e.role).collect() };
+        let metrics = MetricsFile::new(low.metrics_file.clone(), endpoints.iter().map(|e| e.role).collect());
         let options = crate::reconcile::Options {
             policy: gc_policy(&low)?,
             delta_retention: low.delta_retention,

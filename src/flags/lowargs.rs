@@ -50,6 +50,8 @@ pub struct LowArgs {
     /// One line per flag given that has no effect in this command, and why:
     /// logged as INFO once logging is set up.
     pub notes: Vec<String>,
+    /// `server`'s HTTP API.
+    pub server: ServerArgs,
     /// Secondary store flags given on the command line, by flag name, to
     /// refuse them when `--secondary-storage-provider` is missing.
     pub secondary_flags_given: Vec<String>,
@@ -59,6 +61,15 @@ impl LowArgs {
     pub fn store(&mut self, role: Role) -> &mut StoreArgs {
         &mut self.stores[role as usize]
     }
+}
+
+/// `server`: where and how the HTTP API listens.
+#[derive(Debug, Default)]
+pub struct ServerArgs {
+    pub port: u16,
+    pub address: String,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// `copy`: upstream's copier options (`None` stands for its -1).

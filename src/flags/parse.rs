@@ -10,6 +10,7 @@ use std::ffi::OsString;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Snapshot,
+    Server,
     Restore,
     List,
     Gc,
@@ -22,6 +23,7 @@ impl Command {
     pub(super) fn words(self) -> &'static str {
         match self {
             Command::Snapshot => "snapshot",
+            Command::Server => "server",
             Command::Restore => "restore",
             Command::List => "snapshot list",
             Command::Gc => "snapshot gc",
@@ -36,6 +38,11 @@ impl Command {
                 "Back up etcd to the primary and, when configured, the secondary endpoint at the same time: full \
                  snapshots on --schedule, delta snapshots of the changes in between, and garbage collection, until \
                  SIGTERM; or one full snapshot with --once."
+            }
+            Command::Server => {
+                "Run the long-running `snapshot` (every flag of `snapshot` applies) and serve upstream's HTTP API \
+                 on --server-port: /healthz, /metrics, /snapshot/latest, and /snapshot/full[?final=true] and \
+                 /snapshot/delta to take one now. SIGTERM stops it after the final delta snapshot."
             }
             Command::Restore => {
                 "Find the latest full snapshot and the delta snapshots after it on either endpoint (each from the \
@@ -172,6 +179,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env: Env) -> Result<Parse
 fn command_of(words: &[&str]) -> Result<Command, UsageError> {
     match words {
         ["snapshot"] => Ok(Command::Snapshot),
+        ["server"] => Ok(Command::Server),
         ["snapshot", "list"] => Ok(Command::List),
         ["snapshot", "gc"] => Ok(Command::Gc),
         ["snapshot", "reconcile"] => Ok(Command::Reconcile),
@@ -228,6 +236,7 @@ Usage: etcd-backup-restore <COMMAND> [FLAGS]
 Commands:
   snapshot          Full snapshots on a schedule, delta snapshots in between, garbage collection
   snapshot --once   Take one full snapshot and store it on both endpoints
+  server            snapshot, plus upstream's HTTP API (/healthz, /metrics, /snapshot/...)
   snapshot list     List the snapshots on both endpoints, merged
   snapshot gc       Delete old snapshots once, as the garbage collection does (--dry-run: only show)
   snapshot reconcile
@@ -448,11 +457,12 @@ mod tests {
             (&["snapshot"][..], Command::Snapshot),
             (&["restore"], Command::Restore),
             (&["snapshot", "list"], Command::List),
+            (&["server"], Command::Server),
         ] {
             let mut args: Vec<&str> = words.to_vec();
             args.push("--help");
             let Parsed::Help(h) = parse(args.iter().map(OsString::from), &no_env).unwrap() else { panic!() };
-            for f in FLAGS.iter().filter(|f| f.uses.contains(&command)) {
+            for f in FLAGS.iter().filter(|f| f.uses(command)) {
                 let row = h.lines().find(|l| l.starts_with("  ") && l.contains(&format!("--{} ", f.name)));
                 let row = row.unwrap_or_else(|| panic!("{words:?}: --{} missing", f.name));
                 assert!(row.contains("[default: "), "{row}");
@@ -482,6 +492,7 @@ mod tests {
             (Command::Reconcile, &[Global, Store, Gc, GcOnce]),
             (Command::Verify, &[Global, Store, Choice, List]),
             (Command::Copy, &[Global, Store, Copy]),
+            (Command::Server, &[Global, Etcd, Store, Snapshot, Gc, Server]),
         ] {
             for f in FLAGS {
                 // Reconcile's copies count in the metrics file too; `--snapshot`
@@ -489,14 +500,15 @@ mod tests {
                 // is verify's, and snapshot's for its scheduled verify.
                 let extra = (command == Command::Reconcile && f.name == "metrics-file")
                     || (command == Command::Restore && f.name == "snapshot")
-                    || (command == Command::Snapshot && f.name == "deep");
+                    || (matches!(command, Command::Snapshot | Command::Server) && f.name == "deep");
                 // `copy` came later, and no endpoint of its waits for another.
                 let except = command == Command::Copy && f.name == "max-endpoint-lag";
                 // Upstream's flags without effect here, and the restore flags
                 // upstream's server takes, which `snapshot` now accepts too.
+                let long_running = matches!(command, Command::Snapshot | Command::Server);
                 let extra = extra
-                    || (f.group == Upstream && [Command::Snapshot, Command::Restore].contains(&command))
-                    || (f.group == Restore && command == Command::Snapshot && f.no_effect.is_some());
+                    || (f.group == Upstream && (long_running || command == Command::Restore))
+                    || (f.group == Restore && long_running && f.no_effect.is_some());
                 assert_eq!(
                     f.accepted_by(command),
                     (groups.contains(&f.group) || extra) && !except,
@@ -674,7 +686,12 @@ mod tests {
     ];
 
     #[test]
-    fn upstream_chart_flags_parse_for_snapshot_and_restore() {
+    fn upstream_chart_flags_parse_for_snapshot_server_and_restore() {
+        // The chart runs `server`; its TLS branch adds the HTTP API's certificate.
+        let tls = ["--server-cert=/var/etcdbr/ssl/tls.crt", "--server-key=/var/etcdbr/ssl/tls.key"];
+        let args = ["server"].iter().chain(CHART).chain(&tls).map(OsString::from);
+        let Parsed::Run(Command::Server, low) = parse(args, &no_env).unwrap() else { panic!() };
+        assert_eq!((low.defrag_schedule.as_str(), low.notes.len()), ("0 0 */3 * *", 4), "{:?}", low.notes);
         let args = ["snapshot"].iter().chain(CHART).map(OsString::from);
         let Parsed::Run(Command::Snapshot, low) = parse(args, &no_env).unwrap() else { panic!() };
         assert_eq!(low.defrag_schedule, "0 0 */3 * *");

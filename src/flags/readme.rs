@@ -4,6 +4,7 @@
 //! cargo test --lib readme` rewrites it.
 
 use super::defs::{ALL, FLAGS};
+use super::lowargs::Role;
 use crate::credentials::VARIABLES;
 
 /// Markdown-escape help text: it has `<prefix>`, `*.json` and the like.
@@ -21,7 +22,11 @@ pub fn flag_table() -> String {
         let commands = if f.uses.len() == ALL.len() {
             "all".to_string()
         } else {
-            ALL.iter().filter(|c| f.uses.contains(c)).map(|c| format!("`{}`", c.words())).collect::<Vec<_>>().join(", ")
+            ALL.iter()
+                .filter(|&&c| f.used_for(c, Role::Primary))
+                .map(|c| format!("`{}`", c.words()))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let mut help = md(f.help);
         if let Some(why) = f.no_effect {
