@@ -70,6 +70,8 @@ fn build() -> Option<Image> {
     let unpacked = dir.join("archive");
     std::fs::create_dir(&unpacked).unwrap();
     tar(&["-xf", archive.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
+    let saved = std::fs::metadata(&archive).unwrap().len();
+    std::fs::remove_file(&archive).unwrap();
     let manifest: Value = serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
     let layers: Vec<PathBuf> =
         manifest[0]["Layers"].as_array().unwrap().iter().map(|l| unpacked.join(l.as_str().unwrap())).collect();
@@ -78,11 +80,7 @@ fn build() -> Option<Image> {
         let listing = tar(&["--numeric-owner", "-tvf", layer.to_str().unwrap()]);
         root_tar_listing.extend(listing.lines().map(|l| l.to_string()));
     }
-    eprintln!(
-        "image {name}: {} bytes as saved ({} layer(s))",
-        std::fs::metadata(&archive).unwrap().len(),
-        layers.len()
-    );
+    eprintln!("image {name}: {saved} bytes as saved ({} layer(s))", layers.len());
     Some(Image { name, root_tar_listing, layers })
 }
 
@@ -258,6 +256,9 @@ fn the_images_root_backs_up_to_both_endpoints_and_restores_as_65532_with_the_man
     let e = Etcd::start(&v.etcd, &v.ctl, &restored, "s1", &peer, &format!("s1={peer}"));
     let got = kvs(&v, &e.client_url, &key);
     assert_eq!(got[0]["value"], base64(b"from the image"), "{got}");
+    drop(e);
+    // The restored database is as large as etcd's (tens of MB): not left in /tmp.
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn base64(b: &[u8]) -> String {
