@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod fault;
+pub mod kube;
 pub mod restore;
 pub mod s3_admin;
 pub mod snapshotter;
