@@ -193,19 +193,15 @@ fn local_store(prefix: &str) -> Vec<String> {
     ]
 }
 
-#[test]
-fn the_images_root_backs_up_to_both_endpoints_and_restores_as_65532_with_the_manifests_command_lines() {
-    let Some(image) = image() else { return };
-    let v = v35();
-    let root = scratch("image-root");
+/// The image's files in a fresh directory, with what a pod of `manifest`
+/// mounts (both Secrets, /tmp, the data volume) and nothing else; the
+/// pod's environment.
+fn pod_root(image: &Image, tag: &str, manifest: &Value) -> (PathBuf, Vec<(String, String)>) {
+    let root = scratch(tag);
     for layer in &image.layers {
         tar(&["--numeric-owner", "-xf", layer.to_str().unwrap(), "-C", root.to_str().unwrap()]);
     }
-    // What the pod mounts, and nothing else.
-    let cron = doc("cronjob.yaml", "CronJob");
-    let job = doc("restore-job.yaml", "Job");
-    let envs = kube::env(&cron);
-    assert_eq!(envs, kube::env(&job));
+    let envs = kube::env(manifest);
     for (var, server) in envs.iter().map(|(k, v)| (v, if k.starts_with("SECONDARY_") { "B" } else { "A" })) {
         let dir = root.join(var.trim_start_matches('/'));
         let key = |what: &str| env(&format!("EBR_S3{server}_{what}"));
@@ -220,6 +216,17 @@ fn the_images_root_backs_up_to_both_endpoints_and_restores_as_65532_with_the_man
     }
     writable(&root.join("tmp"));
     writable(&root.join("var/etcd/data"));
+    (root, envs)
+}
+
+#[test]
+fn the_images_root_backs_up_to_both_endpoints_and_restores_as_65532_with_the_manifests_command_lines() {
+    let Some(image) = image() else { return };
+    let v = v35();
+    let cron = doc("cronjob.yaml", "CronJob");
+    let job = doc("restore-job.yaml", "Job");
+    let (root, envs) = pod_root(image, "image-root", &cron);
+    assert_eq!(envs, kube::env(&job));
 
     let key = format!("/{}", unique("image"));
     common::cli::etcdctl_put(&v.ctl, &v.endpoint, &key, "from the image");
@@ -264,4 +271,85 @@ fn the_images_root_backs_up_to_both_endpoints_and_restores_as_65532_with_the_man
 fn base64(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// One plain HTTP/1.1 GET to 127.0.0.1: the status and the body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string())))
+}
+
+#[test]
+fn the_images_root_runs_the_deployments_server_and_turns_healthy() {
+    let Some(image) = image() else { return };
+    let v = v35();
+    let deployment = doc("deployment.yaml", "Deployment");
+    let (root, envs) = pod_root(image, "image-server", &deployment);
+    let port = free_port();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    let prefix = unique("image-server");
+    let mut args = kube::args(&deployment);
+    assert_eq!(args[0], "server", "{args:?}");
+    args.extend([
+        format!("--endpoints={}", v.endpoint),
+        format!("--server-port={port}"),
+        "--server-address=127.0.0.1".into(),
+    ]);
+    args.extend(local_store(&prefix));
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child=SIGKILL", "--ipc", "--uts", "--setuid", "65532", "--setgid", "65532"])
+        // A pod has /proc, where the process metrics come from.
+        .arg("--mount-proc=/proc")
+        .arg(format!("--root={}", root.display()))
+        .arg("/etcd-backup-restore")
+        .args(&args)
+        .env_clear()
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(root.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Unshared(child);
+    let log = || std::fs::read_to_string(root.with_extension("log")).unwrap_or_default();
+    // The manifests' probes: /healthz turns 200 once the first full snapshot is stored.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some((200, body)) = get(port, "/healthz") {
+            assert_eq!(body.trim(), r#"{"health":true}"#);
+            break;
+        }
+        assert!(child.0.try_wait().unwrap().is_none(), "the server exited:\n{}", log());
+        assert!(std::time::Instant::now() < end, "/healthz not 200 within 60s:\n{}", log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("etcdbr_snapshot_latest_revision{endpoint=\"secondary\",kind=\"Full\"}"), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
+    // SIGTERM to the server itself (pid 1 of its namespace); unshare then exits with it.
+    let server = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.0.id())).unwrap();
+    let server: i32 = server.trim().parse().unwrap();
+    assert_eq!(unsafe { libc::kill(server, libc::SIGTERM) }, 0);
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log());
+    assert!(log().contains("Snapshotter stopped"), "{}", log());
+    eprintln!("{}\nexit: {status:?}", log());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `unshare` with the server under it, killed (with the server, by
+/// `--kill-child`) when the test ends, also by a panic.
+struct Unshared(std::process::Child);
+
+impl Drop for Unshared {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
