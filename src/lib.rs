@@ -29,6 +29,7 @@ pub mod store;
 pub mod time;
 pub mod userfile;
 pub mod verify;
+pub mod xml;
 
 #[cfg(test)]
 pub(crate) mod test_scratch;

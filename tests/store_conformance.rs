@@ -604,6 +604,7 @@ mod faults {
             trusted_ca_pem: None,
             insecure_skip_verify: false,
             sse_customer: None,
+            credential_chain: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_millis(700),
         })
@@ -795,6 +796,7 @@ mod tls {
             trusted_ca_pem: None,
             insecure_skip_verify: false,
             sse_customer: None,
+            credential_chain: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }

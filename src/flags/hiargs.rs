@@ -134,7 +134,12 @@ impl CopyConfig {
             source.prefix.clone_from(&low.stores[Role::Primary as usize].prefix);
         }
         // Upstream reads only SOURCE_* for the source: no fallback to the primary's credentials.
-        let source = endpoint(&source, Role::Source, credentials::load(Role::Source.env_prefix(), env)?)?;
+        let p = Role::Source.env_prefix();
+        let creds = match credentials::resolve(p, env)? {
+            Some(c) => Some(c),
+            None => credentials::instance_metadata(p, env)?,
+        };
+        let source = endpoint(&source, Role::Source, creds)?;
         let destinations = endpoints(&low, env)?;
         for d in destinations.iter() {
             if let Some(place) = same_location(&source.backend, &d.backend) {
@@ -315,11 +320,15 @@ fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
 /// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.
 fn endpoints(low: &LowArgs, env: Env) -> Result<Configs, UsageError> {
     let (stores, secondary_flags) = (&low.stores, &low.secondary_flags_given);
-    let primary_creds = credentials::load("", env)?;
+    let primary_creds = match credentials::resolve("", env)? {
+        Some(c) => Some(c),
+        None => credentials::instance_metadata("", env)?,
+    };
     let mut out = vec![endpoint(&stores[0], Role::Primary, primary_creds.clone())?];
     if stores[1].provider.is_some() {
-        // Spec "Credential Fallback": no SECONDARY_* credentials means the primary's.
-        let creds = credentials::load(Role::Secondary.env_prefix(), env)?.or(primary_creds);
+        // Spec "Credential Fallback": no SECONDARY_* credentials (static or a
+        // chain source of its own) means the primary's, whatever their source.
+        let creds = credentials::resolve(Role::Secondary.env_prefix(), env)?.or(primary_creds);
         out.push(endpoint(&stores[1], Role::Secondary, creds)?);
     } else if let Some(flag) = secondary_flags.first() {
         return Err(UsageError(format!("{flag} needs --secondary-storage-provider")));
@@ -362,7 +371,9 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
         let p = role.env_prefix();
         format!(
             "no credentials for the {} endpoint: set {p}AWS_APPLICATION_CREDENTIALS, \
-             {p}AWS_APPLICATION_CREDENTIALS_JSON or {p}AWS_ACCESS_KEY_ID and {p}AWS_SECRET_ACCESS_KEY",
+             {p}AWS_APPLICATION_CREDENTIALS_JSON, {p}AWS_ACCESS_KEY_ID and {p}AWS_SECRET_ACCESS_KEY, \
+             or a chain source ({p}AWS_ROLE_ARN, {p}AWS_CONTAINER_CREDENTIALS_FULL_URI, {p}AWS_PROFILE; \
+             instance metadata is off: {p}AWS_EC2_METADATA_DISABLED=true)",
             role.name()
         )
     })?;
@@ -395,6 +406,10 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             trusted_ca_pem,
             insecure_skip_verify: creds.insecure_skip_verify,
             sse_customer: creds.sse_customer_algorithm.zip(creds.sse_customer_key),
+            credential_chain: creds.chain.map(|mut c| {
+                c.endpoint = role.name().to_string();
+                c
+            }),
             connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),
             request_timeout: s.chunk_upload_timeout,
         })),
@@ -506,7 +521,7 @@ mod tests {
                 "--secondary-store-container (or SECONDARY_STORAGE_CONTAINER) is required",
             ),
             (vec!["--store-container=bkt"], KEYS, "--storage-provider is required"),
-            (BASE.to_vec(), &[][..], "no credentials for the primary endpoint"),
+            (BASE.to_vec(), &[("AWS_EC2_METADATA_DISABLED", "true")][..], "no credentials for the primary endpoint"),
             (
                 vec!["--storage-provider=S3", "--store-container=bkt", "--store-endpoint-override=127.0.0.1:9"],
                 KEYS,
@@ -517,6 +532,55 @@ mod tests {
             let err = config(&args, env).unwrap_err().0;
             assert!(err.contains(want), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn chain_sources_and_the_secondary_fallback() {
+        let chain = |e: &EndpointConfig| s3(e).credential_chain.clone().unwrap();
+        let kinds = |e: &EndpointConfig| {
+            chain(e)
+                .sources()
+                .unwrap()
+                .iter()
+                .map(|s| format!("{s:?}").split([' ', '{']).next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        // Nothing set: instance metadata is the only source left.
+        let c = config(BASE, &[]).unwrap();
+        assert_eq!(kinds(&c.endpoints[0]), ["Imds"]);
+        assert_eq!(chain(&c.endpoints[0]).endpoint, "primary");
+        // Static keys come first, with the rest of the chain behind them.
+        let c = config(BASE, KEYS).unwrap();
+        assert_eq!(kinds(&c.endpoints[0]), ["Static", "Imds"]);
+        // A secondary with a web identity of its own uses it; one with nothing uses the primary's.
+        let sec = ["--secondary-storage-provider=S3", "--secondary-store-container=bk2"];
+        let mut args = BASE.to_vec();
+        args.extend(sec);
+        let env = [
+            KEYS[0],
+            KEYS[1],
+            ("SECONDARY_AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("SECONDARY_AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("SECONDARY_AWS_EC2_METADATA_DISABLED", "true"),
+        ];
+        let c = config(&args, &env).unwrap();
+        assert_eq!(kinds(&c.endpoints[1]), ["WebIdentity"]);
+        let c = config(&args, KEYS).unwrap();
+        assert_eq!(
+            (kinds(&c.endpoints[1]), chain(&c.endpoints[1]).endpoint.as_str()),
+            (vec!["Static".to_string(), "Imds".to_string()], "secondary")
+        );
+        let c = config(&args, &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/c")]).unwrap();
+        assert_eq!(kinds(&c.endpoints[1]), ["Container", "Imds"]);
+        assert_eq!(chain(&c.endpoints[1]).prefix, "", "the fallback reads the primary's names");
+        // The upstream JSON's roleARN + tokenPath is a web identity.
+        let d = std::env::temp_dir().join(format!("ebr-hiargs-json-{}", std::process::id()));
+        std::fs::write(&d, r#"{"roleARN":"arn:aws:iam::1:role/j","tokenPath":"/var/run/token","region":"eu-west-1"}"#)
+            .unwrap();
+        let c = config(BASE, &[("AWS_APPLICATION_CREDENTIALS_JSON", d.to_str().unwrap())]).unwrap();
+        std::fs::remove_file(&d).unwrap();
+        assert_eq!(kinds(&c.endpoints[0]), ["WebIdentity", "Imds"]);
+        assert_eq!(chain(&c.endpoints[0]).sts(None).url, "https://sts.eu-west-1.amazonaws.com/");
     }
 
     fn copy_config(args: &[&str], env: &[(&str, &str)]) -> Result<CopyConfig, UsageError> {
@@ -580,7 +644,11 @@ mod tests {
                 "--source-store-container (or SOURCE_STORAGE_CONTAINER) is required",
             ),
             // No fallback to the primary's credentials, as upstream.
-            (with(SOURCE), KEYS, "no credentials for the source endpoint: set SOURCE_AWS_APPLICATION_CREDENTIALS"),
+            (
+                with(SOURCE),
+                &[KEYS[0], KEYS[1], ("SOURCE_AWS_EC2_METADATA_DISABLED", "true")][..],
+                "no credentials for the source endpoint: set SOURCE_AWS_APPLICATION_CREDENTIALS",
+            ),
             (
                 with(&[
                     "--source-storage-provider=S3",

@@ -253,10 +253,11 @@ Commands:
 }
 
 fn footer() -> String {
-    let width = VARIABLES.iter().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
-    let vars: String = VARIABLES.iter().map(|(name, holds)| format!("  {name:width$}{holds}\n")).collect();
+    let all = || VARIABLES.iter().chain(crate::credentials::chain::VARIABLES.iter());
+    let width = all().map(|(name, _)| name.len()).max().unwrap_or(0) + 2;
+    let vars: String = all().map(|(name, holds)| format!("  {name:width$}{holds}\n")).collect();
     format!(
-        "Credentials, tried in this order (the secondary reads the same names with a SECONDARY_ prefix
+        "Credentials, tried in this order (static keys, then the AWS SDK's chain; the secondary reads the same names with a SECONDARY_ prefix
 and falls back to the primary's when it has none; copy's source reads them with a SOURCE_ prefix
 and, as upstream, never falls back):
 {vars}

@@ -42,7 +42,7 @@ pub fn flag_table() -> String {
 /// `| variable | content |`, in the order the loader tries them.
 pub fn credential_table() -> String {
     let mut out = String::from("| variable | content |\n|---|---|\n");
-    for (name, holds) in VARIABLES {
+    for (name, holds) in VARIABLES.iter().chain(crate::credentials::chain::VARIABLES.iter()) {
         out.push_str(&format!("| `{name}` | {} |\n", md(holds)));
     }
     out

@@ -20,6 +20,15 @@ use md5::Digest as _;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::{Error, ErrorKind, ObjectInfo, Result, Store, Upload};
+use crate::credentials::chain::Provider;
+use crate::xml;
+
+/// What requests are signed with: fixed keys, or a chain's current ones.
+#[derive(Clone)]
+enum Keys {
+    Fixed(Credentials),
+    Chain(Arc<Provider>),
+}
 
 /// Everything needed to talk to one S3 endpoint. Each endpoint gets its own
 /// HTTP agent built from its own `S3Config`, so one endpoint's TLS settings
@@ -43,6 +52,9 @@ pub struct S3Config {
     pub insecure_skip_verify: bool,
     /// SSE-C: algorithm (`AES256`) and the base64 customer key.
     pub sse_customer: Option<(String, String)>,
+    /// When set, the keys come from this chain (refreshed before they
+    /// expire) and the three key fields above are not used.
+    pub credential_chain: Option<crate::credentials::chain::ChainSpec>,
     pub connect_timeout: Duration,
     /// Deadline for one whole request, from connecting to the end of its
     /// response body: a part upload, a listing page, a ranged GET.
@@ -64,6 +76,7 @@ impl std::fmt::Debug for S3Config {
             .field("trusted_ca_pem", &self.trusted_ca_pem.as_ref().map(|p| p.len()))
             .field("insecure_skip_verify", &self.insecure_skip_verify)
             .field("sse_customer", &self.sse_customer.as_ref().map(|(a, _)| a))
+            .field("credential_chain", &self.credential_chain.as_ref().map(|c| &c.endpoint))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish()
@@ -104,7 +117,7 @@ pub struct S3Store {
 struct Inner {
     agent: ureq::Agent,
     bucket: Bucket,
-    credentials: Credentials,
+    credentials: Keys,
     /// `<prefix>/v2/`, or `v2/` for an empty prefix.
     key_prefix: String,
     /// The endpoint as shown in messages: no userinfo, no query.
@@ -139,9 +152,13 @@ impl S3Store {
             Error::new(ErrorKind::Permanent, format!("S3 endpoint {endpoint} with bucket {}: {e}", cfg.bucket))
         })?;
 
-        let credentials = match cfg.session_token.as_deref().filter(|t| !t.is_empty()) {
-            Some(token) => Credentials::new_with_token(&cfg.access_key_id, &cfg.secret_access_key, token),
-            None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+        let credentials = match cfg.credential_chain.clone() {
+            // Shared by every request and sibling: one refresh serves them all.
+            Some(spec) => Keys::Chain(Arc::new(Provider::new(spec))),
+            None => Keys::Fixed(match cfg.session_token.as_deref().filter(|t| !t.is_empty()) {
+                Some(token) => Credentials::new_with_token(&cfg.access_key_id, &cfg.secret_access_key, token),
+                None => Credentials::new(&cfg.access_key_id, &cfg.secret_access_key),
+            }),
         };
 
         let prefix = cfg.prefix.trim_end_matches('/');
@@ -217,7 +234,8 @@ impl Store for S3Store {
         check_name(name)?;
         let key = self.key(name);
         let ctx = inner.ctx("CreateMultipartUpload", &key);
-        let mut action = inner.bucket.create_multipart_upload(Some(&inner.credentials), &key);
+        let creds = inner.creds(&ctx)?;
+        let mut action = inner.bucket.create_multipart_upload(Some(&creds), &key);
         inner.add_sse(&mut action);
         let url = action.sign(PRESIGN_EXPIRY);
         let resp = inner.exec(&ctx, http::Method::POST, url.as_str(), &inner.sse_refs(), Some(&[]), Kind::Object)?;
@@ -245,7 +263,8 @@ impl Store for S3Store {
             None if offset > 0 => inner.ctx(&format!("GetObject from byte {offset}"), &key),
             None => inner.ctx("GetObject", &key),
         };
-        let mut action = inner.bucket.get_object(Some(&inner.credentials), &key);
+        let creds = inner.creds(&ctx)?;
+        let mut action = inner.bucket.get_object(Some(&creds), &key);
         inner.add_sse(&mut action);
         let url = action.sign(PRESIGN_EXPIRY);
         let mut headers = inner.sse_refs();
@@ -298,7 +317,8 @@ impl Store for S3Store {
         let mut token: Option<String> = None;
         let mut seen_tokens = std::collections::HashSet::new();
         for _page in 0..MAX_LIST_PAGES {
-            let mut action = inner.bucket.list_objects_v2(Some(&inner.credentials));
+            let creds = inner.creds(&ctx)?;
+            let mut action = inner.bucket.list_objects_v2(Some(&creds));
             action.with_prefix(inner.key_prefix.as_str());
             // Keys come back XML-escaped instead of URL-encoded: s3s-fs says
             // `EncodingType=url` but sends keys as they are, so decoding made
@@ -364,7 +384,7 @@ impl Store for S3Store {
         let inner = &self.inner;
         let key = self.key(name);
         let ctx = inner.ctx("DeleteObject", &key);
-        let url = inner.bucket.delete_object(Some(&inner.credentials), &key).sign(PRESIGN_EXPIRY);
+        let url = inner.bucket.delete_object(Some(&inner.creds(&ctx)?), &key).sign(PRESIGN_EXPIRY);
         match inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Object) {
             Ok(resp) => {
                 drain(resp);
@@ -393,7 +413,8 @@ impl Upload for S3Upload {
             return Err(Error::new(ErrorKind::Permanent, format!("{ctx}: part numbers go from 1 to {MAX_PARTS}")));
         }
         let len: u64 = data.iter().map(|s| s.len() as u64).sum();
-        let mut action = inner.bucket.upload_part(Some(&inner.credentials), &self.key, number as u16, &self.upload_id);
+        let creds = inner.creds(&ctx)?;
+        let mut action = inner.bucket.upload_part(Some(&creds), &self.key, number as u16, &self.upload_id);
         inner.add_sse(&mut action);
         let url = action.sign(PRESIGN_EXPIRY);
         log::trace!("part {number} of {}: bytes {offset}..{}", self.key, offset + len);
@@ -425,8 +446,9 @@ impl Upload for S3Upload {
             }
             map.values().cloned().collect()
         };
+        let creds = inner.creds(&ctx)?;
         let action = inner.bucket.complete_multipart_upload(
-            Some(&inner.credentials),
+            Some(&creds),
             &self.key,
             &self.upload_id,
             etags.iter().map(String::as_str),
@@ -447,7 +469,7 @@ impl Upload for S3Upload {
         let ctx = inner.ctx("AbortMultipartUpload", &self.key);
         let url = inner
             .bucket
-            .abort_multipart_upload(Some(&inner.credentials), &self.key, &self.upload_id)
+            .abort_multipart_upload(Some(&inner.creds(&ctx)?), &self.key, &self.upload_id)
             .sign(PRESIGN_EXPIRY);
         let resp = inner.exec(&ctx, http::Method::DELETE, url.as_str(), &[], None, Kind::Upload)?;
         drain(resp);
@@ -476,7 +498,33 @@ impl Inner {
 
     /// An error whose message is scrubbed of secrets and URL queries.
     fn err(&self, kind: ErrorKind, msg: String) -> Error {
-        Error::new(kind, sanitize(&msg, &self.secrets))
+        match &self.credentials {
+            Keys::Fixed(_) => Error::new(kind, sanitize(&msg, &self.secrets)),
+            Keys::Chain(p) => {
+                let mut secrets = self.secrets.clone();
+                secrets.extend(p.current_secrets().into_iter().filter(|s| s.len() >= 3));
+                Error::new(kind, sanitize(&msg, &secrets))
+            }
+        }
+    }
+
+    /// The keys to sign the next request with; fetched (or refreshed) here
+    /// when the chain's are due, so a long upload's later parts are signed
+    /// with fresh ones.
+    fn creds(&self, ctx: &str) -> Result<Credentials> {
+        match &self.credentials {
+            Keys::Fixed(c) => Ok(c.clone()),
+            Keys::Chain(p) => {
+                let k = p.get().map_err(|e| {
+                    let kind = if e.transient { ErrorKind::Transient } else { ErrorKind::Permanent };
+                    Error::new(kind, format!("{ctx}: {}", e.message))
+                })?;
+                Ok(match &k.session_token {
+                    Some(t) => Credentials::new_with_token(&k.access_key_id, &k.secret_access_key, t),
+                    None => Credentials::new(&k.access_key_id, &k.secret_access_key),
+                })
+            }
+        }
     }
 
     fn add_sse<'a, A: S3Action<'a>>(&'a self, action: &mut A) {
@@ -867,88 +915,6 @@ impl Read for ContextReader {
     }
 }
 
-/// Just enough XML for S3's responses: the text of `<Tag>` elements, found
-/// by name whatever their namespace declaration (servers differ there).
-mod xml {
-    /// The raw content of each `<tag>` element, in document order.
-    pub fn elements<'a>(doc: &'a str, tag: &str) -> Vec<&'a str> {
-        let open = format!("<{tag}");
-        let close = format!("</{tag}>");
-        let mut out = Vec::new();
-        let mut rest = doc;
-        while let Some(i) = rest.find(&open) {
-            let after = &rest[i + open.len()..];
-            match after.chars().next() {
-                Some('>' | '/' | ' ' | '\t' | '\r' | '\n') => {}
-                _ => {
-                    rest = after;
-                    continue;
-                }
-            }
-            let Some(gt) = after.find('>') else { break };
-            if after[..gt].ends_with('/') {
-                out.push("");
-                rest = &after[gt + 1..];
-                continue;
-            }
-            let content = &after[gt + 1..];
-            let Some(end) = content.find(&close) else { break };
-            out.push(&content[..end]);
-            rest = &content[end + close.len()..];
-        }
-        out
-    }
-
-    /// The unescaped text of the first `<tag>` element.
-    pub fn text(doc: &str, tag: &str) -> Option<String> {
-        elements(doc, tag).first().map(|s| unescape(s))
-    }
-
-    pub fn unescape(s: &str) -> String {
-        if let Some(inner) = s.trim().strip_prefix("<![CDATA[").and_then(|s| s.strip_suffix("]]>")) {
-            return inner.to_string();
-        }
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(i) = rest.find('&') {
-            out.push_str(&rest[..i]);
-            let after = &rest[i..];
-            let Some(semi) = after.find(';').filter(|&n| n <= 10) else {
-                out.push('&');
-                rest = &after[1..];
-                continue;
-            };
-            let entity = &after[1..semi];
-            let ch = match entity {
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "amp" => Some('&'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                _ => entity
-                    .strip_prefix("#x")
-                    .or_else(|| entity.strip_prefix("#X"))
-                    .map(|h| u32::from_str_radix(h, 16))
-                    .or_else(|| entity.strip_prefix('#').map(str::parse::<u32>))
-                    .and_then(|r| r.ok())
-                    .and_then(char::from_u32),
-            };
-            match ch {
-                Some(c) => {
-                    out.push(c);
-                    rest = &after[semi + 1..];
-                }
-                None => {
-                    out.push('&');
-                    rest = &after[1..];
-                }
-            }
-        }
-        out.push_str(rest);
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -966,6 +932,7 @@ mod tests {
             trusted_ca_pem: None,
             insecure_skip_verify: false,
             sse_customer: None,
+            credential_chain: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
         }

@@ -19,17 +19,26 @@ pub struct Run {
 /// Run the binary with exactly these environment variables (no inherited
 /// AWS_* or CA bundle settings).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let out = Command::new(BIN).args(args).env_clear().envs(envs.iter().copied()).output().expect("run binary");
+    let out =
+        Command::new(BIN).args(args).env_clear().envs(NO_IMDS).envs(envs.iter().copied()).output().expect("run binary");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("$ etcd-backup-restore {}\n{stderr}", args.join(" "));
     Run { code: out.status.code().unwrap_or(-1), stderr }
 }
 
+/// Instance metadata off for every endpoint: a test never asks 169.254.169.254
+/// (the credential tests that use IMDS point it at 127.0.0.1 instead).
+pub const NO_IMDS: [(&str, &str); 3] = [
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("SECONDARY_AWS_EC2_METADATA_DISABLED", "true"),
+    ("SOURCE_AWS_EC2_METADATA_DISABLED", "true"),
+];
+
 /// The binary with `args` and only both servers' credentials in its
 /// environment, for tests that spawn it themselves.
 pub fn binary<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env_clear().envs(creds());
+    c.args(args).env_clear().envs(NO_IMDS).envs(creds());
     c
 }
 

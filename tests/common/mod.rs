@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod credserver;
 pub mod fault;
 pub mod kube;
 pub mod restore;
@@ -54,6 +55,7 @@ pub fn s3_config(server: Server, prefix: &str) -> S3Config {
         trusted_ca_pem: None,
         insecure_skip_verify: false,
         sse_customer: None,
+        credential_chain: None,
         connect_timeout: std::time::Duration::from_secs(5),
         request_timeout: std::time::Duration::from_secs(60),
     }

@@ -5,6 +5,10 @@
 //!
 //! Errors name the variable and the file, never what the file holds.
 
+pub mod chain;
+mod fetch;
+pub mod profile;
+
 use serde::Deserialize;
 use std::path::Path;
 
@@ -24,6 +28,9 @@ pub struct S3Credentials {
     pub sse_customer_algorithm: Option<String>,
     /// Where these came from, for messages: `AWS_APPLICATION_CREDENTIALS=/path`.
     pub source: String,
+    /// The endpoint's credential chain: static keys first when there are
+    /// any, then the sources that fetch temporary keys.
+    pub chain: Option<chain::ChainSpec>,
 }
 
 impl std::fmt::Debug for S3Credentials {
@@ -49,6 +56,7 @@ struct JsonCredentials {
     sse_customer_algorithm: Option<String>,
     #[serde(rename = "roleARN")]
     role_arn: Option<String>,
+    token_path: Option<String>,
 }
 
 /// The variables `load` reads, in the order it tries them (the first three
@@ -100,6 +108,60 @@ pub fn load(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
     };
     validate(&creds)?;
     Ok(Some(creds))
+}
+
+/// The endpoint's credentials with its chain: static keys (from `load`),
+/// else a configured chain source (web identity, container endpoint, shared
+/// files). `Ok(None)` when there is neither: the caller then falls back
+/// (the secondary to the primary's) or to [`instance_metadata`].
+pub fn resolve(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
+    let mut spec = chain::ChainSpec::from_env(prefix, env);
+    let region = [format!("{prefix}AWS_REGION"), format!("{prefix}AWS_DEFAULT_REGION")]
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.is_empty()));
+    let mut creds = match load(prefix, env)? {
+        Some(c) => c,
+        None => {
+            let sources = spec.sources()?;
+            if !sources.iter().any(|s| !matches!(s, chain::Source::Imds { .. })) {
+                return Ok(None);
+            }
+            S3Credentials { region, source: format!("{prefix}AWS_* credential chain"), ..S3Credentials::default() }
+        }
+    };
+    spec.region = creds.region.clone();
+    spec.json_web_identity = creds.chain.take().and_then(|c| c.json_web_identity);
+    if !creds.access_key_id.is_empty() {
+        let keys = chain::Keys {
+            access_key_id: creds.access_key_id.clone(),
+            secret_access_key: creds.secret_access_key.clone(),
+            session_token: creds.session_token.clone(),
+            expires: None,
+        };
+        spec.fixed = Some((keys, creds.source.clone()));
+    }
+    spec.sources()?;
+    creds.chain = Some(spec);
+    Ok(Some(creds))
+}
+
+/// The chain's last resort: instance metadata (IMDSv2), unless
+/// `<prefix>AWS_EC2_METADATA_DISABLED=true`.
+pub fn instance_metadata(prefix: &str, env: Env) -> Result<Option<S3Credentials>, String> {
+    let mut spec = chain::ChainSpec::from_env(prefix, env);
+    if spec.sources()?.is_empty() {
+        return Ok(None);
+    }
+    let region = [format!("{prefix}AWS_REGION"), format!("{prefix}AWS_DEFAULT_REGION")]
+        .iter()
+        .find_map(|n| env(n).filter(|v| !v.is_empty()));
+    spec.region = region.clone();
+    Ok(Some(S3Credentials {
+        region,
+        source: format!("{prefix}AWS_EC2_METADATA_SERVICE_ENDPOINT (instance metadata)"),
+        chain: Some(spec),
+        ..S3Credentials::default()
+    }))
 }
 
 fn from_json_file(var: &str, path: &Path) -> Result<S3Credentials, String> {
@@ -170,13 +232,20 @@ fn from_dir(var: &str, dir: &Path) -> Result<S3Credentials, String> {
         sse_customer_key: field("sseCustomerKey")?,
         sse_customer_algorithm: field("sseCustomerAlgorithm")?,
         role_arn: field("roleARN")?,
+        // Upstream's directory form: a `token` file is the web identity token.
+        token_path: dir.join("token").is_file().then(|| dir.join("token").display().to_string()),
     };
     Ok(from_fields(json, source))
 }
 
 fn from_fields(j: JsonCredentials, source: String) -> S3Credentials {
     let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let web_identity = match (non_empty(j.role_arn.clone()), non_empty(j.token_path.clone())) {
+        (Some(role), Some(token)) => Some((role, token, format!("{source} roleARN/tokenPath"))),
+        _ => None,
+    };
     S3Credentials {
+        chain: web_identity.map(|w| chain::ChainSpec { json_web_identity: Some(w), ..Default::default() }),
         access_key_id: j.access_key_id.unwrap_or_default(),
         secret_access_key: j.secret_access_key.unwrap_or_default(),
         session_token: non_empty(j.session_token),
@@ -192,20 +261,24 @@ fn from_fields(j: JsonCredentials, source: String) -> S3Credentials {
 }
 
 fn validate(c: &S3Credentials) -> Result<(), String> {
-    if c.source.ends_with("(roleARN)") && c.access_key_id.is_empty() {
+    let web_identity = c.chain.as_ref().is_some_and(|ch| ch.json_web_identity.is_some());
+    if c.source.ends_with("(roleARN)") && c.access_key_id.is_empty() && !web_identity {
         return Err(format!(
-            "{}: web identity (roleARN) is not supported; give accessKeyID and secretAccessKey",
+            "{}: roleARN needs tokenPath (or a token file), or give accessKeyID and secretAccessKey",
             c.source
         ));
+    }
+    if c.sse_customer_key.is_some() != c.sse_customer_algorithm.is_some() {
+        return Err(format!("{}: sseCustomerKey and sseCustomerAlgorithm must be given together", c.source));
+    }
+    if web_identity && c.access_key_id.is_empty() {
+        return Ok(());
     }
     if c.access_key_id.is_empty() {
         return Err(format!("{}: accessKeyID is missing or empty", c.source));
     }
     if c.secret_access_key.is_empty() {
         return Err(format!("{}: secretAccessKey is missing or empty", c.source));
-    }
-    if c.sse_customer_key.is_some() != c.sse_customer_algorithm.is_some() {
-        return Err(format!("{}: sseCustomerKey and sseCustomerAlgorithm must be given together", c.source));
     }
     Ok(())
 }
