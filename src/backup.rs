@@ -184,7 +184,7 @@ pub fn full_snapshot(
         let packer = compression.map(Packer::new);
         let bound = memory_bound(&bpps)
             + packer.as_ref().map_or(0, Packer::memory_bound)
-            + sealer.as_ref().map_or(0, |_| Sealer::memory_bound());
+            + sealer.as_ref().map_or(0, |_| Sealer::memory_bound() + BUFFER);
         debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
         let pool = Pool::new(pool_capacity(&bpps));
         let ended = read_and_broadcast(&mut stream, first, size, &pool, Lanes { lanes, max_lag: lag }, packer, sealer);

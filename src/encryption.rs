@@ -271,7 +271,8 @@ impl Sealer {
         Ok(Sealer { writer, out })
     }
 
-    /// Bytes this sealer holds at most besides what a push hands it.
+    /// Bytes this sealer holds at most besides the ciphertext of one push
+    /// (held until the push returns).
     pub fn memory_bound() -> usize {
         2 * (CHUNK + TAG) as usize
     }
