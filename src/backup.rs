@@ -10,6 +10,7 @@
 //! aborted, so nothing partial ever becomes visible.
 
 use crate::compression::{Packer, Policy};
+use crate::encryption::{Recipients, Sealer};
 use crate::endpoint::{Endpoint, Endpoints, LATE, Role, collect_within};
 use crate::etcd::{self, EtcdConfig};
 use crate::record::Recorder;
@@ -17,6 +18,7 @@ use crate::report::{MetricsFile, Outcome, report, unix_now};
 use crate::snapshot::{SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::store::Upload;
 use crate::store::s3::MAX_PARTS;
+use anyhow::Context;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError, bounded};
 use log::{debug, error, info, warn};
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,8 @@ pub struct Job {
     pub etcd: EtcdConfig,
     /// `None` with `--compress-snapshots=false`.
     pub compression: Option<Policy>,
+    /// `--encrypt-to`/`--encrypt-to-file`: age after compression.
+    pub encryption: Option<Recipients>,
     pub metrics: MetricsFile,
 }
 
@@ -78,7 +82,7 @@ impl Job {
         is_final: bool,
     ) -> (i32, Option<(SnapshotName, Outcome)>) {
         let started = Instant::now();
-        let result = full_snapshot(&self.etcd, endpoints, self.compression, is_final);
+        let result = full_snapshot(&self.etcd, endpoints, self.compression, self.encryption.as_ref(), is_final);
         self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
         match result {
             Ok(o) => {
@@ -106,6 +110,7 @@ pub fn full_snapshot(
     etcd_cfg: &EtcdConfig,
     endpoints: &Endpoints,
     compression: Option<Policy>,
+    encryption: Option<&Recipients>,
     is_final: bool,
 ) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
@@ -113,6 +118,10 @@ pub fn full_snapshot(
     let mut snapshot_name = SnapshotName::full(status.revision.max(0) as u64, unix_now());
     snapshot_name.compression = compression.map_or("", Policy::suffix).to_string();
     snapshot_name.is_final = is_final;
+    snapshot_name.encrypted = encryption.is_some();
+    // Sealed once here, before the broadcast: every endpoint gets the same
+    // ciphertext (one file key), as it gets the same compressed bytes.
+    let sealer = encryption.map(Sealer::new).transpose().context("starting age encryption")?;
     let name = snapshot_name.to_string();
     info!(
         "Taking snapshot {name} from etcd {} (version {}, revision {})",
@@ -163,7 +172,11 @@ pub fn full_snapshot(
         let mut lanes = Vec::new();
         let mut bpps = Vec::new();
         // Compressed output can exceed its input a little (stored blocks).
-        let stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
+        let mut stored = if compression.is_some() { size + size / 64 + (1 << 20) } else { size };
+        if sealer.is_some() {
+            // 16 bytes per 64 KiB chunk, the nonce and a header (one stanza per recipient).
+            stored += stored / 4096 + (64 << 10);
+        }
         for (i, upload) in live.drain(..) {
             let ep = endpoints[i].clone();
             let bpp = buffers_per_part(ep.parts.min_size, stored);
@@ -183,10 +196,12 @@ pub fn full_snapshot(
         }
         drop(done_tx);
         let packer = compression.map(Packer::new);
-        let bound = memory_bound(&bpps) + packer.as_ref().map_or(0, Packer::memory_bound);
+        let bound = memory_bound(&bpps)
+            + packer.as_ref().map_or(0, Packer::memory_bound)
+            + sealer.as_ref().map_or(0, |_| Sealer::memory_bound() + BUFFER);
         debug!("etcd announced {size} bytes; buffers are bounded to {} MiB", bound >> 20);
         let pool = Pool::new(pool_capacity(&bpps));
-        let ended = read_and_broadcast(&mut stream, first, size, &pool, Lanes { lanes, max_lag: lag }, packer);
+        let ended = read_and_broadcast(&mut stream, first, size, &pool, Lanes { lanes, max_lag: lag }, packer, sealer);
         for (i, r) in collect_within(&done_rx, results.iter().filter(|r| r.is_none()).count(), lag) {
             results[i] = Some(r);
         }
@@ -284,21 +299,24 @@ fn read_and_broadcast(
     pool: &Arc<Pool>,
     live: Lanes,
     mut packer: Option<Packer>,
+    sealer: Option<Sealer>,
 ) -> Ended {
     let mut check = TrailerCheck::default();
     let mut out = Emitter { buf: pool.take(), pool, live, stored: 0 };
+    // What compression emits is sealed, when encrypting, then stored.
+    let mut sealed = Sealed { sealer, failed: None };
     let mut blob = first;
     let mut broken = loop {
         // The trailer is checked on etcd's bytes; compression comes after.
         check.update(&blob);
         let packed = match packer.as_mut() {
-            Some(p) => p.push(&blob, &mut |o| out.emit(o)).map_err(|e| format!("compressing: {e}")),
+            Some(p) => p.push(&blob, &mut |o| sealed.put(o, &mut out)).map_err(|e| format!("compressing: {e}")),
             None => {
-                out.emit(&blob);
+                sealed.put(&blob, &mut out);
                 Ok(())
             }
         };
-        if let Err(e) = packed {
+        if let Err(e) = packed.and(sealed.result()) {
             break Some(e);
         }
         if out.live.lanes.is_empty() {
@@ -314,9 +332,12 @@ fn read_and_broadcast(
         }
     };
     if let (None, Some(p)) = (&broken, packer.take())
-        && let Err(e) = p.finish(&mut |o| out.emit(o))
+        && let Err(e) = p.finish(&mut |o| sealed.put(o, &mut out))
     {
         broken = Some(format!("compressing: {e}"));
+    }
+    if broken.is_none() {
+        broken = sealed.finish(&mut out).err();
     }
     out.flush();
     let total = check.total();
@@ -329,6 +350,39 @@ fn read_and_broadcast(
     match verdict {
         Ok(()) => Ended::Verified(total, out.stored),
         Err(e) => Ended::Bad(e),
+    }
+}
+
+/// The age sealer between compression and the emitter, if encrypting; its
+/// first error is kept for the reader loop to end on.
+struct Sealed {
+    sealer: Option<Sealer>,
+    failed: Option<std::io::Error>,
+}
+
+impl Sealed {
+    fn put(&mut self, o: &[u8], out: &mut Emitter) {
+        match self.sealer.as_mut() {
+            None => out.emit(o),
+            Some(s) if self.failed.is_none() => {
+                if let Err(e) = s.push(o, &mut |c| out.emit(c)) {
+                    self.failed = Some(e);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn result(&self) -> Result<(), String> {
+        self.failed.as_ref().map_or(Ok(()), |e| Err(format!("encrypting: {e}")))
+    }
+
+    fn finish(mut self, out: &mut Emitter) -> Result<(), String> {
+        self.result()?;
+        match self.sealer.take() {
+            Some(s) => s.finish(&mut |c| out.emit(c)).map_err(|e| format!("encrypting: {e}")),
+            None => Ok(()),
+        }
     }
 }
 

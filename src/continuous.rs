@@ -506,6 +506,7 @@ impl Snapshotter<'_> {
         let Some(last) = pending.last_revision() else { return true };
         let mut name = SnapshotName::delta(self.last_revision + 1, last as u64, unix_now());
         name.compression = self.job.compression.map_or("", Policy::suffix).to_string();
+        name.encrypted = self.job.encryption.is_some();
         let name = name.to_string();
         let events = pending.events();
         let raw = pending.clone().finish();
@@ -518,6 +519,17 @@ impl Snapshotter<'_> {
                 }
             },
             None => raw,
+        };
+        // Sealed once, so both endpoints store the same ciphertext.
+        let data = match &self.job.encryption {
+            Some(r) => match crate::encryption::seal(r, &data) {
+                Ok(d) => d,
+                Err(e) => {
+                    error!("Failed to encrypt delta snapshot {name}: {e}");
+                    return false;
+                }
+            },
+            None => data,
         };
         let started = Instant::now();
         let outcome = self.deltas.save(&name, data);

@@ -98,6 +98,8 @@ pub struct Configs {
     /// The primary, then the secondary when configured.
     pub each: Vec<Config>,
     pub max_lag: Duration,
+    /// `--identity-file`: installed for every reader of the run on `open`.
+    pub identities: Option<Arc<crate::encryption::Identities>>,
 }
 
 impl std::ops::Deref for Configs {
@@ -110,6 +112,9 @@ impl std::ops::Deref for Configs {
 impl Configs {
     /// Open every endpoint, in order; the first failure names its endpoint.
     pub fn open(&self) -> Result<Endpoints, String> {
+        if let Some(ids) = &self.identities {
+            crate::encryption::install(ids.clone());
+        }
         Ok(Endpoints { each: self.each.iter().map(Config::open).collect::<Result<_, _>>()?, max_lag: self.max_lag })
     }
 }

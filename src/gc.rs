@@ -227,6 +227,7 @@ mod tests {
             last_revision: last,
             created: created as u64,
             compression: String::new(),
+            encrypted: false,
             is_final: false,
         }
     }

@@ -12,6 +12,7 @@ pub mod cron;
 pub mod datadir;
 pub mod defrag;
 pub mod delta;
+pub mod encryption;
 pub mod endpoint;
 pub mod etcd;
 pub mod flags;

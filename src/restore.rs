@@ -9,7 +9,7 @@
 use crate::catalog::{self, Catalog, Entry, Gap, NoChain};
 use crate::datadir::{self, member};
 use crate::endpoint::{self, Endpoint, Endpoints, Role};
-use crate::snapshot::{Kind, TRAILER_LEN, TrailerCheck};
+use crate::snapshot::{Kind, SnapshotName, TRAILER_LEN, TrailerCheck};
 use crate::{compression, signals, store};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
@@ -83,6 +83,13 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
         if let Err(why) = compression::decoder(&e.snapshot.compression, std::io::empty()) {
             return Err(Failure::Failed(anyhow!("snapshot {}: {why}", e.name)));
         }
+        // Known from the name: no download without a key to read it.
+        if e.snapshot.encrypted && crate::encryption::installed().is_none() {
+            return Err(Failure::Failed(anyhow!("snapshot {}: {}", e.name, crate::encryption::MISSING)));
+        }
+    }
+    if entry.snapshot.encrypted {
+        check_key(entry, sources)?;
     }
 
     // Downloads go to their own directory, removed before the commit, so
@@ -245,8 +252,7 @@ pub(crate) fn fetch(
             Ok(()) => {
                 let check = TrailerCheck::for_kind(entry.snapshot.kind);
                 let bound = SizeBound::new(entry.snapshot.kind);
-                unpack(&file, &entry.snapshot.compression, dest, plain, bound, verify.then_some(check))
-                    .map_err(|e| (e, true))
+                unpack(&file, &entry.snapshot, dest, plain, bound, verify.then_some(check)).map_err(|e| (e, true))
             }
         };
         match result {
@@ -275,6 +281,21 @@ pub(crate) fn fetch(
     }
     signals::check()?;
     bail!("could not fetch snapshot {name} from any endpoint - {}", causes.join("; "))
+}
+
+/// Read the age header of `entry` (its first 64 KiB at most) from the first
+/// endpoint that serves it and refuse a key that does not open it, once,
+/// before the whole snapshot is downloaded from each endpoint in turn. A
+/// store failure here is left to the fetch, with its failover.
+fn check_key(entry: &Entry, sources: &[Endpoint]) -> anyhow::Result<()> {
+    for src in sources {
+        let Some(size) = entry.size_on(src.role) else { continue };
+        let head = src.call("reading the age header", || src.store.load(&entry.name, 0, Some(size.min(64 << 10))));
+        if let Ok(head) = head {
+            return crate::encryption::unlocks(head).map_err(|e| anyhow!("snapshot {}: {e}", entry.name));
+        }
+    }
+    Ok(())
 }
 
 /// Delta snapshots fetched at once.
@@ -414,14 +435,14 @@ fn fetch_part(src: &Endpoint, name: &str, offset: u64, len: u64, file: &File, bu
 /// (with `plain` removed) as soon as the output passes `bound`.
 fn unpack(
     file: &File,
-    suffix: &str,
+    snapshot: &SnapshotName,
     dest: &Path,
     plain: &Path,
     mut bound: SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
-    let result = unpack_into(file, suffix, dest, plain, &mut bound, verify);
-    if result.is_err() && !suffix.is_empty() {
+    let result = unpack_into(file, snapshot, dest, plain, &mut bound, verify);
+    if result.is_err() && (snapshot.encrypted || !snapshot.compression.is_empty()) {
         // A bomb's output must not stay on disk while the other endpoint is tried.
         let _ = fs::remove_file(plain);
     }
@@ -430,7 +451,7 @@ fn unpack(
 
 fn unpack_into(
     file: &File,
-    suffix: &str,
+    snapshot: &SnapshotName,
     dest: &Path,
     plain: &Path,
     bound: &mut SizeBound,
@@ -438,13 +459,22 @@ fn unpack_into(
 ) -> anyhow::Result<()> {
     let mut reader = file;
     reader.rewind()?;
-    let mut out = if suffix.is_empty() {
+    let suffix = snapshot.compression.as_str();
+    // As stored: the download is the snapshot itself.
+    let as_is = suffix.is_empty() && !snapshot.encrypted;
+    let mut out = if as_is {
         None
     } else {
         Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?)
     };
-    let mut input =
-        compression::decoder(suffix, std::io::BufReader::with_capacity(1 << 20, reader)).map_err(|e| anyhow!(e))?;
+    let raw = std::io::BufReader::with_capacity(1 << 20, reader);
+    // Decrypted first (age after compression when stored), then decompressed.
+    let mut input = if snapshot.encrypted {
+        crate::encryption::reader(raw).and_then(|r| compression::decoder(suffix, r))
+    } else {
+        compression::decoder(suffix, raw)
+    }
+    .map_err(|e| anyhow!(e))?;
     let mut check = verify;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -452,7 +482,8 @@ fn unpack_into(
         let n = match input.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if suffix.is_empty() => return Err(e.into()),
+            Err(e) if as_is => return Err(e.into()),
+            Err(e) if snapshot.encrypted => bail!("cannot decrypt or decompress (.age, {suffix}): {e}"),
             Err(e) => bail!("cannot decompress ({suffix}): {e}"),
         };
         bound.update(&buf[..n]).map_err(|e| anyhow!(e))?;

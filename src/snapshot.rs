@@ -36,6 +36,8 @@ pub struct SnapshotName {
     pub created: u64,
     /// Compression suffix including its dot (`.gz`, `.Z`, `.zlib`, `.zst`), or empty.
     pub compression: String,
+    /// Encrypted with age after compression: `.age` after the compression suffix.
+    pub encrypted: bool,
     pub is_final: bool,
 }
 
@@ -48,6 +50,7 @@ impl SnapshotName {
             last_revision,
             created,
             compression: String::new(),
+            encrypted: false,
             is_final: false,
         }
     }
@@ -90,10 +93,14 @@ impl SnapshotName {
         if is_final {
             tail.truncate(tail.len() - ".final".len());
         }
+        let encrypted = tail.ends_with(crate::encryption::SUFFIX);
+        if encrypted {
+            tail.truncate(tail.len() - crate::encryption::SUFFIX.len());
+        }
         if !tail.is_empty() && crate::compression::Policy::from_suffix(&tail).is_none() {
             return None;
         }
-        Some(SnapshotName { kind, start_revision, last_revision, created, compression: tail, is_final })
+        Some(SnapshotName { kind, start_revision, last_revision, created, compression: tail, encrypted, is_final })
     }
 }
 
@@ -104,6 +111,9 @@ impl fmt::Display for SnapshotName {
             Kind::Incr => "Incr",
         };
         write!(f, "{kind}-{:08}-{:08}-{}{}", self.start_revision, self.last_revision, self.created, self.compression)?;
+        if self.encrypted {
+            f.write_str(crate::encryption::SUFFIX)?;
+        }
         if self.is_final {
             f.write_str(".final")?;
         }
@@ -127,24 +137,65 @@ pub fn check_content<E>(
 ) -> Result<Result<(), String>, E> {
     let suffix = &snapshot.compression;
     let mut check = TrailerCheck::for_kind(snapshot.kind);
-    let decoded = match crate::compression::decoder(suffix, &mut *raw) {
-        Err(e) => Err(e),
-        Ok(mut plain) => {
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                match plain.read(&mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => check.update(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => break Err(format!("cannot decompress ({suffix}): {e}")),
+    if snapshot.encrypted && crate::encryption::installed().is_none() {
+        // No key: only the age framing can be checked (see encryption::check_framing).
+        crate::encryption::note_framing_only();
+        let mut pumped = Pumped { raw, each: &mut each, failed: None };
+        let framed = crate::encryption::check_framing(&mut pumped);
+        if let Some(e) = pumped.failed {
+            return Err(e);
+        }
+        each()?;
+        return Ok(framed.map_err(|e| format!("{e} (framing checked only: {})", crate::encryption::MISSING)));
+    }
+    // In a block: the decryptor borrows `raw` until it is dropped.
+    let decoded = {
+        let opened = if snapshot.encrypted {
+            crate::encryption::reader(&mut *raw).and_then(|plain| crate::compression::decoder(suffix, plain))
+        } else {
+            crate::compression::decoder(suffix, &mut *raw)
+        };
+        match opened {
+            Err(e) => Err(e),
+            Ok(mut plain) => {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match plain.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => check.update(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) if snapshot.encrypted => {
+                            break Err(format!("cannot decrypt or decompress (.age, {suffix}): {e}"));
+                        }
+                        Err(e) => break Err(format!("cannot decompress ({suffix}): {e}")),
+                    }
+                    each()?;
                 }
-                each()?;
             }
         }
     };
     let drained = std::io::copy(raw, &mut std::io::sink()).map_err(|e| format!("reading it to its end: {e}"));
     each()?;
     Ok(decoded.and(drained.map(drop)).and_then(|()| check.finish()))
+}
+
+/// `raw`, running `each` after every read (as `check_content` does after
+/// every decompressed piece); its first failure ends the reading.
+struct Pumped<'a, E, F> {
+    raw: &'a mut dyn std::io::Read,
+    each: &'a mut F,
+    failed: Option<E>,
+}
+
+impl<E, F: FnMut() -> Result<(), E>> std::io::Read for Pumped<'_, E, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.raw.read(buf)?;
+        if let Err(e) = (self.each)() {
+            self.failed = Some(e);
+            return Err(std::io::Error::other("stopped"));
+        }
+        Ok(n)
+    }
 }
 
 /// Checks etcd's snapshot trailer while the bytes stream through: every byte
@@ -243,6 +294,9 @@ mod tests {
             "Full-00000000-00000042-1700000000.zlib.final",
             "Full-00000000-00000042-1700000000.final",
             "Full-00000000-00000042-1700000000.zst",
+            "Full-00000000-00000042-1700000000.gz.age",
+            "Incr-00000011-00000020-1640995300.zst.age.final",
+            "Full-00000000-00000042-1700000000.age",
         ] {
             let n = SnapshotName::parse(s).unwrap_or_else(|| panic!("{s} should parse"));
             assert_eq!(n.to_string(), s);
@@ -252,6 +306,12 @@ mod tests {
         let n = SnapshotName::parse("Incr-00000011-00000020-1640995300.gz").unwrap();
         assert_eq!((n.kind, n.start_revision, n.last_revision, n.created), (Kind::Incr, 11, 20, 1640995300));
         assert_eq!(n.compression, ".gz");
+        assert!(!n.encrypted);
+        let n = SnapshotName::parse("Full-00000000-00000042-1700000000.gz.age.final").unwrap();
+        assert_eq!((n.compression.as_str(), n.encrypted, n.is_final), (".gz", true, true));
+        let mut n = SnapshotName::full(42, 1700000000);
+        n.encrypted = true;
+        assert_eq!(n.to_string(), "Full-00000000-00000042-1700000000.age");
     }
 
     #[test]
@@ -263,6 +323,9 @@ mod tests {
             "Full-00000020-00000010-1",
             "Full-0000000a-00000010-1",
             "Full-00000000-00000010-1.bz2",
+            // `.age` goes after the compression suffix, once.
+            "Full-00000000-00000010-1.age.gz",
+            "Full-00000000-00000010-1.gz.age.age",
             "Full-00000000-00000010-1-2",
             "Full--00000010-1",
             "Full-00000000-00000010-",

@@ -58,6 +58,7 @@ fn to_json(catalog: &Catalog) -> String {
                 "lastRevision": s.last_revision,
                 "createdOn": s.created,
                 "compression": s.compression,
+                "encrypted": s.encrypted,
                 "isFinal": s.is_final,
                 "location": e.location(),
                 "sizes": { "primary": e.primary_size, "secondary": e.secondary_size },

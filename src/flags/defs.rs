@@ -484,6 +484,16 @@ pub static FLAGS: &[Flag] = &[
         },
         ..STORE
     },
+    Flag {
+        name: "identity-file",
+        value: Some("PATH"),
+        env: Some("EBR_AGE_IDENTITY_FILE"),
+        help: "age identity file (AGE-SECRET-KEY-1... lines, as age-keygen writes) to decrypt .age snapshots \
+               with. Without it, verify, reconcile and copy check only their age framing, and restore refuses them.",
+        set: |a, _, v| path(v).map(|p| a.identity_file = p),
+        uses: &[Snapshot, Reconcile, Verify, Restore, Copy],
+        ..Flag::DEFAULT
+    },
     // Snapshot
     Flag {
         name: "once",
@@ -507,6 +517,25 @@ pub static FLAGS: &[Flag] = &[
         help: "gzip (.gz) or zlib (.zlib), compressed on every core; lzw (.Z, Go's LZW); or zstd (.zst, \
                multithreaded; upstream cannot read it).",
         set: |a, _, v| crate::compression::Policy::parse(v).map(|p| a.compression_policy = p),
+        ..SNAPSHOT
+    },
+    Flag {
+        name: "encrypt-to",
+        value: Some("RECIPIENT"),
+        help: "Encrypt every snapshot with age to this X25519 recipient (age1...), after compression: objects \
+               end in .age (e.g. .gz.age) and upstream cannot read them. Repeat for more recipients; any one \
+               identity decrypts.",
+        set: |a, _, v| {
+            a.encrypt_to.push(v.to_string());
+            Ok(())
+        },
+        ..SNAPSHOT
+    },
+    Flag {
+        name: "encrypt-to-file",
+        value: Some("PATH"),
+        help: "As --encrypt-to, for every recipient in this file (one per line, # comments).",
+        set: |a, _, v| path(v).map(|p| a.encrypt_to_file = p),
         ..SNAPSHOT
     },
     Flag {

@@ -34,7 +34,13 @@ impl SnapshotConfig {
         let scheduled = if low.once { None } else { Some(scheduled(&low)?) };
         let metrics = MetricsFile::new(low.metrics_file.clone(), endpoints.iter().map(|e| e.role).collect());
         Ok(SnapshotConfig {
-            job: Job { etcd: etcd(&low)?, compression: low.compress.then_some(low.compression_policy), metrics },
+            job: Job {
+                etcd: etcd(&low)?,
+                compression: low.compress.then_some(low.compression_policy),
+                encryption: crate::encryption::Recipients::new(&low.encrypt_to, low.encrypt_to_file.as_deref())
+                    .map_err(UsageError)?,
+                metrics,
+            },
             endpoints,
             require_all_endpoints: low.require_all_endpoints,
             scheduled,
@@ -333,7 +339,13 @@ fn endpoints(low: &LowArgs, env: Env) -> Result<Configs, UsageError> {
     } else if let Some(flag) = secondary_flags.first() {
         return Err(UsageError(format!("{flag} needs --secondary-storage-provider")));
     }
-    Ok(Configs { each: out, max_lag: low.max_endpoint_lag })
+    let identities = match &low.identity_file {
+        Some(p) => Some(std::sync::Arc::new(
+            crate::encryption::Identities::load(p).map_err(|e| UsageError(format!("--identity-file: {e}")))?,
+        )),
+        None => None,
+    };
+    Ok(Configs { each: out, max_lag: low.max_endpoint_lag, identities })
 }
 
 fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<EndpointConfig, UsageError> {

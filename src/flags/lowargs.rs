@@ -18,6 +18,11 @@ pub struct LowArgs {
     pub compress: bool,
     pub compression_policy: crate::compression::Policy,
     pub require_all_endpoints: bool,
+    /// `--encrypt-to`, in order; checked in `hiargs`.
+    pub encrypt_to: Vec<String>,
+    pub encrypt_to_file: Option<PathBuf>,
+    /// `--identity-file` or `EBR_AGE_IDENTITY_FILE`.
+    pub identity_file: Option<PathBuf>,
     pub metrics_file: Option<PathBuf>,
     pub schedule: String,
     pub delta_period: Duration,

@@ -503,7 +503,9 @@ mod tests {
                     || (command == Command::Restore && f.name == "snapshot")
                     || (matches!(command, Command::Snapshot | Command::Server) && f.name == "deep");
                 // `copy` came later, and no endpoint of its waits for another.
-                let except = command == Command::Copy && f.name == "max-endpoint-lag";
+                let except = command == Command::Copy && f.name == "max-endpoint-lag"
+                    // Only the commands that read snapshot content take the age identity.
+                    || f.name == "identity-file" && [Command::List, Command::Gc].contains(&command);
                 // Upstream's flags without effect here, and the restore flags
                 // upstream's server takes, which `snapshot` now accepts too.
                 let long_running = matches!(command, Command::Snapshot | Command::Server);
