@@ -307,7 +307,7 @@ mod tests {
         assert!(value("process_resident_memory_bytes") > 1e6, "{text}");
         assert!(value("process_open_fds") >= 3.0, "{text}");
         let start = value("process_start_time_seconds");
-        let now = crate::report::unix_now() as f64;
+        let now = crate::time::unix_now() as f64;
         assert!(start > now - 3600.0 && start <= now + 1.0, "{start} vs {now}");
     }
 

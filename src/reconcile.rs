@@ -374,7 +374,7 @@ fn read_verified(
         fetched: fetched.clone(),
         error: read_error.clone(),
     };
-    let send_fetched = || -> Result<(), Failure> {
+    let send_fetched = |_: &[u8]| -> Result<(), Failure> {
         while let Some(bytes) = fetched.borrow_mut().pop_front() {
             send(bytes)?;
         }

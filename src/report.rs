@@ -6,7 +6,7 @@ use crate::endpoint::Role;
 use crate::snapshot::{Kind, SnapshotName};
 use log::{error, info, warn};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// What became of one snapshot on each endpoint.
 #[derive(Debug)]
@@ -26,9 +26,7 @@ impl Outcome {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use crate::time::unix_now;
 
 /// Log what happened on each endpoint and pick the exit code.
 pub fn report(o: &Outcome, require_all_endpoints: bool) -> i32 {

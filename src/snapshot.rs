@@ -125,15 +125,16 @@ impl fmt::Display for SnapshotName {
 pub const TRAILER_LEN: usize = 32;
 
 /// Decompress `raw` by `snapshot`'s suffix and check the plain bytes
-/// against its SHA-256 trailer, running `each` after every decompressed
-/// piece (e.g. to pass on what was read meanwhile); then read `raw` to its
-/// end, as a decompressor may stop before it. `Err` is what `each` failed
+/// against its SHA-256 trailer, running `each` with every decompressed
+/// piece (e.g. to write it somewhere, or pass on what was read meanwhile;
+/// empty when there is none); then read `raw` to its end, as a
+/// decompressor may stop before it. `Err` is what `each` failed
 /// with; `Ok(Err)` what is wrong with the content, or why `raw` could not be
 /// read to its end (a caller whose reader knows better says so instead).
 pub fn check_content<E>(
     snapshot: &SnapshotName,
     raw: &mut dyn std::io::Read,
-    mut each: impl FnMut() -> Result<(), E>,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<Result<(), String>, E> {
     let suffix = &snapshot.compression;
     let mut check = TrailerCheck::for_kind(snapshot.kind);
@@ -145,7 +146,7 @@ pub fn check_content<E>(
         if let Some(e) = pumped.failed {
             return Err(e);
         }
-        each()?;
+        each(&[])?;
         return Ok(framed.map_err(|e| format!("{e} (framing checked only: {})", crate::encryption::MISSING)));
     }
     // In a block: the decryptor borrows `raw` until it is dropped.
@@ -162,20 +163,23 @@ pub fn check_content<E>(
                 loop {
                     match plain.read(&mut buf) {
                         Ok(0) => break Ok(()),
-                        Ok(n) => check.update(&buf[..n]),
+                        Ok(n) => {
+                            check.update(&buf[..n]);
+                            each(&buf[..n])?;
+                            continue;
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) if snapshot.encrypted => {
                             break Err(format!("cannot decrypt or decompress (.age, {suffix}): {e}"));
                         }
                         Err(e) => break Err(format!("cannot decompress ({suffix}): {e}")),
                     }
-                    each()?;
                 }
             }
         }
     };
     let drained = std::io::copy(raw, &mut std::io::sink()).map_err(|e| format!("reading it to its end: {e}"));
-    each()?;
+    each(&[])?;
     Ok(decoded.and(drained.map(drop)).and_then(|()| check.finish()))
 }
 
@@ -187,10 +191,10 @@ struct Pumped<'a, E, F> {
     failed: Option<E>,
 }
 
-impl<E, F: FnMut() -> Result<(), E>> std::io::Read for Pumped<'_, E, F> {
+impl<E, F: FnMut(&[u8]) -> Result<(), E>> std::io::Read for Pumped<'_, E, F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.raw.read(buf)?;
-        if let Err(e) = (self.each)() {
+        if let Err(e) = (self.each)(&[]) {
             self.failed = Some(e);
             return Err(std::io::Error::other("stopped"));
         }

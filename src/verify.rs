@@ -225,18 +225,21 @@ pub fn run(endpoints: &Endpoints, opts: &Options) -> Result<Report, String> {
 /// etcd's HashKV over the rows a restore would write (the snapshot's, then
 /// the deltas' events, without writing them) at the latest revision of the
 /// chain that has a record, to compare with what etcd said. Temporary disk:
-/// the one database (and, while it is decompressed, its compressed
-/// download); removed on every way out.
+/// the one database (streamed in plain) and the deltas; removed on every
+/// way out.
 fn deep_check(ep: &Endpoint, chain: &[&Entry], dir: &std::path::Path) -> Result<String, Problem> {
     let last = chain.last().map_or(String::new(), |e| e.name.clone());
     let problem = |object: &str, what: String| Problem { endpoint: Some(ep.role), object: object.into(), what };
     let Some((full, deltas)) = chain.split_first() else { return Ok(String::new()) };
     let tmp = TempDir::create(dir, ep.role).map_err(|e| problem(&last, format!("deep check: {e}")))?;
     let sources = std::slice::from_ref(ep);
+    if chain.iter().any(|e| e.snapshot.encrypted) && crate::encryption::installed().is_none() {
+        return Err(problem(&last, "deep check: the chain is encrypted; it needs --identity-file".into()));
+    }
     let plain = tmp.0.join("snapshot.db");
-    crate::restore::fetch(full, sources, &tmp.0.join("snapshot.download"), &plain, true)
-        .and_then(|_| crate::datadir::db::strip_trailer(&plain))
-        .map_err(|e| problem(&full.name, format!("deep check: {e:#}")))?;
+    fetch_plain(ep, full, &plain)
+        .and_then(|()| crate::datadir::db::strip_trailer(&plain).map_err(|e| format!("{e:#}")))
+        .map_err(|e| problem(&full.name, format!("deep check: {e}")))?;
     let delta_files = crate::restore::fetch_deltas(deltas, sources, &tmp.0)
         .map_err(|e| problem(&last, format!("deep check: {e:#}")))?;
     let db = bbolt::Db::open(&plain).map_err(|e| problem(&full.name, format!("not a bbolt database: {e:#}")))?;
@@ -281,6 +284,30 @@ fn deep_check(ep: &Endpoint, chain: &[&Entry], dir: &std::path::Path) -> Result<
         None => summary.push_str("; no HashKV recorded for this chain (etcd had compacted it, or it predates records)"),
     }
     Ok(summary)
+}
+
+/// The full snapshot's plain bytes (decrypted, decompressed, its trailer
+/// checked) streamed into `dest` as they arrive: the temporary disk holds
+/// the database alone, never a compressed download beside it.
+fn fetch_plain(ep: &Endpoint, full: &Entry, dest: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let size = full.size_on(ep.role).ok_or("not listed on this endpoint")?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut raw = Resuming { ep, name: &full.name, size, inner: None, bytes: 0, broken: None };
+    let verdict = check_content(&full.snapshot, &mut raw, |piece| out.write_all(piece))
+        .and_then(|v| out.flush().map(|()| v))
+        .map_err(|e| format!("writing {}: {e}", dest.display()))?;
+    if let Some(e) = raw.broken {
+        return Err(format!("cannot be read: {e}"));
+    }
+    verdict
 }
 
 /// A directory of its own under `--snapstore-temp-directory`, removed when dropped.
@@ -519,7 +546,7 @@ impl Read for Resuming<'_> {
 /// retries), `Ok(Err)` what is wrong with the object.
 fn stream(ep: &Endpoint, entry: &Entry, size: u64) -> store::Result<Result<(), String>> {
     let mut raw = Resuming { ep, name: &entry.name, size, inner: None, bytes: 0, broken: None };
-    let Ok(verdict) = check_content(&entry.snapshot, &mut raw, || Ok::<(), std::convert::Infallible>(()));
+    let Ok(verdict) = check_content(&entry.snapshot, &mut raw, |_| Ok::<(), std::convert::Infallible>(()));
     if let Some(e) = raw.broken {
         return Err(e);
     }
