@@ -87,7 +87,15 @@ impl Config {
             }
         };
         let store = store.map_err(|e| format!("{} endpoint: {e}", self.role.name()))?;
-        Ok(Endpoint { role: self.role, store, parts: self.parts, retry: self.retry })
+        let ep = Endpoint { role: self.role, store, parts: self.parts, retry: self.retry };
+        // A definite answer (no object lock on the bucket) stops the run; an
+        // endpoint that cannot be asked now is the writes' problem, as usual.
+        match ep.store.preflight() {
+            Err(e) if e.kind == store::ErrorKind::Permanent => return Err(format!("{} endpoint: {e}", ep.name())),
+            Err(e) => log::warn!("{} endpoint: {e}; continuing", ep.name()),
+            Ok(()) => {}
+        }
+        Ok(ep)
     }
 }
 
@@ -134,6 +142,23 @@ impl std::ops::Deref for Endpoints {
 }
 
 impl Endpoints {
+    /// The same endpoints seen through every object version (versioned
+    /// buckets): snapshots hidden by a delete marker are listed and read.
+    /// `None` when no endpoint has versions.
+    pub fn all_versions(&self) -> Option<Endpoints> {
+        let views: Vec<_> = self.each.iter().map(|ep| ep.store.all_versions()).collect();
+        if views.iter().all(Option::is_none) {
+            return None;
+        }
+        let each = self
+            .each
+            .iter()
+            .zip(views)
+            .map(|(ep, view)| Endpoint { store: view.unwrap_or_else(|| ep.store.clone()), ..ep.clone() })
+            .collect();
+        Some(Endpoints { each, max_lag: self.max_lag })
+    }
+
     #[cfg(test)]
     pub(crate) fn new(each: Vec<Endpoint>, max_lag: Duration) -> Endpoints {
         Endpoints { each, max_lag }

@@ -11,6 +11,7 @@
 use crate::catalog::Catalog;
 use crate::endpoint::{Endpoints, Role};
 use crate::snapshot::{Kind, SnapshotName};
+use crate::store::ErrorKind;
 use log::{debug, info, warn};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -166,6 +167,9 @@ pub fn collect(
     let mut deleted = Vec::new();
     let mut failed = Vec::new();
     for ep in endpoints.iter() {
+        // Object lock still retaining: summed up in one line per endpoint.
+        let mut locked = 0;
+        let mut locked_until: Option<String> = None;
         let own: Vec<_> = catalog.entries.iter().filter(|e| e.size_on(ep.role).is_some()).collect();
         let own_names: Vec<SnapshotName> = own.iter().map(|e| e.snapshot.clone()).collect();
         let failed_before = failed.len();
@@ -194,6 +198,11 @@ pub fn collect(
                     crate::record::delete(ep, name);
                     deleted.push((ep.role, name.clone()));
                 }
+                Err(e) if e.kind == ErrorKind::Locked => {
+                    debug!("Garbage collection keeps {name} on {} endpoint: {e}", ep.name());
+                    locked += 1;
+                    locked_until = locked_until.max(e.retain_until);
+                }
                 Err(e) => {
                     warn!("Garbage collection could not delete {name} from {} endpoint: {e}", ep.name());
                     failed.push(format!("{name} on {}", ep.name()));
@@ -203,6 +212,10 @@ pub fn collect(
                     }
                 }
             }
+        }
+        if locked > 0 {
+            let until = locked_until.unwrap_or_else(|| "their retention ends".to_string());
+            info!("{locked} snapshots still locked on the {} endpoint, kept until {until}", ep.name());
         }
     }
     if failed.is_empty() {

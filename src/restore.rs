@@ -64,7 +64,21 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     let staging =
         Staging::create(&lock).map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
 
-    let catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
+    let mut catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
+    // A `--snapshot` hidden by a delete marker (versioned bucket) is looked
+    // for among the object versions, which are then what is read.
+    let versions = match &cfg.snapshot {
+        Some(name) if !catalog.entries.iter().any(|e| &e.name == name) => sources.all_versions(),
+        _ => None,
+    };
+    if let Some(v) = &versions {
+        info!("Snapshot {} is not listed; looking among the object versions", cfg.snapshot.as_deref().unwrap_or(""));
+        match Catalog::list(v) {
+            Ok(c) => catalog = c,
+            Err(e) => warn!("Cannot list the object versions: {e}"),
+        }
+    }
+    let sources = versions.as_ref().unwrap_or(sources);
     let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
     if let Some(bump) = cfg.bump_revision {
         // Known from the names: refused before a byte is downloaded.

@@ -9,7 +9,7 @@
 mod common;
 
 use common::credserver::CredServer;
-use common::{Server, env, free_port, s3_store, unique};
+use common::{Server, env, s3_store, unique};
 use etcd_backup_restore::store::Store;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,46 +220,11 @@ fn short_lived_keys_are_refreshed_under_a_running_snapshotter() {
     assert!(deltas >= 20, "{deltas} delta snapshots in 35 s");
 }
 
-/// moto_server on a free port, its log in a file; stopped by PID on drop.
-struct Moto {
-    child: std::process::Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto() -> Moto {
-    let port = free_port();
-    let log = scratch("moto").join("log");
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("moto_server (pip install 'moto[server]')");
-    let url = format!("http://127.0.0.1:{port}");
-    let end = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "moto_server did not start within 30s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, url, log }
-}
-
 #[test]
 fn moto_sts_web_identity_and_assume_role() {
-    let m = moto();
+    let m = common::moto::Moto::start();
     let bucket = "creds-moto";
-    // moto accepts any signature; an unsigned PUT creates the bucket.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let resp = agent.put(&format!("{}/{bucket}", m.url)).send_empty().unwrap();
-    assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+    m.create_bucket(bucket, false);
     let dir = scratch("creds-moto");
     let token = dir.join("token");
     std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJldGNkIn0.c2ln").unwrap();

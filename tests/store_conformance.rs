@@ -607,6 +607,7 @@ mod faults {
             credential_chain: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_millis(700),
+            write: Default::default(),
         })
         .unwrap()
     }
@@ -799,6 +800,7 @@ mod tls {
             credential_chain: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            write: Default::default(),
         }
     }
 

@@ -10,7 +10,11 @@ pub fn run(cfg: &ListConfig) -> i32 {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let catalog = match Catalog::list(&endpoints) {
+    let versions = cfg.all_versions.then(|| endpoints.all_versions()).flatten();
+    if cfg.all_versions && versions.is_none() {
+        log::warn!("--all-versions: no endpoint keeps object versions (only S3 does); listing the current objects");
+    }
+    let catalog = match Catalog::list(versions.as_ref().unwrap_or(&endpoints)) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");

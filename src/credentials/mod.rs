@@ -26,6 +26,8 @@ pub struct S3Credentials {
     pub trusted_ca_cert: Option<String>,
     pub sse_customer_key: Option<String>,
     pub sse_customer_algorithm: Option<String>,
+    /// `sseKMSKeyId`: SSE-KMS with this key (`--sse-kms-key-id` wins).
+    pub sse_kms_key_id: Option<String>,
     /// Where these came from, for messages: `AWS_APPLICATION_CREDENTIALS=/path`.
     pub source: String,
     /// The endpoint's credential chain: static keys first when there are
@@ -54,6 +56,8 @@ struct JsonCredentials {
     trusted_ca_cert: Option<String>,
     sse_customer_key: Option<String>,
     sse_customer_algorithm: Option<String>,
+    #[serde(rename = "sseKMSKeyId")]
+    sse_kms_key_id: Option<String>,
     #[serde(rename = "roleARN")]
     role_arn: Option<String>,
     token_path: Option<String>,
@@ -231,6 +235,7 @@ fn from_dir(var: &str, dir: &Path) -> Result<S3Credentials, String> {
         trusted_ca_cert: field("trustedCaCert")?,
         sse_customer_key: field("sseCustomerKey")?,
         sse_customer_algorithm: field("sseCustomerAlgorithm")?,
+        sse_kms_key_id: field("sseKMSKeyId")?,
         role_arn: field("roleARN")?,
         // Upstream's directory form: a `token` file is the web identity token.
         token_path: dir.join("token").is_file().then(|| dir.join("token").display().to_string()),
@@ -256,6 +261,7 @@ fn from_fields(j: JsonCredentials, source: String) -> S3Credentials {
         trusted_ca_cert: non_empty(j.trusted_ca_cert),
         sse_customer_key: non_empty(j.sse_customer_key),
         sse_customer_algorithm: non_empty(j.sse_customer_algorithm),
+        sse_kms_key_id: non_empty(j.sse_kms_key_id).map(|k| k.trim().to_string()),
         source: if j.role_arn.is_some() { format!("{source} (roleARN)") } else { source },
     }
 }

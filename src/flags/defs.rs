@@ -165,6 +165,14 @@ const STORE: Flag = Flag { group: Group::Store, ..Flag::DEFAULT };
 /// Flags of the upload path (reconcile's and copy's copies too); the other
 /// commands only list, fetch and delete.
 const UPLOAD: Flag = Flag { uses: &[Snapshot, Reconcile, Copy], ignored_by: &[Restore, List, Gc, Verify], ..STORE };
+/// Object lock: the writers, and garbage collection, which deletes object
+/// versions instead of hiding objects behind delete markers.
+const LOCK: Flag = Flag {
+    uses: &[Snapshot, Reconcile, Copy, Gc],
+    ignored_by: &[Restore, List, Verify],
+    no_effect: Some("only the commands that write or delete snapshots use object lock"),
+    ..STORE
+};
 const COPY: Flag = Flag { group: Group::Copy, uses: &[Copy], ..Flag::DEFAULT };
 const SNAPSHOT: Flag = Flag { group: Group::Snapshot, uses: &[Snapshot], ..Flag::DEFAULT };
 /// Reconcile copies exactly what garbage collection keeps, so it takes the policy.
@@ -485,6 +493,44 @@ pub static FLAGS: &[Flag] = &[
         ..STORE
     },
     Flag {
+        name: "object-lock-mode",
+        value: Some("MODE"),
+        help: "GOVERNANCE or COMPLIANCE: every object written gets S3 object lock in this mode until \
+               --object-lock-retention from its upload (the bucket must have object lock enabled: checked at start). \
+               Garbage collection deletes object versions, and skips those still locked.",
+        set: |a, r, v| {
+            let mode = v.to_ascii_uppercase();
+            if !matches!(mode.as_str(), "" | "GOVERNANCE" | "COMPLIANCE") {
+                return Err("expected GOVERNANCE or COMPLIANCE".into());
+            }
+            a.store(r).object_lock_mode = Some(mode).filter(|m| !m.is_empty());
+            Ok(())
+        },
+        ..LOCK
+    },
+    Flag {
+        name: "object-lock-retention",
+        value: Some("DURATION"),
+        help: "How long object lock retains each object written (with --object-lock-mode), e.g. 96h.",
+        set: |a, r, v| timeout(v).map(|d| a.store(r).object_lock_retention = Some(d)),
+        ..LOCK
+    },
+    Flag {
+        name: "sse-kms-key-id",
+        value: Some("KEY"),
+        help: "SSE-KMS: objects written are encrypted by S3 with this KMS key id or ARN (aws:kms); instead of \
+               sseKMSKeyId in the credentials.",
+        set: |a, r, v| text(v).map(|t| a.store(r).sse_kms_key_id = t),
+        ..UPLOAD
+    },
+    Flag {
+        name: "storage-class",
+        value: Some("CLASS"),
+        help: "S3 storage class of the objects written, e.g. STANDARD_IA (default: the bucket's).",
+        set: |a, r, v| text(v).map(|t| a.store(r).storage_class = t),
+        ..UPLOAD
+    },
+    Flag {
         name: "identity-file",
         value: Some("PATH"),
         env: Some("EBR_AGE_IDENTITY_FILE"),
@@ -803,6 +849,16 @@ pub static FLAGS: &[Flag] = &[
             }
             _ => Err("expected text or json".into()),
         },
+        ..Flag::DEFAULT
+    },
+    Flag {
+        name: "all-versions",
+        default: Some("false"),
+        group: Group::List,
+        uses: &[List],
+        help: "Versioned S3 buckets: also list snapshots hidden by a delete marker (ListObjectVersions; each as \
+               its newest version that is not one). restore --snapshot finds them without this flag.",
+        set: |a, _, v| parse_bool(v).map(|b| a.all_versions = b),
         ..Flag::DEFAULT
     },
     // copy (upstream's copierOptions, same names and defaults)

@@ -12,7 +12,7 @@ use crate::etcd::EtcdConfig;
 use crate::gc::Periodic;
 use crate::report::MetricsFile;
 use crate::store::RetryPolicy;
-use crate::store::s3::S3Config;
+use crate::store::s3::{S3Config, WriteOptions};
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -263,7 +263,7 @@ impl RestoreConfig {
             .map_err(|e| UsageError(format!("--initial-cluster: {e}")))?;
         member::local_member(&members, &r.name, &r.initial_advertise_peer_urls.join(","))?;
         Ok(RestoreConfig {
-            endpoints: endpoints(&low, env)?,
+            endpoints: readers(endpoints(&low, env)?),
             options: crate::restore::Options { bump_revision, ..low.restore },
         })
     }
@@ -274,11 +274,12 @@ impl RestoreConfig {
 pub struct ListConfig {
     pub endpoints: Configs,
     pub json: bool,
+    pub all_versions: bool,
 }
 
 impl ListConfig {
     pub fn new(low: LowArgs, env: Env) -> Result<ListConfig, UsageError> {
-        Ok(ListConfig { endpoints: endpoints(&low, env)?, json: low.json })
+        Ok(ListConfig { endpoints: readers(endpoints(&low, env)?), json: low.json, all_versions: low.all_versions })
     }
 }
 
@@ -300,7 +301,7 @@ impl VerifyConfig {
             (false, None) => Selection::Latest,
         };
         let options = crate::verify::Options { selection, deep: deep(&low) };
-        Ok(VerifyConfig { endpoints: endpoints(&low, env)?, options, json: low.json })
+        Ok(VerifyConfig { endpoints: readers(endpoints(&low, env)?), options, json: low.json })
     }
 }
 
@@ -324,6 +325,17 @@ fn etcd(low: &LowArgs) -> Result<EtcdConfig, UsageError> {
 }
 
 /// The primary endpoint, and the secondary when `--secondary-storage-provider` is set.
+/// The endpoints of a command that only reads: object lock (accepted, as
+/// every store flag is by every command) neither checked nor applied.
+fn readers(mut configs: Configs) -> Configs {
+    for c in &mut configs.each {
+        if let Backend::S3(s3) = &mut c.backend {
+            s3.write.object_lock = None;
+        }
+    }
+    configs
+}
+
 fn endpoints(low: &LowArgs, env: Env) -> Result<Configs, UsageError> {
     let (stores, secondary_flags) = (&low.stores, &low.secondary_flags_given);
     let primary_creds = match credentials::resolve("", env)? {
@@ -365,10 +377,28 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
     let bucket = s.container.clone().ok_or_else(|| {
         format!("{} (or {}STORAGE_CONTAINER) is required", flag("store-container"), role.env_prefix())
     })?;
+    let object_lock = match (&s.object_lock_mode, s.object_lock_retention) {
+        (Some(mode), Some(retention)) => Some((mode.clone(), retention)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(UsageError(format!("{} needs {}", flag("object-lock-mode"), flag("object-lock-retention"))));
+        }
+        (None, Some(_)) => {
+            return Err(UsageError(format!("{} needs {}", flag("object-lock-retention"), flag("object-lock-mode"))));
+        }
+    };
     let initial = s.chunk_upload_backoff;
     let retry = RetryPolicy { attempts: s.chunk_upload_attempts, initial_backoff: initial, max_backoff: initial * 16 };
     let parts = Parts { max_parallel: s.max_parallel_chunk_uploads, min_size: s.min_chunk_size };
     if local {
+        let s3_only = [
+            ("object-lock-mode", object_lock.is_some()),
+            ("sse-kms-key-id", s.sse_kms_key_id.is_some()),
+            ("storage-class", s.storage_class.is_some()),
+        ];
+        if let Some((name, _)) = s3_only.iter().find(|(_, set)| *set) {
+            return Err(UsageError(format!("{} is for S3 endpoints only, not Local", flag(name))));
+        }
         return Ok(EndpointConfig {
             role,
             backend: Backend::Local { container: bucket.into(), prefix: s.prefix.clone() },
@@ -398,6 +428,15 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
         all.push(b'\n');
         all.extend_from_slice(&pem);
     }
+    let sse_kms_key_id = s.sse_kms_key_id.clone().or(creds.sse_kms_key_id.clone());
+    if sse_kms_key_id.is_some() && creds.sse_customer_key.is_some() {
+        return Err(UsageError(format!(
+            "{} (or sseKMSKeyId) and sseCustomerKey in {} exclude each other: one kind of server-side encryption",
+            flag("sse-kms-key-id"),
+            creds.source
+        )));
+    }
+    let write = WriteOptions { object_lock, sse_kms_key_id, storage_class: s.storage_class.clone() };
     let endpoint = match (&s.endpoint_override, &creds.endpoint) {
         (Some(url), _) => Some(check_url(url, &flag("store-endpoint-override"))?),
         (None, Some(url)) => Some(check_url(url, &format!("endpoint in {}", creds.source))?),
@@ -424,6 +463,7 @@ fn endpoint(s: &StoreArgs, role: Role, creds: Option<S3Credentials>) -> Result<E
             }),
             connect_timeout: std::time::Duration::from_secs(30).min(s.chunk_upload_timeout),
             request_timeout: s.chunk_upload_timeout,
+            write,
         })),
         parts,
         retry,

@@ -39,6 +39,8 @@ pub struct LowArgs {
     pub mark_compacted: bool,
     /// `snapshot list`/`snapshot verify --output json`.
     pub json: bool,
+    /// `snapshot list --all-versions`.
+    pub all_versions: bool,
     /// `snapshot verify --all`.
     pub all: bool,
     /// `snapshot verify --deep`, and the scheduled verify of `snapshot`.
@@ -100,6 +102,10 @@ pub struct StoreArgs {
     pub chunk_upload_attempts: u32,
     pub chunk_upload_backoff: Duration,
     pub temp_dir: PathBuf,
+    pub object_lock_mode: Option<String>,
+    pub object_lock_retention: Option<Duration>,
+    pub sse_kms_key_id: Option<String>,
+    pub storage_class: Option<String>,
 }
 
 /// Go's `strconv.ParseBool`, which upstream's flags accept.

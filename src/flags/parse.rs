@@ -505,7 +505,9 @@ mod tests {
                 // `copy` came later, and no endpoint of its waits for another.
                 let except = command == Command::Copy && f.name == "max-endpoint-lag"
                     // Only the commands that read snapshot content take the age identity.
-                    || f.name == "identity-file" && [Command::List, Command::Gc].contains(&command);
+                    || f.name == "identity-file" && [Command::List, Command::Gc].contains(&command)
+                    // Versions are listed, never verified.
+                    || f.name == "all-versions" && command == Command::Verify;
                 // Upstream's flags without effect here, and the restore flags
                 // upstream's server takes, which `snapshot` now accepts too.
                 let long_running = matches!(command, Command::Snapshot | Command::Server);
@@ -758,6 +760,8 @@ mod tests {
             let any = match f.value {
                 Some("URLS") => "127.0.0.1:2379",
                 Some("CRON") => "@hourly",
+                Some("MODE") => "GOVERNANCE",
+                Some("DURATION") => "1h",
                 _ => "x",
             };
             (f.set)(&mut low, Role::Primary, f.default.unwrap_or(any)).unwrap_or_else(|e| panic!("--{}: {e}", f.name));

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Transient,
     /// Retrying will not help: bad credentials, missing bucket, 4xx.
     Permanent,
+    /// A delete refused because object lock still retains the object
+    /// (`Error::retain_until` says until when, when the server told).
+    Locked,
 }
 
 /// A store error. `msg` says what was attempted, where (bucket/key or path,
@@ -37,11 +40,13 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub msg: String,
+    /// For [`ErrorKind::Locked`]: the retain-until date (RFC 3339), if known.
+    pub retain_until: Option<String>,
 }
 
 impl Error {
     pub fn new(kind: ErrorKind, msg: impl Into<String>) -> Error {
-        Error { kind, msg: msg.into() }
+        Error { kind, msg: msg.into(), retain_until: None }
     }
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
@@ -81,6 +86,20 @@ pub trait Store: Send + Sync {
     /// (same endpoint, credentials and connections), for what is kept
     /// beside the snapshots. `dir` is one path segment.
     fn sibling(&self, dir: &str) -> std::sync::Arc<dyn Store>;
+
+    /// The same store seen through every object version (a versioned S3
+    /// bucket): `list` also returns snapshots hidden by a delete marker, each
+    /// as its newest version that is not one, and `load` reads that version.
+    /// `None` where the store has no versions (Local).
+    fn all_versions(&self) -> Option<std::sync::Arc<dyn Store>> {
+        None
+    }
+
+    /// Checks to run once before writing, e.g. that a bucket written with
+    /// object lock has object lock enabled. Nothing to check by default.
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An object being written in parts. Parts may be stored concurrently from

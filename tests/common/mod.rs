@@ -6,6 +6,7 @@ pub mod cli;
 pub mod credserver;
 pub mod fault;
 pub mod kube;
+pub mod moto;
 pub mod restore;
 pub mod s3_admin;
 pub mod snapshotter;
@@ -58,6 +59,7 @@ pub fn s3_config(server: Server, prefix: &str) -> S3Config {
         credential_chain: None,
         connect_timeout: std::time::Duration::from_secs(5),
         request_timeout: std::time::Duration::from_secs(60),
+        write: Default::default(),
     }
 }
 
