@@ -37,11 +37,36 @@ pub struct Settings {
     /// `--defragmentation-schedule`, unless empty: defragment every member,
     /// then take a full snapshot.
     pub defrag: Option<crate::defrag::Options>,
+    pub backoff: Backoff,
+}
+
+/// Upstream's `--backoff-*` (its snapshotter's restarts): how long the
+/// snapshotter waits after a failed full snapshot or a lost etcd
+/// connection, growing with the failures in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backoff {
+    pub multiplier: u32,
+    pub attempt_limit: u32,
+    pub threshold: Duration,
+}
+
+impl Backoff {
+    /// The wait after `failures` (1 or more) failures in a row: 1s, then
+    /// `multiplier` times longer each time, never above `threshold`, and
+    /// `threshold` once `attempt_limit` is passed.
+    pub fn wait(&self, failures: u32) -> Duration {
+        if failures > self.attempt_limit {
+            return self.threshold;
+        }
+        let factor = u64::from(self.multiplier.max(1)).saturating_pow(failures.saturating_sub(1));
+        Duration::from_secs(factor).min(self.threshold)
+    }
 }
 
 /// How often waits wake up to notice a signal.
 const TICK: Duration = Duration::from_millis(200);
-/// Wait after a failed full snapshot or a broken etcd connection.
+/// When the next scheduled full snapshot is tried after a failed one
+/// taken alongside the watch (the watch itself goes on).
 const RETRY: Duration = Duration::from_secs(5);
 /// Unsaved events are dropped (and a full snapshot taken instead) beyond
 /// this many times the memory limit, when no endpoint takes deltas.
@@ -172,23 +197,38 @@ enum Next {
 impl Snapshotter<'_> {
     fn run(&mut self) {
         let mut full_now = self.resume_point();
+        // Failures in a row (full snapshots, etcd connections), for the backoff.
+        let mut failures = 0;
+        let backoff = self.sch.backoff;
+        let back_off = |failures: &mut u32, what: &str| {
+            *failures += 1;
+            let wait = backoff.wait(*failures);
+            info!("Trying again in {wait:?} ({what}; {failures} in a row)");
+            sleep(wait);
+        };
         while !signals::interrupted() {
             if full_now {
                 if self.full_snapshot().is_none() {
-                    sleep(RETRY);
+                    back_off(&mut failures, "the full snapshot failed");
                     continue;
                 }
+                failures = 0;
                 full_now = false;
             }
+            let watched = Instant::now();
             let next = match self.sch.delta_period {
                 None => self.full_snapshots_only(),
                 Some(period) => self.watch(period),
             };
+            // A connection that worked for a while ends the run of failures.
+            if watched.elapsed() > backoff.threshold {
+                failures = 0;
+            }
             match next {
                 Next::FullSnapshot => full_now = true,
                 Next::Reconnect => {
                     self.control.health(|h| h.etcd_ok = false);
-                    sleep(RETRY)
+                    back_off(&mut failures, "the etcd connection was lost")
                 }
                 Next::Stop => break,
             }
@@ -941,4 +981,19 @@ impl Control {
 fn taken(outcome: &Outcome) -> Taken {
     let stored_on = outcome.results.iter().filter(|(_, r)| r.is_ok()).map(|(role, _)| *role).collect();
     Taken { name: outcome.name.clone(), stored_on }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_up_to_the_threshold_and_stays_there_past_the_limit() {
+        let b = Backoff { multiplier: 2, attempt_limit: 6, threshold: Duration::from_secs(128) };
+        let waits: Vec<u64> = (1..=8).map(|n| b.wait(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 128, 128]);
+        let b = Backoff { multiplier: 10, attempt_limit: 6, threshold: Duration::from_secs(30) };
+        assert_eq!(b.wait(3).as_secs(), 30);
+        assert_eq!(b.wait(60).as_secs(), 30, "no overflow");
+    }
 }

@@ -188,12 +188,6 @@ const UPSTREAM: Flag = Flag { group: Group::Upstream, uses: &[], ignored_by: &[S
 /// Restore's embedded etcd, which applying delta snapshots natively needs not.
 const EMBEDDED_ETCD: Option<&str> =
     Some("restore applies delta snapshots natively, without an embedded etcd (and snapshot does not restore)");
-/// Upstream's backoff is between restarts of its snapshotter, which has no
-/// counterpart: retries here are per request, and after a failed full snapshot.
-const BACKOFF: Option<&str> = Some(
-    "requests are retried with --chunk-upload-attempts and --chunk-upload-backoff (doubling), and a failed full \
-     snapshot every 5s",
-);
 const OWNER_CHECK: Option<&str> = Some("there is no owner check here");
 const VALIDATION: Option<&str> = Some("there is no data directory validation (upstream's initialize) here");
 const LEADER_ELECTION: Option<&str> =
@@ -640,6 +634,31 @@ pub static FLAGS: &[Flag] = &[
         ..SNAPSHOT
     },
     Flag {
+        name: "backoff-multiplier",
+        value: Some("N"),
+        default: Some("2"),
+        help: "After a failed full snapshot or a lost etcd connection, the long-running snapshot waits 1s, then \
+               this many times longer after each further failure in a row.",
+        set: |a, _, v| count(v, 1000).map(|n| a.backoff.multiplier = n as u32),
+        ..SNAPSHOT
+    },
+    Flag {
+        name: "backoff-attempt-limit",
+        value: Some("N"),
+        default: Some("6"),
+        help: "Failures in a row after which the wait is --backoff-threshold-time.",
+        set: |a, _, v| count(v, 1000).map(|n| a.backoff.attempt_limit = n as u32),
+        ..SNAPSHOT
+    },
+    Flag {
+        name: "backoff-threshold-time",
+        value: Some("DURATION"),
+        default: Some("128s"),
+        help: "The longest wait between the long-running snapshot's retries.",
+        set: |a, _, v| timeout(v).map(|d| a.backoff.threshold = d),
+        ..SNAPSHOT
+    },
+    Flag {
         name: "delta-snapshot-period",
         value: Some("DURATION"),
         default: Some("20s"),
@@ -987,33 +1006,6 @@ pub static FLAGS: &[Flag] = &[
         help: "Upstream: let restore's embedded etcd open data of the next etcd version.",
         no_effect: Some("the data directory restore writes opens in etcd 3.4 and 3.5 alike"),
         set: |_, _, v| ignore_bool(v),
-        ..UPSTREAM
-    },
-    Flag {
-        name: "backoff-multiplier",
-        value: Some("N"),
-        default: Some("2"),
-        help: "Upstream: growth of the wait between the snapshotter's restarts.",
-        no_effect: BACKOFF,
-        set: |_, _, v| parse_positive(v).map(drop),
-        ..UPSTREAM
-    },
-    Flag {
-        name: "backoff-attempt-limit",
-        value: Some("N"),
-        default: Some("6"),
-        help: "Upstream: snapshotter restarts before the wait stays at --backoff-threshold-time.",
-        no_effect: BACKOFF,
-        set: |_, _, v| parse_positive(v).map(drop),
-        ..UPSTREAM
-    },
-    Flag {
-        name: "backoff-threshold-time",
-        value: Some("DURATION"),
-        default: Some("128s"),
-        help: "Upstream: longest wait between the snapshotter's restarts.",
-        no_effect: BACKOFF,
-        set: |_, _, v| ignore_duration(v),
         ..UPSTREAM
     },
     Flag {

@@ -217,6 +217,7 @@ fn scheduled(low: &LowArgs) -> Result<Settings, UsageError> {
                 crate::verify::Options { selection: Default::default(), deep: deep(low) },
             )),
         },
+        backoff: low.backoff,
         defrag: match low.defrag_schedule.as_str() {
             "" => None,
             s => Some(crate::defrag::Options {

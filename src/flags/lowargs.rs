@@ -26,6 +26,8 @@ pub struct LowArgs {
     pub metrics_file: Option<PathBuf>,
     pub schedule: String,
     pub delta_period: Duration,
+    /// `--backoff-*`: the long-running snapshot's retry waits.
+    pub backoff: crate::continuous::Backoff,
     pub delta_memory_limit: u64,
     pub gc_period: Duration,
     /// `Exponential` or `LimitBased`, checked when set.

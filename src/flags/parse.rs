@@ -725,10 +725,16 @@ mod tests {
                 assert!(matches!(r, Ok(Parsed::Run(..))), "{command} {arg}: {r:?}");
             }
         }
-        let args = ["snapshot", "--backoff-multiplier=3", "--backoff-multiplier=3", "--secondary-backup-sync-enabled"];
+        let args = ["snapshot", "--max-fetchers=3", "--max-fetchers=3", "--secondary-backup-sync-enabled"];
         let Parsed::Run(_, low) = parse(args.map(OsString::from), &no_env).unwrap() else { panic!() };
         assert_eq!(low.notes.len(), 2, "one line per flag: {:?}", low.notes);
         assert!(low.notes[1].starts_with("--secondary-backup-sync-enabled has no effect here"));
+        // The backoff flags act: the long-running snapshot's retry waits.
+        let args = ["snapshot", "--backoff-multiplier=3", "--backoff-attempt-limit=2", "--backoff-threshold-time=7s"];
+        let Parsed::Run(_, low) = parse(args.map(OsString::from), &no_env).unwrap() else { panic!() };
+        let b = low.backoff;
+        assert_eq!((b.wait(1).as_secs(), b.wait(2).as_secs(), b.wait(3).as_secs()), (1, 3, 7));
+        assert!(low.notes.is_empty(), "{:?}", low.notes);
     }
 
     #[test]
