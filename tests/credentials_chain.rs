@@ -260,3 +260,63 @@ fn moto_sts_web_identity_and_assume_role() {
     let moto_log = std::fs::read_to_string(&m.log).unwrap();
     assert!(moto_log.matches("\"POST / HTTP/1.1\" 200").count() >= 2, "two STS calls answered:\n{moto_log}");
 }
+
+/// 15-second keys during one slow multipart upload (parts one at a time
+/// through a throttled link, ~25 s in all): each part is signed with the
+/// keys current when it starts, the keys are refreshed in the middle of the
+/// upload, and no request fails.
+#[test]
+fn short_lived_keys_are_refreshed_during_a_slow_multipart_upload() {
+    use common::fault::{Action, Request, Rule, S3Faults};
+    let server = CredServer::start(keys_of_a(), Duration::from_secs(15), "tok");
+    let dir = scratch("creds-slow");
+    let (bin, ctl) = (env("EBR_ETCD35_BIN"), env("EBR_ETCDCTL35_BIN"));
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
+    let etcd = common::Etcd::start(&bin, &ctl, &dir.join("etcd"), "s1", &peer, &format!("s1={peer}"));
+    // 12 MiB of values that do not compress much: three parts of 5, 5 and 2 MiB.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..12 {
+        let value: String = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect();
+        common::cli::etcdctl_put(&ctl, &etcd.client_url, &format!("/big/{i}"), &value);
+    }
+    let slow = S3Faults::start(
+        &env("EBR_S3A_ENDPOINT"),
+        vec![Rule { kind: Request::UploadPart, nth: Vec::new(), action: Action::Throttle(512 << 10) }],
+    );
+    let prefix = unique("creds-slow");
+    let mut args = vec!["snapshot".to_string(), "--once".into(), format!("--endpoints={}", etcd.client_url)];
+    args.extend(store_args(&slow.url, &env("EBR_S3A_BUCKET"), &prefix));
+    args.extend(["--compress-snapshots=false".into(), "--max-parallel-chunk-uploads=1".into()]);
+    let full = format!("{}/creds", server.url);
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_clear()
+        .envs([
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{log}\nthe upload took {took:?}");
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(took > Duration::from_secs(16), "the upload outlived the first keys: {took:?}");
+    assert!(!log.contains("WARN") && !log.contains("ERRO"), "no request failed while keys expired:\n{log}");
+    let fetches = server.requests().iter().filter(|r| r.path == "/creds").count();
+    assert!(fetches >= 2, "{fetches} fetches of 15 s keys during a {took:?} upload:\n{log}");
+    assert!(log.contains("refreshed"), "{log}");
+    let objects = s3_store(Server::A, &prefix).list().unwrap();
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(objects[0].size >= 12 << 20, "{objects:?}");
+    drop(etcd);
+}
