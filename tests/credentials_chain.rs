@@ -22,6 +22,15 @@ fn scratch(tag: &str) -> std::path::PathBuf {
     d
 }
 
+/// Keys from the container endpoint at `full` (token "tok"), nothing else.
+fn container_env(full: &str) -> [(&'static str, &str); 3] {
+    [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
 fn keys_of_a() -> (String, String) {
     (env("EBR_S3A_ACCESS_KEY"), env("EBR_S3A_SECRET_KEY"))
 }
@@ -177,11 +186,7 @@ fn short_lived_keys_are_refreshed_under_a_running_snapshotter() {
     let mut child = Command::new(BIN)
         .args(&args)
         .env_clear()
-        .envs([
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ])
+        .envs(container_env(&full))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -274,17 +279,8 @@ fn short_lived_keys_are_refreshed_during_a_slow_multipart_upload() {
     let peer = format!("http://127.0.0.1:{}", common::free_port());
     let etcd = common::Etcd::start(&bin, &ctl, &dir.join("etcd"), "s1", &peer, &format!("s1={peer}"));
     // 12 MiB of values that do not compress much: three parts of 5, 5 and 2 MiB.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..12 {
-        let value: String = (0..1 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                char::from(b'!' + (x % 90) as u8)
-            })
-            .collect();
-        common::cli::etcdctl_put(&ctl, &etcd.client_url, &format!("/big/{i}"), &value);
+        common::cli::etcdctl_put(&ctl, &etcd.client_url, &format!("/big/{i}"), &common::noise(1 << 20, i));
     }
     let slow = S3Faults::start(
         &env("EBR_S3A_ENDPOINT"),
@@ -296,16 +292,7 @@ fn short_lived_keys_are_refreshed_during_a_slow_multipart_upload() {
     args.extend(["--compress-snapshots=false".into(), "--max-parallel-chunk-uploads=1".into()]);
     let full = format!("{}/creds", server.url);
     let started = Instant::now();
-    let out = Command::new(BIN)
-        .args(&args)
-        .env_clear()
-        .envs([
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full.as_str()),
-            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(&args).env_clear().envs(container_env(&full)).output().unwrap();
     let took = started.elapsed();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("{log}\nthe upload took {took:?}");

@@ -25,16 +25,7 @@ fn chain() -> &'static [(SnapshotName, String, Vec<u8>)] {
         // connections through the cut proxy, whatever etcd held before.
         let bulk = format!("/{}/", unique("bulk"));
         for n in 0..16u64 {
-            let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let value: String = (0..4096)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    char::from(b'!' + (x % 90) as u8)
-                })
-                .collect();
-            etcdctl_put(&v.ctl, &v.endpoint, &format!("{bulk}{n}"), &value);
+            etcdctl_put(&v.ctl, &v.endpoint, &format!("{bulk}{n}"), &common::noise(4096, n));
         }
         let s = snapshotter::start(&v.endpoint, &prefix, &["--schedule=0 0 1 1 *"]);
         s.wait_for_lines(&["INFO Snapshot Full-", "successfully saved to both endpoints"], 1);

@@ -20,6 +20,20 @@ pub fn env(name: &str) -> String {
 }
 
 /// A name unique to this test run, for keys, prefixes and buckets.
+/// `len` printable characters from `seed`, xorshift: values etcd stores
+/// that compress little (about 6.5 bits of 8 per byte).
+pub fn noise(len: usize, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect()
+}
+
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
