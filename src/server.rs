@@ -35,6 +35,11 @@ pub struct Options {
     pub request_timeout: Duration,
 }
 
+/// How long a `/snapshot/latest` listing is reused: polling it must not
+/// load the S3 servers the snapshots are uploaded to (each answer lists
+/// both endpoints).
+const LATEST_FOR: Duration = Duration::from_secs(2);
+
 /// What the handlers read.
 pub struct Api<'a> {
     pub control: &'a Control,
@@ -44,6 +49,8 @@ pub struct Api<'a> {
     /// Each endpoint's `<prefix>/v2`, upstream's `prefix` field.
     pub prefixes: Vec<(Role, String)>,
     pub request_timeout: Duration,
+    /// The last `/snapshot/latest` answer and when it was listed.
+    pub latest: std::sync::Mutex<Option<(Instant, Value)>>,
 }
 
 /// Connections handled at once; a snapshot request holds its worker while
@@ -387,6 +394,8 @@ fn go_bool(v: &str) -> Option<bool> {
 }
 
 fn answer(api: &Api, a: Answer) -> Response {
+    // A snapshot asked for here shows in the next /snapshot/latest.
+    *api.latest.lock().unwrap_or_else(|p| p.into_inner()) = None;
     match a {
         Ok(Some(Taken { name, stored_on })) => match SnapshotName::parse(&name) {
             Some(n) => Response::json(200, snapshot_json(api, &name, &n, &stored_on)),
@@ -401,9 +410,17 @@ fn answer(api: &Api, a: Answer) -> Response {
     }
 }
 
-/// The latest full snapshot and the delta snapshots after it, as listed
-/// now (`{"fullSnapshot": null, "deltaSnapshots": []}` when none).
+/// The latest full snapshot and the delta snapshots after it, as listed at
+/// most [`LATEST_FOR`] ago, or since the last snapshot asked for over HTTP
+/// (`{"fullSnapshot": null, "deltaSnapshots": []}` when none).
 fn latest(api: &Api) -> Response {
+    // Held while listing: requests arriving meanwhile share that listing.
+    let mut cached = api.latest.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, answer)) = &*cached
+        && at.elapsed() < LATEST_FOR
+    {
+        return Response::json(200, answer.clone());
+    }
     let catalog = match Catalog::list(api.endpoints) {
         Ok(c) => c,
         Err(e) => return Response::json(500, json!({ "error": e })),
@@ -412,7 +429,9 @@ fn latest(api: &Api) -> Response {
         Some((full, deltas)) => (entry_json(api, full), deltas.iter().map(|d| entry_json(api, d)).collect()),
         None => (Value::Null, Vec::new()),
     };
-    Response::json(200, json!({ "fullSnapshot": full, "deltaSnapshots": deltas }))
+    let answer = json!({ "fullSnapshot": full, "deltaSnapshots": deltas });
+    *cached = Some((Instant::now(), answer.clone()));
+    Response::json(200, answer)
 }
 
 fn entry_json(api: &Api, e: &Entry) -> Value {

@@ -350,3 +350,31 @@ fn https_with_a_throwaway_ca() {
     assert_eq!(http(s.port, "GET", "/healthz").0, 0);
     s.stop();
 }
+
+/// Polling /snapshot/latest does not list the S3 servers on every request:
+/// a listing is reused for a short while, and a snapshot taken over HTTP
+/// shows in the next answer at once.
+#[test]
+fn polling_latest_reuses_one_listing() {
+    use common::fault::Request;
+    let prefix = unique("srv-poll");
+    let (a, b) = (S3Faults::start(&env("EBR_S3A_ENDPOINT"), vec![]), S3Faults::start(&env("EBR_S3B_ENDPOINT"), vec![]));
+    let s = Server::start(&prefix, &a.url, &b.url, &["--delta-snapshot-period=1h"]);
+    s.wait_health(200, || {});
+    let before = a.hits(Request::List);
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, body) = s.call("GET", "/snapshot/latest");
+        assert_eq!(status, 200, "{body}");
+    }
+    let listed = a.hits(Request::List) - before;
+    let polled = started.elapsed();
+    // One listing per 2 s window at most (plus one at a window's edge).
+    assert!(listed as u64 <= polled.as_secs() / 2 + 2, "{listed} listings for 20 requests in {polled:?}");
+    let (_, body) = s.call("POST", "/snapshot/full");
+    let name = serde_json::from_str::<Value>(&body).unwrap()["snapName"].as_str().unwrap().to_string();
+    let (_, latest) = s.call("GET", "/snapshot/latest");
+    let latest: Value = serde_json::from_str(&latest).unwrap();
+    assert_eq!(latest["fullSnapshot"]["snapName"].as_str(), Some(name.as_str()), "{latest}");
+    s.stop();
+}

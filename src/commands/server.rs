@@ -45,6 +45,7 @@ pub fn run(cfg: &ServerConfig) -> i32 {
         deltas: settings.delta_period.is_some(),
         prefixes,
         request_timeout: cfg.http.request_timeout,
+        latest: Default::default(),
     };
     let recorder = Recorder::start(&snap.job.etcd, &endpoints);
     let code = std::thread::scope(|scope| {
