@@ -200,15 +200,7 @@ fn short_lived_keys_are_refreshed_under_a_running_snapshotter() {
         i += 1;
         std::thread::sleep(Duration::from_millis(300));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < end, "the snapshotter did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::terminate(&mut child, "the snapshotter");
     let log = std::fs::read_to_string(&log_path).unwrap();
     eprintln!("{log}");
     assert!(status.success(), "{log}");

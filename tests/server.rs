@@ -71,15 +71,7 @@ impl Server {
 
     /// SIGTERM: exit 0 (bounded), after the snapshotter stopped.
     fn stop(mut self) -> String {
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "the server did not stop within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = common::terminate(&mut self.child, "the server");
         let log = self.log();
         eprintln!("{log}");
         assert_eq!(status.code(), Some(0), "SIGTERM must end the server with 0");

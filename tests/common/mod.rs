@@ -34,6 +34,21 @@ pub fn noise(len: usize, seed: u64) -> String {
         .collect()
 }
 
+/// SIGTERM to `child`, then its exit status within 30 s (else a panic
+/// saying `what` did not stop).
+pub fn terminate(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(std::time::Instant::now() < end, "{what} did not stop within 30s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);

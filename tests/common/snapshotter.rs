@@ -48,15 +48,7 @@ impl Snapshotter {
 
     /// SIGTERM, then the exit code (bounded) and the whole log.
     pub fn stop(mut self) -> String {
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
-        let end = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < end, "the snapshotter did not stop within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = super::terminate(&mut self.child, "the snapshotter");
         let log = self.log();
         eprintln!("{log}");
         assert_eq!(status.code(), Some(0), "SIGTERM must end the snapshotter with 0");
