@@ -14,11 +14,12 @@ use crate::{compression, signals, store};
 use anyhow::{Context, anyhow, bail};
 use log::{debug, info, warn};
 use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 mod lock;
 
@@ -110,8 +111,14 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     // the data directory ends up holding `member/` only.
     let scratch = staging.path.join("fetch");
     fs::DirBuilder::new().mode(0o700).create(&scratch).context("creating the download directory")?;
-    let download = scratch.join("snapshot.download");
-    let plain = scratch.join("snapshot.db");
+    let snap_dir = staging.path.join("member/snap");
+    let db = snap_dir.join("db");
+    // Without deltas or a bump, the snapshot lands where the db goes and is
+    // changed in place, as etcdutl does; otherwise it is rewritten.
+    let in_place = deltas.is_empty() && cfg.bump_revision.is_none();
+    let plain = if in_place { db.clone() } else { scratch.join("snapshot.db") };
+    let download =
+        if in_place && stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
     let started = Instant::now();
     fetch(entry, sources, &download, &plain, !cfg.skip_hash_check)?;
     debug!("Fetched and verified in {:.2?}", started.elapsed());
@@ -121,12 +128,15 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     if !deltas.is_empty() {
         debug!("Fetched and verified {} delta snapshots in {:.2?}", deltas.len(), started.elapsed());
     }
-    let snap_dir = staging.path.join("member/snap");
     let started = Instant::now();
-    let revision = datadir::db::rewrite(&plain, &snap_dir.join("db"), &members, cfg.bump_revision, &delta_files)
-        .with_context(|| format!("restoring snapshot {}", entry.name))?;
+    let revision = if in_place {
+        datadir::db::restore_in_place(&db, &members)
+    } else {
+        datadir::db::rewrite(&plain, &db, &members, cfg.bump_revision, &delta_files)
+    }
+    .with_context(|| format!("restoring snapshot {}", entry.name))?;
     fs::remove_dir_all(&scratch).context("removing the downloads")?;
-    debug!("Rewrote the database in {:.2?}", started.elapsed());
+    debug!("{} the database in {:.2?}", if in_place { "Committed" } else { "Rewrote" }, started.elapsed());
     signals::check()?;
     let started = Instant::now();
     let cluster_id = member::cluster_id(&members);
@@ -218,10 +228,13 @@ const PARALLEL_PARTS: usize = 4;
 const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
 /// Download `entry` into `dest`, primary first, in parallel ranged parts,
-/// and leave the plain (decompressed) snapshot in `plain`. When an endpoint
-/// fails, the parts still missing come from the other one if both copies
-/// have the same size; the SHA-256 trailer, checked over the plain
-/// snapshot, still covers the whole result.
+/// and leave the plain (decompressed) snapshot in `plain` (which may be
+/// `dest` itself for a snapshot stored as is). The object is decrypted,
+/// decompressed and hashed in order right behind the parts as they land,
+/// so the download and those steps overlap. When an endpoint fails, the
+/// parts still missing come from the other one if both copies have the
+/// same size; the SHA-256 trailer, checked over the plain snapshot, still
+/// covers the whole result.
 pub(crate) fn fetch(
     entry: &Entry,
     sources: &[Endpoint],
@@ -230,6 +243,10 @@ pub(crate) fn fetch(
     verify: bool,
 ) -> anyhow::Result<Role> {
     let name = &entry.name;
+    let as_is = stored_as_is(&entry.snapshot);
+    if dest == plain && !as_is {
+        bail!("snapshot {name}: cannot decompress or decrypt a download into itself");
+    }
     let mut plan: Vec<(usize, bool)> =
         (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
     let sizes: Vec<u64> = plan.iter().filter_map(|&(i, _)| entry.size_on(sources[i].role)).collect();
@@ -259,20 +276,44 @@ pub(crate) fn fetch(
             done = vec![false; size.div_ceil(PART) as usize];
         }
         file.set_len(size)?;
-        // A broken transfer keeps its finished parts for the other endpoint;
-        // a complete but wrong object means none of the bytes can be trusted.
-        let result = match download(src, name, size, &file, &mut done) {
-            Err(e) => Err((e, false)),
-            Ok(()) => {
-                let check = TrailerCheck::for_kind(entry.snapshot.kind);
-                let bound = SizeBound::new(entry.snapshot.kind);
-                unpack(&file, &entry.snapshot, dest, plain, bound, verify.then_some(check)).map_err(|e| (e, true))
+        let landed = Landed::new(std::mem::take(&mut done));
+        let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
+        let bound = SizeBound::new(entry.snapshot.kind);
+        let (fetched, unpacked) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let input = InOrder { file: &file, landed: &landed, pos: 0, size };
+                let r = unpack(input, &entry.snapshot, plain, bound, check);
+                if r.is_err() {
+                    landed.stop(false);
+                }
+                r
+            });
+            let fetched = download(src, name, size, &file, &landed);
+            if fetched.is_err() {
+                landed.stop(true);
             }
+            (fetched, reader.join().expect("unpack thread panicked"))
+        });
+        let download_failed = landed.download_failed.load(Ordering::SeqCst);
+        done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
+        // A broken transfer keeps its finished parts for the other endpoint;
+        // wrong bytes (a bad hash, a broken stream) mean none can be trusted.
+        let result = match (fetched, unpacked) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), _) if download_failed => Err((e, false)),
+            (_, Err(e)) => Err((e, true)),
+            (Err(e), Ok(())) => Err((e, false)),
         };
         match result {
             Ok(()) => {
-                // Compressed: only the decompressed copy is needed from here.
-                let _ = fs::remove_file(dest);
+                if as_is {
+                    if dest != plain {
+                        fs::rename(dest, plain)?;
+                    }
+                } else {
+                    // Only the decompressed copy is needed from here.
+                    let _ = fs::remove_file(dest);
+                }
                 info!("Successfully fetched snapshot {name} from {role} endpoint");
                 return Ok(src.role);
             }
@@ -295,6 +336,92 @@ pub(crate) fn fetch(
     }
     signals::check()?;
     bail!("could not fetch snapshot {name} from any endpoint - {}", causes.join("; "))
+}
+
+/// Whether the object's bytes are the snapshot itself (no compression, no
+/// encryption).
+fn stored_as_is(snapshot: &SnapshotName) -> bool {
+    snapshot.compression.is_empty() && !snapshot.encrypted
+}
+
+/// The parts of one download that have landed, shared by the threads
+/// fetching them and the one reading the object in order behind them.
+struct Landed {
+    parts: Mutex<Vec<bool>>,
+    changed: Condvar,
+    /// Either side gave up: the other stops too.
+    stopped: AtomicBool,
+    /// It was the download that gave up (its finished parts stay usable).
+    download_failed: AtomicBool,
+}
+
+impl Landed {
+    fn new(parts: Vec<bool>) -> Landed {
+        Landed {
+            parts: Mutex::new(parts),
+            changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            download_failed: AtomicBool::new(false),
+        }
+    }
+
+    fn set(&self, part: usize) {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())[part] = true;
+        self.changed.notify_all();
+    }
+
+    fn stop(&self, by_download: bool) {
+        // Under the lock, so that a reader about to wait sees it, and a
+        // download stopped by the reader is not taken for a failed one.
+        let _parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if by_download && !self.stopped.load(Ordering::SeqCst) {
+            self.download_failed.store(true, Ordering::SeqCst);
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst) || signals::interrupted()
+    }
+}
+
+/// The download read from the start, each part once it has landed.
+struct InOrder<'a> {
+    file: &'a File,
+    landed: &'a Landed,
+    pos: u64,
+    size: u64,
+}
+
+impl Read for InOrder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let part = (self.pos / PART) as usize;
+        let mut parts = self.landed.parts.lock().unwrap_or_else(|p| p.into_inner());
+        while !parts[part] {
+            if self.landed.is_stopped() {
+                return Err(std::io::Error::other("the download stopped"));
+            }
+            // Bounded, so that a signal is noticed without a notification.
+            parts = self
+                .landed
+                .changed
+                .wait_timeout(parts, Duration::from_millis(200))
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
+        drop(parts);
+        let end = ((part as u64 + 1) * PART).min(self.size);
+        let n = (buf.len() as u64).min(end - self.pos) as usize;
+        let n = self.file.read_at(&mut buf[..n], self.pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// Read the age header of `entry` (its first 64 KiB at most) from the first
@@ -389,25 +516,27 @@ fn part_len(part: usize, size: u64) -> u64 {
     PART.min(size - part as u64 * PART)
 }
 
-/// Fetch the parts not yet `done` from `src`, `PARALLEL_PARTS` at a time,
-/// each retried by the endpoint's policy; stops at the first part that
-/// still fails.
-fn download(src: &Endpoint, name: &str, size: u64, file: &File, done: &mut [bool]) -> anyhow::Result<()> {
-    let missing: Vec<usize> = (0..done.len()).filter(|&p| !done[p]).collect();
-    let (finished, error) = in_parallel(
+/// Fetch the parts not yet landed from `src`, `PARALLEL_PARTS` at a time,
+/// in order, each retried by the endpoint's policy; stops at the first
+/// part that still fails, or when the reader behind gave up.
+fn download(src: &Endpoint, name: &str, size: u64, file: &File, landed: &Landed) -> anyhow::Result<()> {
+    let missing: Vec<usize> = {
+        let parts = landed.parts.lock().unwrap_or_else(|p| p.into_inner());
+        (0..parts.len()).filter(|&p| !parts[p]).collect()
+    };
+    let (_, error) = in_parallel(
         &missing,
         PARALLEL_PARTS,
         || vec![0u8; 256 << 10],
         |buf, part| {
             let offset = part as u64 * PART;
             let len = part_len(part, size);
-            src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf))
-                .map_err(|e| anyhow!(e))
+            src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf, landed))
+                .map_err(|e| anyhow!(e))?;
+            landed.set(part);
+            Ok(())
         },
     );
-    for p in finished {
-        done[p] = true;
-    }
     if let Some(e) = error {
         return Err(e);
     }
@@ -416,12 +545,23 @@ fn download(src: &Endpoint, name: &str, size: u64, file: &File, done: &mut [bool
 }
 
 /// Bytes `offset..offset+len` of `name` into the same place of `file`.
-fn fetch_part(src: &Endpoint, name: &str, offset: u64, len: u64, file: &File, buf: &mut [u8]) -> store::Result<()> {
+fn fetch_part(
+    src: &Endpoint,
+    name: &str,
+    offset: u64,
+    len: u64,
+    file: &File,
+    buf: &mut [u8],
+    landed: &Landed,
+) -> store::Result<()> {
     let mut reader = src.store.load(name, offset, Some(len))?;
     let mut got = 0u64;
     while got < len {
-        if signals::interrupted() {
-            return Err(store::Error::new(store::ErrorKind::Permanent, "interrupted by a signal"));
+        if landed.is_stopped() {
+            return Err(store::Error::new(
+                store::ErrorKind::Permanent,
+                "stopped (a signal, or the bytes before were bad)",
+            ));
         }
         let n = match reader.read(buf) {
             Ok(0) => {
@@ -444,19 +584,19 @@ fn fetch_part(src: &Endpoint, name: &str, offset: u64, len: u64, file: &File, bu
     Ok(())
 }
 
-/// Decompress the download (per the name's suffix) into `plain`, checking
-/// etcd's SHA-256 trailer on the way unless `verify` is off, and stopping
-/// (with `plain` removed) as soon as the output passes `bound`.
+/// Decompress `input` (per the name's suffix) into `plain`, checking etcd's
+/// SHA-256 trailer on the way unless `verify` is off, and stopping (with
+/// `plain` removed) as soon as the output passes `bound`. A snapshot
+/// stored as is is only read and checked: the download is `plain`.
 fn unpack(
-    file: &File,
+    input: impl Read,
     snapshot: &SnapshotName,
-    dest: &Path,
     plain: &Path,
     mut bound: SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
-    let result = unpack_into(file, snapshot, dest, plain, &mut bound, verify);
-    if result.is_err() && (snapshot.encrypted || !snapshot.compression.is_empty()) {
+    let result = unpack_into(input, snapshot, plain, &mut bound, verify);
+    if result.is_err() && !stored_as_is(snapshot) {
         // A bomb's output must not stay on disk while the other endpoint is tried.
         let _ = fs::remove_file(plain);
     }
@@ -464,24 +604,24 @@ fn unpack(
 }
 
 fn unpack_into(
-    file: &File,
+    raw: impl Read,
     snapshot: &SnapshotName,
-    dest: &Path,
     plain: &Path,
     bound: &mut SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
-    let mut reader = file;
-    reader.rewind()?;
     let suffix = snapshot.compression.as_str();
-    // As stored: the download is the snapshot itself.
-    let as_is = suffix.is_empty() && !snapshot.encrypted;
+    let as_is = stored_as_is(snapshot);
+    if as_is && verify.is_none() {
+        // Nothing to check or write: the download is the snapshot.
+        return Ok(());
+    }
     let mut out = if as_is {
         None
     } else {
         Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?)
     };
-    let raw = std::io::BufReader::with_capacity(1 << 20, reader);
+    let raw = std::io::BufReader::with_capacity(1 << 20, raw);
     // Decrypted first (age after compression when stored), then decompressed.
     let mut input = if snapshot.encrypted {
         crate::encryption::reader(raw).and_then(|r| compression::decoder(suffix, r))
@@ -503,9 +643,6 @@ fn unpack_into(
         bound.update(&buf[..n]).map_err(|e| anyhow!(e))?;
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..n]).context("writing the decompressed snapshot")?;
-        } else if check.is_none() {
-            // Nothing to check or write: the download is the snapshot.
-            break;
         }
         if let Some(c) = check.as_mut() {
             c.update(&buf[..n]);
@@ -513,9 +650,6 @@ fn unpack_into(
     }
     if let Some(c) = check {
         c.finish().map_err(|e| anyhow!(e))?;
-    }
-    if out.is_none() {
-        fs::rename(dest, plain)?;
     }
     Ok(())
 }

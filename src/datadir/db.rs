@@ -1,7 +1,8 @@
-//! The restored bbolt database (`member/snap/db`): the snapshot's buckets
-//! copied page by page into a fresh file, with the membership and `meta`
-//! keys etcdutl 3.5 writes on restore, and the events of delta snapshots
-//! appended as etcd's mvcc would have stored them.
+//! The restored bbolt database (`member/snap/db`), with the membership and
+//! `meta` keys etcdutl 3.5 writes on restore: the snapshot file changed in
+//! place as etcdutl does (one copy-on-write commit), or, with delta
+//! snapshots or a bumped revision, its buckets copied into a fresh file
+//! with the events appended as etcd's mvcc would have stored them.
 
 use super::bbolt;
 use super::member::{self, Member};
@@ -40,24 +41,71 @@ pub fn rewrite(
     for name in bucket_names(&db)? {
         signals::check()?;
         w.begin_bucket(&name)?;
-        match name.as_slice() {
-            b"members" => write_members(&mut w, members)?,
-            b"members_removed" => {}
-            b"meta" => write_meta(&db, &mut w, members.len(), bump.map(|_| revision))?,
-            b"key" => {
-                copy_bucket(&db, &name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
-                apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
-                if bump.is_some() {
-                    // An empty entry at the bumped revision makes it the latest.
-                    w.put(&revision_key(revision, 0), b"")?;
-                }
+        if !write_restored(&db, &mut w, &name, members, bump.map(|_| revision))? {
+            copy_bucket(&db, &name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
+        }
+        if name == b"key" {
+            apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
+            if bump.is_some() {
+                // An empty entry at the bumped revision makes it the latest.
+                w.put(&revision_key(revision, 0), b"")?;
             }
-            _ => copy_bucket(&db, &name, &mut |k, v| w.put(k, v).map_err(Into::into))?,
         }
         w.end_bucket()?;
     }
     w.finish(db.txid() + 1)?;
     Ok(revision)
+}
+
+/// [`rewrite`] without deltas or bump, done as etcdutl does it: the
+/// snapshot file at `path` itself becomes the restored db, by one
+/// copy-on-write commit that writes new `members`, `members_removed` and
+/// `meta` buckets and a new root past the high-water mark, then one meta
+/// page. Costs a few pages whatever the db size. Returns the revision.
+pub fn restore_in_place(path: &Path, members: &[Member]) -> anyhow::Result<u64> {
+    strip_trailer(path)?;
+    let db = bbolt::Db::open(path)?;
+    let revision = latest_revision(&db)?;
+    let mut kept = Vec::new();
+    db.for_each_path(&[], &mut |name, v| {
+        if let bbolt::Value::Bucket(raw) = v {
+            kept.push((name.to_vec(), raw.to_vec()));
+        }
+        Ok(())
+    })?;
+    let mut w = bbolt::Writer::append(&db)?;
+    for name in bucket_names(&db)? {
+        if RESTORED.contains(&name.as_slice()) {
+            w.begin_bucket(&name)?;
+            write_restored(&db, &mut w, &name, members, None)?;
+            w.end_bucket()?;
+        } else if let Some((_, raw)) = kept.iter().find(|(n, _)| *n == name) {
+            w.keep_bucket(&name, raw)?;
+        }
+    }
+    w.finish(db.txid() + 1)?;
+    Ok(revision)
+}
+
+/// The buckets a restore writes anew, whatever the snapshot holds.
+const RESTORED: [&[u8]; 3] = [b"members", b"members_removed", b"meta"];
+
+/// Writes the restored content of bucket `name` if it is one of
+/// [`RESTORED`]; returns whether it was.
+fn write_restored(
+    db: &bbolt::Db,
+    w: &mut bbolt::Writer,
+    name: &[u8],
+    members: &[Member],
+    bumped: Option<u64>,
+) -> anyhow::Result<bool> {
+    match name {
+        b"members" => write_members(w, members)?,
+        b"members_removed" => {}
+        b"meta" => write_meta(db, w, members.len(), bumped)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// The downloaded file still ends in the 32-byte trailer when it had one.
@@ -108,7 +156,7 @@ fn check_deltas(db: &bbolt::Db, latest: u64, deltas: &[(String, PathBuf)]) -> an
 /// as bbolt keeps them.
 fn bucket_names(db: &bbolt::Db) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut names = db.buckets()?;
-    for required in [&b"members"[..], b"members_removed", b"meta"] {
+    for required in RESTORED {
         if !names.iter().any(|n| n == required) {
             names.push(required.to_vec());
         }

@@ -120,6 +120,10 @@ impl Db {
         Ok(db)
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn page_size(&self) -> u32 {
         self.meta.page_size
     }

@@ -1,9 +1,13 @@
-//! Writing a fresh bbolt file from sorted input, one page run at a time.
+//! Writing a fresh bbolt file from sorted input, one page run at a time,
+//! or committing new top-level buckets to an existing file copy-on-write.
 
 use super::page::{
     BUCKET_HEADER_SIZE, ELEMENT_SIZE, FLAG_FREELIST, HEADER_SIZE, LEAF_BUCKET, LeafElem, MAX_ELEMENTS, MAX_KEY_SIZE,
     MAX_VALUE_SIZE, Meta, PageHeader, encode_branch_prefix, encode_leaf_prefix, pages_for, valid_page_size,
 };
+// With no free list page, bbolt rebuilds the list by scanning: pages no
+// longer reachable after an append are free.
+use super::check::NO_FREELIST;
 use super::{Error, show_key};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -31,6 +35,9 @@ pub struct Writer {
     scratch: Vec<u8>,
     /// Set after a failed write: the file is then in an unknown state.
     failed: bool,
+    /// Committing on top of an existing file ([`Writer::append`]): its root
+    /// bucket's sequence; `None` for a fresh file.
+    append: Option<u64>,
 }
 
 struct OpenBucket {
@@ -97,7 +104,52 @@ impl Writer {
             stack: vec![OpenBucket::new(Vec::new())],
             scratch: Vec::new(),
             failed: false,
+            append: None,
         })
+    }
+
+    /// Opens `db`'s file for one copy-on-write commit, as bbolt commits:
+    /// new pages go past its high-water mark, the top-level buckets are
+    /// given again in order (new ones with [`Writer::begin_bucket`], kept
+    /// ones with [`Writer::keep_bucket`]), and [`Writer::finish`] writes one
+    /// meta page pointing at the new root. The old meta stays valid until
+    /// then; the pages only the old root reached become free.
+    pub fn append(db: &super::Db) -> Result<Writer, Error> {
+        let (path, ps, hwm) = (db.path(), db.meta.page_size, db.meta.pgid);
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        let mut file = File::options().write(true).open(path).map_err(|e| Error::io(ctx("opening"), e))?;
+        // Nothing past the high-water mark is in use (bbolt's own file may be longer).
+        let end = hwm * u64::from(ps);
+        file.set_len(end).map_err(|e| Error::io(ctx("truncating"), e))?;
+        file.seek(SeekFrom::Start(end)).map_err(|e| Error::io(ctx("seeking in"), e))?;
+        Ok(Writer {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            page_size: ps,
+            fill: ps as usize * 9 / 10,
+            next_pgid: hwm,
+            stack: vec![OpenBucket::new(Vec::new())],
+            scratch: Vec::new(),
+            failed: false,
+            append: Some(db.meta.sequence),
+        })
+    }
+
+    /// Keeps a top-level bucket of the file [`Writer::append`] opened as it
+    /// is: `raw` is its value as the reader yields it ([`super::Value::Bucket`]).
+    pub fn keep_bucket(&mut self, name: &[u8], raw: &[u8]) -> Result<(), Error> {
+        if self.append.is_none() || self.stack.len() != 1 {
+            return Err(self.err(format!("keep_bucket {} outside an append at the top level", show_key(name))));
+        }
+        if raw.len() < BUCKET_HEADER_SIZE {
+            return Err(self.err(format!("bucket {}: value of {} bytes", show_key(name), raw.len())));
+        }
+        self.check_key(name)?;
+        let root = self.stack.last_mut().unwrap();
+        root.last_key.clear();
+        root.last_key.extend_from_slice(name);
+        root.has_sub_buckets = true;
+        self.add(LEAF_BUCKET, name, raw)
     }
 
     /// Opens bucket `name` inside the innermost open bucket (the top level
@@ -151,7 +203,8 @@ impl Writer {
     }
 
     /// Writes the root bucket, the free list page and both meta pages
-    /// (txids `txid` and `txid - 1`), and syncs the file.
+    /// (txids `txid` and `txid - 1`), and syncs the file; after
+    /// [`Writer::append`], the root bucket and the one meta page of `txid`.
     pub fn finish(mut self, txid: u64) -> Result<(), Error> {
         self.check_usable()?;
         if self.stack.len() > 1 {
@@ -171,6 +224,34 @@ impl Writer {
         let file = self.out.get_ref();
         // Data first, then the metas that point at it.
         file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
+        if let Some(sequence) = self.append {
+            let meta = Meta {
+                page_size: self.page_size,
+                flags: 0,
+                root: root_pgid,
+                sequence,
+                freelist: NO_FREELIST,
+                pgid: hwm,
+                txid,
+            };
+            file.write_all_at(&meta.encode(), (txid % 2) * ps as u64)
+                .map_err(|e| Error::io(ctx("writing the meta page of"), e))?;
+        } else {
+            self.write_head(root_pgid, hwm, txid)?;
+        }
+        let file = self.out.get_ref();
+        file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+        let len = file.metadata().map_err(|e| Error::io(ctx("checking"), e))?.len();
+        if len != hwm * ps as u64 {
+            return Err(self.err(format!("file is {len} bytes after writing {hwm} pages of {ps}")));
+        }
+        Ok(())
+    }
+
+    /// A fresh file's first three pages: the empty free list and both metas
+    /// (txids `txid` and `txid - 1`).
+    fn write_head(&self, root_pgid: u64, hwm: u64, txid: u64) -> Result<(), Error> {
+        let ps = self.page_size as usize;
         let mut head = vec![0u8; 3 * ps];
         let mut freelist = Vec::with_capacity(HEADER_SIZE);
         PageHeader { id: FREELIST_PAGE, flags: FLAG_FREELIST, count: 0, overflow: 0 }.encode(&mut freelist);
@@ -188,13 +269,10 @@ impl Writer {
             let at = (t % 2) as usize * ps;
             head[at..at + super::page::META_SIZE].copy_from_slice(&meta.encode());
         }
-        file.write_all_at(&head, 0).map_err(|e| Error::io(ctx("writing the meta pages of"), e))?;
-        file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-        let len = file.metadata().map_err(|e| Error::io(ctx("checking"), e))?.len();
-        if len != hwm * ps as u64 {
-            return Err(self.err(format!("file is {len} bytes after writing {hwm} pages of {ps}")));
-        }
-        Ok(())
+        self.out
+            .get_ref()
+            .write_all_at(&head, 0)
+            .map_err(|e| Error::io(format!("writing the meta pages of {}", self.path.display()), e))
     }
 
     fn err(&self, msg: String) -> Error {
@@ -524,5 +602,77 @@ pub(super) mod tests {
         for ps in [512, 3000, 1 << 17] {
             assert!(Writer::create(&temp_path("ps"), ps).is_err());
         }
+    }
+
+    /// One copy-on-write commit on top of a written file: kept buckets are
+    /// untouched (same pages), new ones and the root land past the old
+    /// high-water mark, one meta page with the next txid points at them,
+    /// and the pages only the old root reached count as free.
+    #[test]
+    fn append_commits_copy_on_write() {
+        use super::super::{Db, Value};
+        let path = temp_path("append");
+        let mut w = Writer::create(&path, 1024).unwrap();
+        for name in [&b"big"[..], b"small", b"swap"] {
+            w.begin_bucket(name).unwrap();
+            let n = if name == b"big" { 400 } else { 2 };
+            for i in 0..n {
+                w.put(format!("k{i:05}").as_bytes(), &[name[0]; 20]).unwrap();
+            }
+            w.end_bucket().unwrap();
+        }
+        w.finish(9).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let db = Db::open(&path).unwrap();
+        let old = db.meta;
+        let mut kept = Vec::new();
+        db.for_each_path(&[], &mut |k, v| {
+            if let Value::Bucket(raw) = v {
+                kept.push((k.to_vec(), raw.to_vec()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut w = Writer::append(&db).unwrap();
+        w.keep_bucket(b"big", &kept[0].1).unwrap();
+        assert!(w.keep_bucket(b"a", &kept[1].1).unwrap_err().to_string().contains("not above"));
+        w.keep_bucket(b"small", &kept[1].1).unwrap();
+        w.begin_bucket(b"swap").unwrap();
+        w.put(b"new", b"value").unwrap();
+        w.end_bucket().unwrap();
+        w.finish(old.txid + 1).unwrap();
+
+        let after = std::fs::read(&path).unwrap();
+        // Old pages, including the other meta, are unchanged; one new root
+        // leaf (the new swap bucket is inline in it) is appended.
+        let ps = 1024;
+        assert_eq!(after.len(), before.len() + ps);
+        let new_meta = Meta::decode(page(&after, ps, 0)).unwrap();
+        assert_eq!(page(&after, ps, 1), page(&before, ps, 1));
+        assert_eq!(&after[2 * ps..before.len()], &before[2 * ps..]);
+        assert_eq!(
+            new_meta,
+            Meta { root: old.pgid, freelist: NO_FREELIST, pgid: old.pgid + 1, txid: old.txid + 1, ..old }
+        );
+        let db = Db::open(&path).unwrap();
+        let s = db.check_structure().unwrap();
+        // Free: the old root and the empty free list page.
+        assert_eq!((s.pages, s.free), (old.pgid + 1, 2));
+        let rows = |bucket: &[u8]| {
+            let mut rows = Vec::new();
+            db.for_each(bucket, &mut |k, v| {
+                rows.push((k.to_vec(), format!("{v:?}")));
+                Ok(())
+            })
+            .unwrap();
+            rows
+        };
+        assert_eq!(rows(b"big").len(), 400);
+        assert_eq!(rows(b"small").len(), 2);
+        assert_eq!(rows(b"swap"), vec![(b"new".to_vec(), format!("{:?}", Value::Data(b"value")))]);
+
+        // keep_bucket is for appends only.
+        let mut w = Writer::create(&temp_path("keep-fresh"), 1024).unwrap();
+        assert!(w.keep_bucket(b"big", &kept[0].1).unwrap_err().to_string().contains("outside an append"));
     }
 }
