@@ -120,14 +120,22 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     let download =
         if in_place && stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
     let started = Instant::now();
-    fetch(entry, sources, &download, &plain, !cfg.skip_hash_check)?;
-    debug!("Fetched and verified in {:.2?}", started.elapsed());
-    let started = Instant::now();
-    // Deltas are always verified: a bad one cannot be parsed anyway.
-    let delta_files = fetch_deltas(&deltas, sources, &scratch)?;
-    if !deltas.is_empty() {
-        debug!("Fetched and verified {} delta snapshots in {:.2?}", deltas.len(), started.elapsed());
-    }
+    // The deltas come while the full snapshot downloads; they are always
+    // verified (a bad one cannot be parsed anyway).
+    let (full, delta_files) = std::thread::scope(|s| {
+        let delta_files = s.spawn(|| {
+            let files = fetch_deltas(&deltas, sources, &scratch);
+            if !deltas.is_empty() {
+                debug!("Fetched and verified {} delta snapshots in {:.2?}", deltas.len(), started.elapsed());
+            }
+            files
+        });
+        let full = fetch(entry, sources, &download, &plain, !cfg.skip_hash_check);
+        debug!("Fetched and verified in {:.2?}", started.elapsed());
+        (full, delta_files.join().expect("delta fetch thread panicked"))
+    });
+    full?;
+    let delta_files = delta_files?;
     let started = Instant::now();
     let revision = if in_place {
         datadir::db::restore_in_place(&db, &members)
@@ -279,21 +287,31 @@ pub(crate) fn fetch(
         let landed = Landed::new(std::mem::take(&mut done));
         let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
         let bound = SizeBound::new(entry.snapshot.kind);
-        let (fetched, unpacked) = std::thread::scope(|s| {
-            let reader = s.spawn(|| {
-                let input = InOrder { file: &file, landed: &landed, pos: 0, size };
-                let r = unpack(input, &entry.snapshot, plain, bound, check);
-                if r.is_err() {
-                    landed.stop(false);
-                }
-                r
-            });
+        let unpack = || {
+            let input = InOrder { file: &file, landed: &landed, pos: 0, size };
+            let r = unpack(input, &entry.snapshot, plain, bound, check);
+            if r.is_err() {
+                landed.stop(false);
+            }
+            r
+        };
+        let download = || {
             let fetched = download(src, name, size, &file, &landed);
             if fetched.is_err() {
                 landed.stop(true);
             }
-            (fetched, reader.join().expect("unpack thread panicked"))
-        });
+            fetched
+        };
+        let (fetched, unpacked) = if size <= PART {
+            // One part (a delta, a small db): nothing to overlap.
+            let fetched = download();
+            (fetched, unpack())
+        } else {
+            std::thread::scope(|s| {
+                let reader = s.spawn(unpack);
+                (download(), reader.join().expect("unpack thread panicked"))
+            })
+        };
         let download_failed = landed.download_failed.load(Ordering::SeqCst);
         done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
         // A broken transfer keeps its finished parts for the other endpoint;
@@ -439,8 +457,8 @@ fn check_key(entry: &Entry, sources: &[Endpoint]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Delta snapshots fetched at once.
-const PARALLEL_DELTAS: usize = 4;
+/// Delta snapshots fetched at once: small objects, so latency-bound.
+const PARALLEL_DELTAS: usize = 16;
 
 /// Fetch every delta (each from the primary, else the secondary) into the
 /// staging directory, verified; returns (name, plain file) in chain order.
@@ -512,6 +530,12 @@ where
     })
 }
 
+/// A buffer of `max` bytes, less for a smaller object (sixteen deltas are
+/// fetched at once).
+fn buffer_for(size: u64, max: usize) -> usize {
+    (size as usize).clamp(16 << 10, max)
+}
+
 fn part_len(part: usize, size: u64) -> u64 {
     PART.min(size - part as u64 * PART)
 }
@@ -524,19 +548,20 @@ fn download(src: &Endpoint, name: &str, size: u64, file: &File, landed: &Landed)
         let parts = landed.parts.lock().unwrap_or_else(|p| p.into_inner());
         (0..parts.len()).filter(|&p| !parts[p]).collect()
     };
-    let (_, error) = in_parallel(
-        &missing,
-        PARALLEL_PARTS,
-        || vec![0u8; 256 << 10],
-        |buf, part| {
-            let offset = part as u64 * PART;
-            let len = part_len(part, size);
-            src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf, landed))
-                .map_err(|e| anyhow!(e))?;
-            landed.set(part);
-            Ok(())
-        },
-    );
+    let job = |buf: &mut Vec<u8>, part: usize| {
+        let offset = part as u64 * PART;
+        let len = part_len(part, size);
+        src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf, landed))
+            .map_err(|e| anyhow!(e))?;
+        landed.set(part);
+        Ok(())
+    };
+    let error = if missing.len() <= 1 {
+        // No worker thread for one part.
+        missing.first().and_then(|&part| job(&mut vec![0u8; buffer_for(size, 256 << 10)], part).err())
+    } else {
+        in_parallel(&missing, PARALLEL_PARTS, || vec![0u8; 256 << 10], job).1
+    };
     if let Some(e) = error {
         return Err(e);
     }
@@ -581,6 +606,9 @@ fn fetch_part(
         })?;
         got += n as u64;
     }
+    // Reading the body to its end hands the connection back to the pool
+    // (a delta chain is hundreds of small GETs); what it says is moot.
+    let _ = reader.read(&mut buf[..1]);
     Ok(())
 }
 
@@ -589,7 +617,7 @@ fn fetch_part(
 /// `plain` removed) as soon as the output passes `bound`. A snapshot
 /// stored as is is only read and checked: the download is `plain`.
 fn unpack(
-    input: impl Read,
+    input: InOrder<'_>,
     snapshot: &SnapshotName,
     plain: &Path,
     mut bound: SizeBound,
@@ -604,13 +632,14 @@ fn unpack(
 }
 
 fn unpack_into(
-    raw: impl Read,
+    raw: InOrder<'_>,
     snapshot: &SnapshotName,
     plain: &Path,
     bound: &mut SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
     let suffix = snapshot.compression.as_str();
+    let size = raw.size;
     let as_is = stored_as_is(snapshot);
     if as_is && verify.is_none() {
         // Nothing to check or write: the download is the snapshot.
@@ -621,7 +650,7 @@ fn unpack_into(
     } else {
         Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?)
     };
-    let raw = std::io::BufReader::with_capacity(1 << 20, raw);
+    let raw = std::io::BufReader::with_capacity(buffer_for(size, 1 << 20), raw);
     // Decrypted first (age after compression when stored), then decompressed.
     let mut input = if snapshot.encrypted {
         crate::encryption::reader(raw).and_then(|r| compression::decoder(suffix, r))
@@ -630,7 +659,7 @@ fn unpack_into(
     }
     .map_err(|e| anyhow!(e))?;
     let mut check = verify;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; buffer_for(size, 1 << 20)];
     loop {
         signals::check()?;
         let n = match input.read(&mut buf) {
