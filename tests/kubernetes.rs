@@ -152,7 +152,7 @@ fn mib(quantity: &Value) -> u64 {
 #[test]
 fn memory_limits_cover_the_documented_bound() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let (uploads, part, reader, gzip_per_core) = (5, 5, 1, 6);
+    let (uploads, part, reader, gzip_per_core) = (5, 5, 1, 7);
     let two_endpoints = 2 * (uploads + 3) * part + reader;
     assert!(readme.contains(&format!("{two_endpoints} MiB for two")), "README's bound changed: update the manifests");
     assert!(readme.contains(&format!("{gzip_per_core} MiB of blocks in flight per core")));
