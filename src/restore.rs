@@ -530,6 +530,20 @@ where
     })
 }
 
+/// Start writing `len` bytes of `file` at `offset` to disk without waiting
+/// for it, so that the fsync before the commit finds little left to do
+/// (for a large db most of it otherwise waits until then). Best effort.
+/// Only for the decompressed output: on the download itself, started
+/// behind the parts, it made a 1.4 GB restore 60% slower (the hashing
+/// reads back pages under writeback).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` keeps open.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// A buffer of `max` bytes, less for a smaller object (sixteen deltas are
 /// fetched at once).
 fn buffer_for(size: u64, max: usize) -> usize {
@@ -672,6 +686,10 @@ fn unpack_into(
         bound.update(&buf[..n]).map_err(|e| anyhow!(e))?;
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..n]).context("writing the decompressed snapshot")?;
+            let end = bound.total;
+            if end / PART != (end - n as u64) / PART {
+                start_writeback(out, (end / PART - 1) * PART, PART);
+            }
         }
         if let Some(c) = check.as_mut() {
             c.update(&buf[..n]);
