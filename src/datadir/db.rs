@@ -38,7 +38,7 @@ pub fn rewrite(
         .filter(|&r| r <= crate::snapshot::MAX_REVISION)
         .ok_or_else(|| anyhow::anyhow!("revision {applied} plus --bump-revision exceeds etcd's largest revision"))?;
     let mut w = bbolt::Writer::create(dst, db.page_size())?;
-    for name in bucket_names(&db)? {
+    for (name, _) in root_buckets(&db)? {
         signals::check()?;
         w.begin_bucket(&name)?;
         if !write_restored(&db, &mut w, &name, members, bump.map(|_| revision))? {
@@ -66,21 +66,15 @@ pub fn restore_in_place(path: &Path, members: &[Member]) -> anyhow::Result<u64> 
     strip_trailer(path)?;
     let db = bbolt::Db::open(path)?;
     let revision = latest_revision(&db)?;
-    let mut kept = Vec::new();
-    db.for_each_path(&[], &mut |name, v| {
-        if let bbolt::Value::Bucket(raw) = v {
-            kept.push((name.to_vec(), raw.to_vec()));
-        }
-        Ok(())
-    })?;
     let mut w = bbolt::Writer::append(&db)?;
-    for name in bucket_names(&db)? {
-        if RESTORED.contains(&name.as_slice()) {
-            w.begin_bucket(&name)?;
-            write_restored(&db, &mut w, &name, members, None)?;
-            w.end_bucket()?;
-        } else if let Some((_, raw)) = kept.iter().find(|(n, _)| *n == name) {
-            w.keep_bucket(&name, raw)?;
+    for (name, raw) in root_buckets(&db)? {
+        match raw {
+            Some(raw) if !RESTORED.contains(&name.as_slice()) => w.keep_bucket(&name, &raw)?,
+            _ => {
+                w.begin_bucket(&name)?;
+                write_restored(&db, &mut w, &name, members, None)?;
+                w.end_bucket()?;
+            }
         }
     }
     w.finish(db.txid() + 1)?;
@@ -152,17 +146,20 @@ fn check_deltas(db: &bbolt::Db, latest: u64, deltas: &[(String, PathBuf)]) -> an
     Ok(applied)
 }
 
-/// The snapshot's buckets and the three a restore always writes, sorted
-/// as bbolt keeps them.
-fn bucket_names(db: &bbolt::Db) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut names = db.buckets()?;
+/// The snapshot's buckets with their raw values, and the three a restore
+/// always writes (no value when the snapshot lacks them), sorted as bbolt
+/// keeps them.
+#[allow(clippy::type_complexity)] // (name, raw value) pairs, spelled out
+fn root_buckets(db: &bbolt::Db) -> anyhow::Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    let mut buckets: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        db.root_buckets()?.into_iter().map(|(name, raw)| (name, Some(raw))).collect();
     for required in RESTORED {
-        if !names.iter().any(|n| n == required) {
-            names.push(required.to_vec());
+        if !buckets.iter().any(|(n, _)| n == required) {
+            buckets.push((required.to_vec(), None));
         }
     }
-    names.sort();
-    Ok(names)
+    buckets.sort();
+    Ok(buckets)
 }
 
 /// The `members` bucket: the new membership only, by hex ID.

@@ -134,15 +134,22 @@ impl Db {
 
     /// Names of the top-level buckets, in ascending order.
     pub fn buckets(&self) -> Result<Vec<Vec<u8>>, Error> {
-        let mut names = Vec::new();
-        self.walk(&Bucket::Tree(self.meta.root), &[], &mut |_, _, _| Ok(()), &mut |flags, k, _| {
+        Ok(self.root_buckets()?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The top-level buckets in ascending order, each with its raw value
+    /// (as [`Value::Bucket`] gives it).
+    #[allow(clippy::type_complexity)] // (name, raw value) pairs, spelled out
+    pub fn root_buckets(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut buckets = Vec::new();
+        self.walk(&Bucket::Tree(self.meta.root), &[], &mut |_, _, _| Ok(()), &mut |flags, k, v| {
             if flags & LEAF_BUCKET == 0 {
                 return Err(self.err(format!("the root bucket holds a plain key {}", show_key(k))));
             }
-            names.push(k.to_vec());
+            buckets.push((k.to_vec(), v.to_vec()));
             Ok(())
         })?;
-        Ok(names)
+        Ok(buckets)
     }
 
     /// Calls `f` for every element of top-level `bucket` in ascending key

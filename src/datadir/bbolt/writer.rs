@@ -144,23 +144,26 @@ impl Writer {
         if raw.len() < BUCKET_HEADER_SIZE {
             return Err(self.err(format!("bucket {}: value of {} bytes", show_key(name), raw.len())));
         }
-        self.check_key(name)?;
-        let root = self.stack.last_mut().unwrap();
-        root.last_key.clear();
-        root.last_key.extend_from_slice(name);
-        root.has_sub_buckets = true;
+        self.bucket_key(name)?;
         self.add(LEAF_BUCKET, name, raw)
     }
 
     /// Opens bucket `name` inside the innermost open bucket (the top level
     /// at first).
     pub fn begin_bucket(&mut self, name: &[u8]) -> Result<(), Error> {
+        self.bucket_key(name)?;
+        self.stack.push(OpenBucket::new(name.to_vec()));
+        Ok(())
+    }
+
+    /// Checks a sub-bucket's `name` and records it as the innermost open
+    /// bucket's last key.
+    fn bucket_key(&mut self, name: &[u8]) -> Result<(), Error> {
         self.check_key(name)?;
         let parent = self.stack.last_mut().unwrap();
         parent.last_key.clear();
         parent.last_key.extend_from_slice(name);
         parent.has_sub_buckets = true;
-        self.stack.push(OpenBucket::new(name.to_vec()));
         Ok(())
     }
 
