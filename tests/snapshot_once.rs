@@ -35,6 +35,14 @@ fn both_endpoints_up(etcd_var: &str, ctl_var: &str) {
     ] {
         assert!(r.stderr.contains(&line), "missing log line {line:?}");
     }
+    // etcd's HashKV, asked while the snapshot streamed, is recorded on both
+    // before the process exits.
+    let records: Vec<Vec<u8>> =
+        [primary(&prefix), secondary(&prefix)].iter().map(|s| load(&*s.sibling("hashkv"), &name)).collect();
+    assert_eq!(records[0], records[1]);
+    let record: serde_json::Value = serde_json::from_slice(&records[0]).unwrap();
+    assert_eq!(record["revision"].as_u64(), Some(parsed.last_revision), "{record}");
+    assert!(record["hash"].as_u64().is_some(), "{record}");
 }
 
 #[test]

@@ -6,7 +6,6 @@ use crate::endpoint::Backend;
 use crate::flags::hiargs::ServerConfig;
 use crate::record::Recorder;
 use crate::{continuous, server};
-use std::time::Duration;
 
 pub fn run(cfg: &ServerConfig) -> i32 {
     let snap = &cfg.snapshot;
@@ -52,6 +51,6 @@ pub fn run(cfg: &ServerConfig) -> i32 {
         scope.spawn(|| listener.serve(&api));
         continuous::run_controlled(&snap.job, &endpoints, settings, &recorder, &control)
     });
-    recorder.finish(snap.job.etcd.snapshot_timeout.min(Duration::from_secs(60)));
+    recorder.finish(snap.job.etcd.snapshot_timeout.min(super::snapshot::RECORD_WAIT));
     code
 }

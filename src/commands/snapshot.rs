@@ -4,7 +4,7 @@
 use crate::flags::hiargs::SnapshotConfig;
 use crate::record::Recorder;
 use crate::{backup, continuous};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub fn run(cfg: &SnapshotConfig) -> i32 {
     let endpoints = match super::open(&cfg.endpoints) {
@@ -12,8 +12,10 @@ pub fn run(cfg: &SnapshotConfig) -> i32 {
         Err(code) => return code,
     };
     let recorder = Recorder::start(&cfg.job.etcd, &endpoints);
-    let code = match &cfg.scheduled {
-        Some(settings) => continuous::run(&cfg.job, &endpoints, settings, &recorder),
+    let started = Instant::now();
+    let (code, record_grace) = match &cfg.scheduled {
+        // Bounded like one etcd call: a record is worth a short wait, not a hang.
+        Some(settings) => (continuous::run(&cfg.job, &endpoints, settings, &recorder), RECORD_WAIT),
         None => {
             let code = cfg.job.take(&endpoints, cfg.require_all_endpoints, &recorder).0;
             // An endpoint detached from the snapshot may still be finishing
@@ -25,10 +27,15 @@ pub fn run(cfg: &SnapshotConfig) -> i32 {
                      may remain on that endpoint"
                 );
             }
-            code
+            // etcd hashed while the snapshot streamed; a hash that takes
+            // longer (a large db out of the page cache) may lengthen the run
+            // by a tenth at most.
+            (code, (started.elapsed() / 10).clamp(Duration::from_secs(2), RECORD_WAIT))
         }
     };
-    // Bounded like one etcd call: a record is worth a short wait, not a hang.
-    recorder.finish(cfg.job.etcd.snapshot_timeout.min(Duration::from_secs(60)));
+    recorder.finish(cfg.job.etcd.snapshot_timeout.min(record_grace));
     code
 }
+
+/// The longest wait at exit for HashKV records.
+pub const RECORD_WAIT: Duration = Duration::from_secs(60);
