@@ -113,12 +113,9 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     fs::DirBuilder::new().mode(0o700).create(&scratch).context("creating the download directory")?;
     let snap_dir = staging.path.join("member/snap");
     let db = snap_dir.join("db");
-    // Without deltas or a bump, the snapshot lands where the db goes and is
-    // changed in place, as etcdutl does; otherwise it is rewritten.
-    let in_place = deltas.is_empty() && cfg.bump_revision.is_none();
-    let plain = if in_place { db.clone() } else { scratch.join("snapshot.db") };
-    let download =
-        if in_place && stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
+    // The snapshot lands where the db goes (downloaded there when stored
+    // as is) and is changed in place, as etcdutl does.
+    let download = if stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
     let started = Instant::now();
     // The deltas come while the full snapshot downloads; they are always
     // verified (a bad one cannot be parsed anyway).
@@ -130,21 +127,17 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
             }
             files
         });
-        let full = fetch(entry, sources, &download, &plain, !cfg.skip_hash_check);
+        let full = fetch(entry, sources, &download, &db, !cfg.skip_hash_check);
         debug!("Fetched and verified in {:.2?}", started.elapsed());
         (full, delta_files.join().expect("delta fetch thread panicked"))
     });
     full?;
     let delta_files = delta_files?;
     let started = Instant::now();
-    let revision = if in_place {
-        datadir::db::restore_in_place(&db, &members)
-    } else {
-        datadir::db::rewrite(&plain, &db, &members, cfg.bump_revision, &delta_files)
-    }
-    .with_context(|| format!("restoring snapshot {}", entry.name))?;
+    let revision = datadir::db::restore_in_place(&db, &members, cfg.bump_revision, &delta_files)
+        .with_context(|| format!("restoring snapshot {}", entry.name))?;
     fs::remove_dir_all(&scratch).context("removing the downloads")?;
-    debug!("{} the database in {:.2?}", if in_place { "Committed" } else { "Rewrote" }, started.elapsed());
+    debug!("Committed the database in {:.2?}", started.elapsed());
     signals::check()?;
     let started = Instant::now();
     let cluster_id = member::cluster_id(&members);

@@ -1,8 +1,8 @@
 //! The restored bbolt database (`member/snap/db`), with the membership and
 //! `meta` keys etcdutl 3.5 writes on restore: the snapshot file changed in
-//! place as etcdutl does (one copy-on-write commit), or, with delta
-//! snapshots or a bumped revision, its buckets copied into a fresh file
-//! with the events appended as etcd's mvcc would have stored them.
+//! place as etcdutl does (one copy-on-write commit), with the events of
+//! delta snapshots appended to its `key` bucket as etcd's mvcc would have
+//! stored them.
 
 use super::bbolt;
 use super::member::{self, Member};
@@ -15,21 +15,24 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-/// Rewrite the snapshot db `src` into `dst` as etcdutl 3.5 leaves it after
-/// a restore: `members` replaced, `members_removed` emptied, `meta`
-/// consistent_index = member count and term = 1, and optionally the revision
-/// bumped and marked compacted. The events of `deltas` (name, plain file,
-/// in chain order) are appended to the `key` bucket. Returns the (possibly
-/// bumped) revision.
-pub fn rewrite(
-    src: &Path,
-    dst: &Path,
+/// Turns the snapshot file at `path` into the restored db, as etcdutl 3.5
+/// leaves it: `members` replaced, `members_removed` emptied, `meta`
+/// consistent_index = member count and term = 1; the events of `deltas`
+/// (name, plain file, in chain order) appended to the `key` bucket as
+/// etcd's mvcc would have stored them; optionally the revision bumped and
+/// marked compacted. Done as etcdutl does it, by one copy-on-write commit:
+/// new pages past the high-water mark for the buckets it writes and for the
+/// rightmost path of `key` when rows are appended, a new root, then one
+/// meta page. Costs the new rows and a few pages, whatever the db size.
+/// Returns the (possibly bumped) revision.
+pub fn restore_in_place(
+    path: &Path,
     members: &[Member],
     bump: Option<u64>,
     deltas: &[(String, PathBuf)],
 ) -> anyhow::Result<u64> {
-    strip_trailer(src)?;
-    let db = bbolt::Db::open(src)?;
+    strip_trailer(path)?;
+    let db = bbolt::Db::open(path)?;
     let latest = latest_revision(&db)?;
     let applied = check_deltas(&db, latest, deltas)?;
     // The db can be ahead of its name's revision, which restore checked.
@@ -37,42 +40,33 @@ pub fn rewrite(
         .checked_add(bump.unwrap_or(0))
         .filter(|&r| r <= crate::snapshot::MAX_REVISION)
         .ok_or_else(|| anyhow::anyhow!("revision {applied} plus --bump-revision exceeds etcd's largest revision"))?;
-    let mut w = bbolt::Writer::create(dst, db.page_size())?;
-    for (name, _) in root_buckets(&db)? {
+    let append_keys = applied > latest || bump.is_some();
+    let mut buckets = root_buckets(&db)?;
+    if append_keys && !buckets.iter().any(|(n, _)| n == b"key") {
+        buckets.push((b"key".to_vec(), None));
+        buckets.sort();
+    }
+    let mut w = bbolt::Writer::append(&db)?;
+    for (name, raw) in buckets {
         signals::check()?;
-        w.begin_bucket(&name)?;
-        if !write_restored(&db, &mut w, &name, members, bump.map(|_| revision))? {
-            copy_bucket(&db, &name, &mut |k, v| w.put(k, v).map_err(Into::into))?;
-        }
-        if name == b"key" {
+        if name == b"key" && append_keys {
+            match &raw {
+                Some(raw) => w.resume_bucket(&db, &name, raw)?,
+                None => w.begin_bucket(&name)?,
+            }
             apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
             if bump.is_some() {
                 // An empty entry at the bumped revision makes it the latest.
                 w.put(&revision_key(revision, 0), b"")?;
             }
+            w.end_bucket()?;
+            continue;
         }
-        w.end_bucket()?;
-    }
-    w.finish(db.txid() + 1)?;
-    Ok(revision)
-}
-
-/// [`rewrite`] without deltas or bump, done as etcdutl does it: the
-/// snapshot file at `path` itself becomes the restored db, by one
-/// copy-on-write commit that writes new `members`, `members_removed` and
-/// `meta` buckets and a new root past the high-water mark, then one meta
-/// page. Costs a few pages whatever the db size. Returns the revision.
-pub fn restore_in_place(path: &Path, members: &[Member]) -> anyhow::Result<u64> {
-    strip_trailer(path)?;
-    let db = bbolt::Db::open(path)?;
-    let revision = latest_revision(&db)?;
-    let mut w = bbolt::Writer::append(&db)?;
-    for (name, raw) in root_buckets(&db)? {
         match raw {
             Some(raw) if !RESTORED.contains(&name.as_slice()) => w.keep_bucket(&name, &raw)?,
             _ => {
                 w.begin_bucket(&name)?;
-                write_restored(&db, &mut w, &name, members, None)?;
+                write_restored(&db, &mut w, &name, members, bump.map(|_| revision))?;
                 w.end_bucket()?;
             }
         }
@@ -84,22 +78,21 @@ pub fn restore_in_place(path: &Path, members: &[Member]) -> anyhow::Result<u64> 
 /// The buckets a restore writes anew, whatever the snapshot holds.
 const RESTORED: [&[u8]; 3] = [b"members", b"members_removed", b"meta"];
 
-/// Writes the restored content of bucket `name` if it is one of
-/// [`RESTORED`]; returns whether it was.
+/// Writes the restored content of bucket `name`, one of [`RESTORED`].
 fn write_restored(
     db: &bbolt::Db,
     w: &mut bbolt::Writer,
     name: &[u8],
     members: &[Member],
     bumped: Option<u64>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     match name {
         b"members" => write_members(w, members)?,
         b"members_removed" => {}
         b"meta" => write_meta(db, w, members.len(), bumped)?,
-        _ => return Ok(false),
+        _ => unreachable!("only the restored buckets are written anew"),
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The downloaded file still ends in the 32-byte trailer when it had one.

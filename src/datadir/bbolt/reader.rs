@@ -29,6 +29,16 @@ pub(super) enum Bucket {
     Inline(Vec<u8>),
 }
 
+/// A bucket as [`Db::rightmost`] reads it.
+pub(super) struct Rightmost {
+    pub sequence: u64,
+    pub leaves: Vec<(Vec<u8>, u64)>,
+    pub last: Elems,
+}
+
+/// Leaf elements as (flags, key, value).
+pub(super) type Elems = Vec<(u32, Vec<u8>, Vec<u8>)>;
+
 type ElemFn<'f> = dyn FnMut(u32, &[u8], &[u8]) -> Result<(), Error> + 'f;
 /// Called by [`Db::walk`] for each page it reads: `(pgid, header, page run)`.
 pub(super) type PageFn<'f> = dyn FnMut(u64, PageHeader, &[u8]) -> Result<(), Error> + 'f;
@@ -224,6 +234,76 @@ impl Db {
             }
         };
         Ok(found)
+    }
+
+    /// What [`super::Writer::resume_bucket`] needs to add keys above the
+    /// last one of top-level bucket `name` (raw value `raw`): its sequence,
+    /// the (first key, page id) of every leaf but the last, and the last
+    /// leaf's elements. Reads the branch pages and the last leaf only.
+    pub(super) fn rightmost(&self, name: &[u8], raw: &[u8]) -> Result<Rightmost, Error> {
+        let here: &[&[u8]] = &[name];
+        let sequence = if raw.len() >= BUCKET_HEADER_SIZE { u64_at(raw, 8) } else { 0 };
+        let elems = |page: &[u8], at: &dyn Fn() -> String| -> Result<Elems, Error> {
+            (0..PageHeader::decode(page).count as usize)
+                .map(|i| {
+                    let (flags, k, v) = leaf_element(page, i).map_err(|e| self.err(format!("{}: {e}", at())))?;
+                    Ok((flags, k.to_vec(), v.to_vec()))
+                })
+                .collect()
+        };
+        let root = match self.bucket_value(raw, here)? {
+            Bucket::Inline(image) => {
+                let last = elems(&image, &|| format!("inline {}", show_path(here)))?;
+                return Ok(Rightmost { sequence, leaves: Vec::new(), last });
+            }
+            Bucket::Tree(root) => root,
+        };
+        // bbolt keeps every leaf at the same depth: the leftmost path gives it.
+        let mut buf = Vec::new();
+        let (mut pgid, mut depth) = (root, 0);
+        while self.read_page(pgid, &mut buf)?.flags == FLAG_BRANCH {
+            depth += 1;
+            if depth == MAX_DEPTH {
+                return Err(self.err(format!("page {pgid}: tree deeper than {MAX_DEPTH} levels (a cycle?)")));
+            }
+            pgid = branch_element(&buf, 0).map_err(|e| self.err(format!("page {pgid}: {e}")))?.1;
+        }
+        let mut leaves = Vec::new();
+        // Branch pages still to read, with their depth, rightmost last.
+        let mut stack = vec![(root, 0)];
+        let mut visits: u64 = 0;
+        while let Some((pgid, d)) = stack.pop() {
+            visits += 1;
+            if visits > self.meta.pgid {
+                return Err(self.err(format!("{}: more branch visits than pages (a cycle?)", show_path(here))));
+            }
+            if d == depth {
+                leaves.push((Vec::new(), pgid));
+                continue;
+            }
+            let h = self.read_page(pgid, &mut buf)?;
+            if h.flags != FLAG_BRANCH {
+                return Err(self.err(format!("page {pgid}: a leaf above the leaf level of {}", show_path(here))));
+            }
+            let at = |e: String| self.err(format!("page {pgid}: {e}"));
+            if d + 1 == depth {
+                for i in 0..h.count as usize {
+                    let (k, child) = branch_element(&buf, i).map_err(at)?;
+                    leaves.push((k.to_vec(), child));
+                }
+            } else {
+                for i in (0..h.count as usize).rev() {
+                    stack.push((branch_element(&buf, i).map_err(at)?.1, d + 1));
+                }
+            }
+        }
+        let (_, last_pgid) = leaves.pop().expect("a tree has a leaf");
+        let h = self.read_page(last_pgid, &mut buf)?;
+        if h.flags != FLAG_LEAF {
+            return Err(self.err(format!("page {last_pgid}: a branch at the leaf level of {}", show_path(here))));
+        }
+        let last = elems(&buf, &|| format!("page {last_pgid}"))?;
+        Ok(Rightmost { sequence, leaves, last })
     }
 
     pub(super) fn err(&self, msg: String) -> Error {

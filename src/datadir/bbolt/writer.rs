@@ -45,6 +45,8 @@ struct OpenBucket {
     /// Key of the last element added (data key or sub-bucket name).
     last_key: Vec<u8>,
     has_sub_buckets: bool,
+    /// bbolt's per-bucket sequence (`NextSequence`), kept when resumed.
+    sequence: u64,
     leaf: Node,
     /// (first key, page id) of each page written at the current level.
     children: Children,
@@ -148,6 +150,36 @@ impl Writer {
         self.add(LEAF_BUCKET, name, raw)
     }
 
+    /// Reopens top-level bucket `name` (raw value `raw`) of the file
+    /// [`Writer::append`] opened, to [`Writer::put`] keys above its last
+    /// one: its last leaf becomes the open leaf (the page it was on becomes
+    /// free), its other leaves stay where they are, and [`Writer::end_bucket`]
+    /// writes its branch levels anew. The bucket must have no sub-buckets.
+    pub fn resume_bucket(&mut self, db: &super::Db, name: &[u8], raw: &[u8]) -> Result<(), Error> {
+        if self.append.is_none() || self.stack.len() != 1 {
+            return Err(self.err(format!("resume_bucket {} outside an append at the top level", show_key(name))));
+        }
+        let r = db.rightmost(name, raw)?;
+        if r.last.iter().any(|(flags, _, _)| flags & LEAF_BUCKET != 0) {
+            return Err(self.err(format!("bucket {} has sub-buckets: it cannot be resumed", show_key(name))));
+        }
+        self.begin_bucket(name)?;
+        let b = self.stack.last_mut().unwrap();
+        b.sequence = r.sequence;
+        for (key, pgid) in &r.leaves {
+            b.children.push(key, *pgid);
+        }
+        for (_, k, v) in &r.last {
+            b.leaf.elems.push(LeafElem { flags: 0, ksize: k.len() as u32, vsize: v.len() as u32 });
+            b.leaf.data.extend_from_slice(k);
+            b.leaf.data.extend_from_slice(v);
+        }
+        if let Some((_, k, _)) = r.last.last() {
+            b.last_key.clone_from(k);
+        }
+        Ok(())
+    }
+
     /// Opens bucket `name` inside the innermost open bucket (the top level
     /// at first).
     pub fn begin_bucket(&mut self, name: &[u8]) -> Result<(), Error> {
@@ -194,13 +226,14 @@ impl Writer {
         let mut value = Vec::with_capacity(BUCKET_HEADER_SIZE);
         // bbolt's inlineable(): one leaf, no sub-buckets, at most a quarter page.
         if b.children.refs.is_empty() && !b.has_sub_buckets && b.leaf.size() <= ps / 4 {
-            value.extend_from_slice(&[0; BUCKET_HEADER_SIZE]);
+            value.extend_from_slice(&0u64.to_le_bytes());
+            value.extend_from_slice(&b.sequence.to_le_bytes());
             encode_leaf_prefix(&mut value, 0, 0, &b.leaf.elems);
             value.extend_from_slice(&b.leaf.data);
         } else {
             let root = self.write_tree(&mut b)?;
             value.extend_from_slice(&root.to_le_bytes());
-            value.extend_from_slice(&0u64.to_le_bytes());
+            value.extend_from_slice(&b.sequence.to_le_bytes());
         }
         self.add(LEAF_BUCKET, &b.name, &value)
     }
@@ -434,6 +467,7 @@ impl OpenBucket {
             name,
             last_key: Vec::new(),
             has_sub_buckets: false,
+            sequence: 0,
             leaf: Node::default(),
             children: Children::default(),
         }
@@ -677,5 +711,88 @@ pub(super) mod tests {
         // keep_bucket is for appends only.
         let mut w = Writer::create(&temp_path("keep-fresh"), 1024).unwrap();
         assert!(w.keep_bucket(b"big", &kept[0].1).unwrap_err().to_string().contains("outside an append"));
+    }
+
+    /// A resumed bucket keeps every leaf but its last in place, takes keys
+    /// above its last one, and gets new branch levels; a small inline one
+    /// grows into a tree; bucket sequences survive; the structure checks.
+    #[test]
+    fn resume_appends_above_the_last_key_copy_on_write() {
+        use super::super::{Db, Value};
+        let path = temp_path("resume");
+        let mut w = Writer::create(&path, 1024).unwrap();
+        for (name, n) in [(&b"big"[..], 3000), (b"inline", 3), (b"other", 50)] {
+            w.begin_bucket(name).unwrap();
+            for i in 0..n {
+                w.put(format!("k{i:06}").as_bytes(), &[name[0]; 20]).unwrap();
+            }
+            w.end_bucket().unwrap();
+        }
+        w.finish(4).unwrap();
+        let rows = |db: &Db, bucket: &[u8]| {
+            let mut rows = Vec::new();
+            db.for_each(bucket, &mut |k, v| {
+                let Value::Data(v) = v else { panic!("sub-bucket") };
+                rows.push((String::from_utf8(k.to_vec()).unwrap(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            rows
+        };
+        let db = Db::open(&path).unwrap();
+        let (old, before) = (db.meta, std::fs::read(&path).unwrap());
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = db.root_buckets().unwrap();
+        let mut w = Writer::append(&db).unwrap();
+        let mut big = raw[0].1.clone();
+        big[8..16].copy_from_slice(&77u64.to_le_bytes());
+        w.resume_bucket(&db, b"big", &big).unwrap();
+        assert!(w.put(b"k002999", b"x").unwrap_err().to_string().contains("not above"), "below the last key");
+        for i in 3000..3100 {
+            w.put(format!("k{i:06}").as_bytes(), b"new").unwrap();
+        }
+        w.end_bucket().unwrap();
+        w.resume_bucket(&db, b"inline", &raw[1].1).unwrap();
+        for i in 3..300 {
+            w.put(format!("k{i:06}").as_bytes(), b"grown").unwrap();
+        }
+        w.end_bucket().unwrap();
+        w.keep_bucket(b"other", &raw[2].1).unwrap();
+        w.finish(old.txid + 1).unwrap();
+
+        let after = std::fs::read(&path).unwrap();
+        // The old pages are untouched: everything new lies past the old end.
+        // (The new meta, txid 5, is page 1.)
+        assert!(after[..1024] == before[..1024] && after[2048..before.len()] == before[2048..], "copy-on-write");
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.meta.txid, old.txid + 1);
+        let s = db.check_structure().unwrap();
+        assert_eq!(s.reachable + s.free, s.pages);
+        // What is new is small: the appended rows, the grown bucket, the
+        // branch levels of big and the root, not a copy of big.
+        assert!(db.meta.pgid - old.pgid < 40, "{} new pages", db.meta.pgid - old.pgid);
+        let big = rows(&db, b"big");
+        assert_eq!(big.len(), 3100);
+        assert!(big.iter().all(|(k, v)| {
+            let i: usize = k[1..].parse().unwrap();
+            v.as_slice() == if i < 3000 { &[b'b'; 20][..] } else { b"new" }
+        }));
+        let inline = rows(&db, b"inline");
+        assert_eq!(
+            (inline.len(), inline[2].1.as_slice(), inline[3].1.as_slice()),
+            (300, &[b'i'; 20][..], &b"grown"[..])
+        );
+        assert_eq!(rows(&db, b"other").len(), 50);
+        let seq = |name: &[u8]| {
+            let raw = db.root_buckets().unwrap().into_iter().find(|(n, _)| n == name).unwrap().1;
+            u64::from_le_bytes(raw[8..16].try_into().unwrap())
+        };
+        assert_eq!((seq(b"big"), seq(b"inline")), (77, 0));
+        // Resuming is for appends only.
+        let mut w = Writer::create(&temp_path("resume-fresh"), 1024).unwrap();
+        assert!(w.resume_bucket(&db, b"big", &big_raw(&db)).unwrap_err().to_string().contains("outside an append"));
+    }
+
+    fn big_raw(db: &super::super::Db) -> Vec<u8> {
+        db.root_buckets().unwrap().remove(0).1
     }
 }
