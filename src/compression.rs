@@ -76,7 +76,7 @@ impl Policy {
 /// Raw snapshot bytes in, compressed bytes out through a callback, in order.
 /// gzip and zlib are compressed in parallel, `BLOCK` bytes at a time, each
 /// block deflated at `LEVEL` or, when a sample says it would not shrink
-/// enough, stored (see [`Deflater`]): gzip
+/// enough, stored but for its runs of zeros (see [`Deflater`]): gzip
 /// as independent members (one valid file that Go's and every multi-stream
 /// reader reads), zlib as one stream of independently deflated segments
 /// joined with sync flushes, as pigz does. LZW runs on the calling thread.
@@ -185,7 +185,8 @@ const SAMPLE: usize = 4096;
 /// A block is deflated only when its sample shrinks to at most
 /// `WORTH_NUM / WORTH_DEN` of its size. Deflating what saves less costs more
 /// (random bytes: 8-18 CPU s per GB) than uploading the bytes it saves; such
-/// blocks are stored (deflate's level 0: a copy and a CRC, 0.2 s per GB).
+/// blocks are stored but for their runs of zeros ([`sparse_into`]: a copy,
+/// a scan and a CRC).
 const WORTH_NUM: usize = 7;
 const WORTH_DEN: usize = 10;
 
@@ -223,7 +224,7 @@ impl Deflater {
     }
 
     /// A gzip member (`zlib` false) or a zlib segment of `raw`, deflated or
-    /// stored as the sample says. A segment ends byte-aligned and not final
+    /// stored (zero runs packed) as the sample says. A segment ends byte-aligned and not final
     /// unless `last`, so segments concatenate into one stream.
     fn pack(&mut self, raw: &[u8], last: bool, zlib: bool) -> io::Result<Vec<u8>> {
         let final_block = last || !zlib;
@@ -236,7 +237,7 @@ impl Deflater {
             let flush = if final_block { FlushCompress::Finish } else { FlushCompress::Sync };
             deflate_into(&mut self.block, raw, flush, &mut out)?;
         } else {
-            stored_into(raw, final_block, &mut out);
+            sparse_into(raw, final_block, &mut out);
         }
         if !zlib {
             out.extend_from_slice(&zlib_rs::crc32::crc32(0, raw).to_le_bytes());
@@ -258,25 +259,146 @@ fn sample_ranges(len: usize) -> Vec<(usize, usize)> {
 
 /// Most bytes a stored deflate block holds.
 const STORED_MAX: usize = 65_535;
+/// Shortest run of zeros given its own block: a zero block and the stored
+/// block after it cost about 10 bytes (literal, matches, end code, the
+/// stored header and its alignment).
+const ZERO_RUN_MIN: usize = 64;
+/// Zero runs are looked for by one 8-byte probe per `PROBE` bytes; every
+/// run of `ZERO_RUN_MIN` bytes holds a whole probe.
+const PROBE: usize = 32;
+const _: () = assert!(ZERO_RUN_MIN >= PROBE + 8);
 
-/// `raw` as stored deflate blocks (deflate's level 0, RFC 1951 §3.2.4),
-/// byte-aligned; the last one final when `final_block` (an empty `raw`
-/// then still makes one empty final block).
-fn stored_into(raw: &[u8], final_block: bool, out: &mut Vec<u8>) {
-    if raw.is_empty() {
-        if final_block {
-            out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+/// Deflate's bits, least significant first (RFC 1951 §3.1.1), also LZW's.
+#[derive(Default)]
+struct Bits {
+    acc: u32,
+    n: u32,
+}
+
+impl Bits {
+    /// Appends the low `width` (at most 24) bits of `value`.
+    fn put(&mut self, out: &mut Vec<u8>, value: u32, width: u32) {
+        self.acc |= value << self.n;
+        self.n += width;
+        while self.n >= 8 {
+            out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
         }
-        return;
     }
-    let n = raw.len().div_ceil(STORED_MAX);
-    for (i, chunk) in raw.chunks(STORED_MAX).enumerate() {
+
+    /// A Huffman code, which deflate packs from its most significant bit.
+    fn put_code(&mut self, out: &mut Vec<u8>, code: u32, width: u32) {
+        self.put(out, code.reverse_bits() >> (32 - width), width);
+    }
+
+    /// Pads with zero bits to the next byte boundary.
+    fn align(&mut self, out: &mut Vec<u8>) {
+        if self.n > 0 {
+            out.push(self.acc as u8);
+        }
+        *self = Bits::default();
+    }
+}
+
+/// `raw` as deflate blocks that cost no search: stored blocks (deflate's
+/// level 0, RFC 1951 §3.2.4), except runs of zeros, which become each one
+/// fixed-Huffman block (a literal 0, then matches at distance 1: 2 bytes per
+/// 258). bbolt leaves the end of each page zero: in a snapshot of values
+/// that do not compress (Secrets encrypted at rest), about a fifth of it.
+/// The output ends byte-aligned, its last block final when `final_block`
+/// (an empty `raw` then still makes one empty final block).
+fn sparse_into(raw: &[u8], final_block: bool, out: &mut Vec<u8>) {
+    let mut bits = Bits::default();
+    let mut at = 0;
+    for (start, end) in zero_runs(raw) {
+        if start > at {
+            stored_blocks(&mut bits, &raw[at..start], false, out);
+        }
+        zero_block(&mut bits, end - start, final_block && end == raw.len(), out);
+        at = end;
+    }
+    if at < raw.len() || raw.is_empty() || !final_block {
+        // A non-final ending is an empty stored block, as a sync flush's.
+        stored_blocks(&mut bits, &raw[at..], final_block, out);
+    } else {
+        bits.align(out);
+    }
+}
+
+/// The runs of at least `ZERO_RUN_MIN` zero bytes in `raw`, in order.
+fn zero_runs(raw: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let (mut p, mut done) = (0, 0);
+    while p + 8 <= raw.len() {
+        if raw[p..p + 8] != [0; 8] {
+            p += PROBE;
+            continue;
+        }
+        let start = p - raw[done..p].iter().rev().take_while(|&&b| b == 0).count();
+        let mut end = p + 8;
+        while end + 8 <= raw.len() && raw[end..end + 8] == [0; 8] {
+            end += 8;
+        }
+        end += raw[end..].iter().take_while(|&&b| b == 0).count();
+        if end - start >= ZERO_RUN_MIN {
+            runs.push((start, end));
+            done = end;
+        }
+        p = (end / PROBE + 1) * PROBE;
+    }
+    runs
+}
+
+/// Stored blocks of `raw`, at least one (an empty one when `raw` is).
+fn stored_blocks(bits: &mut Bits, mut raw: &[u8], final_block: bool, out: &mut Vec<u8>) {
+    loop {
+        let (chunk, rest) = raw.split_at(raw.len().min(STORED_MAX));
+        // BFINAL, then BTYPE 00; LEN and NLEN start at the next byte.
+        bits.put(out, u32::from(final_block && rest.is_empty()), 3);
+        bits.align(out);
         let len = chunk.len() as u16;
-        out.push(u8::from(final_block && i + 1 == n));
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&(!len).to_le_bytes());
         out.extend_from_slice(chunk);
+        raw = rest;
+        if raw.is_empty() {
+            return;
+        }
     }
+}
+
+/// Lengths of a match, by length code 257 + i (RFC 1951 §3.2.5): the
+/// shortest length of each code and how many extra bits it takes.
+const LENGTH_BASE: [u32; 29] =
+    [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
+const LENGTH_EXTRA: [u32; 29] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
+
+/// `len` zero bytes (`len` > 0) as one block with the fixed Huffman codes
+/// (RFC 1951 §3.2.6): a literal 0 and matches of the byte before it.
+fn zero_block(bits: &mut Bits, len: usize, final_block: bool, out: &mut Vec<u8>) {
+    bits.put(out, u32::from(final_block) | 1 << 1, 3);
+    let literal_zero = |bits: &mut Bits, out: &mut Vec<u8>| bits.put_code(out, 0x30, 8);
+    literal_zero(bits, out);
+    let mut left = len - 1;
+    while left >= 3 {
+        // Leave no 1 or 2 bytes after a 258: shorter than any match.
+        let m = (if left == 259 || left == 260 { left - 3 } else { left.min(258) }) as u32;
+        let i = LENGTH_BASE.iter().rposition(|&b| b <= m).expect("m >= 3");
+        let sym = 257 + i as u32;
+        if sym < 280 {
+            bits.put_code(out, sym - 256, 7);
+        } else {
+            bits.put_code(out, 0xc0 + sym - 280, 8);
+        }
+        bits.put(out, m - LENGTH_BASE[i], LENGTH_EXTRA[i]);
+        bits.put_code(out, 0, 5); // distance code 0: distance 1
+        left -= m as usize;
+    }
+    for _ in 0..left {
+        literal_zero(bits, out);
+    }
+    bits.put_code(out, 0, 7); // end of block (256)
 }
 
 /// Deflate all of `raw` with `flush`, appending to `out`.
@@ -559,8 +681,7 @@ const HASH_MASK: u32 = HASH_SIZE as u32 - 1;
 pub struct LzwWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
-    bits: u32,
-    n_bits: u32,
+    bits: Bits,
     width: u32,
     hi: u32,
     overflow: u32,
@@ -574,8 +695,7 @@ impl<W: Write> LzwWriter<W> {
         LzwWriter {
             out,
             buf: Vec::with_capacity(64 << 10),
-            bits: 0,
-            n_bits: 0,
+            bits: Bits::default(),
             width: 9,
             hi: u32::from(EOF),
             overflow: 1 << 9,
@@ -585,13 +705,7 @@ impl<W: Write> LzwWriter<W> {
     }
 
     fn put(&mut self, code: u32) {
-        self.bits |= code << self.n_bits;
-        self.n_bits += self.width;
-        while self.n_bits >= 8 {
-            self.buf.push(self.bits as u8);
-            self.bits >>= 8;
-            self.n_bits -= 8;
-        }
+        self.bits.put(&mut self.buf, code, self.width);
     }
 
     /// Next code; true when the table was full and has been cleared.
@@ -630,9 +744,7 @@ impl<W: Write> LzwWriter<W> {
             None => self.put(u32::from(CLEAR)),
         }
         self.put(u32::from(EOF));
-        if self.n_bits > 0 {
-            self.buf.push(self.bits as u8);
-        }
+        self.bits.align(&mut self.buf);
         self.out.write_all(&self.buf)?;
         self.out.flush()?;
         Ok(self.out)
@@ -832,23 +944,67 @@ mod tests {
         assert_eq!((r.len(), r[0].0, r[SAMPLES - 1].1), (SAMPLES, 0, BLOCK), "first and last bytes are sampled");
     }
 
+    /// `sparse_into`'s output, made final by an empty stored block when it
+    /// is not, inflated by flate2 and by python's zlib.
+    fn sparse_round_trip(raw: &[u8], last: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        sparse_into(raw, last, &mut out);
+        let mut stream = out.clone();
+        if !last {
+            stream.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+        }
+        let mut back = Vec::new();
+        flate2::read::DeflateDecoder::new(&stream[..]).read_to_end(&mut back).unwrap();
+        assert!(back == raw, "flate2: {} bytes, last {last}", raw.len());
+        let py = "import zlib, sys; sys.stdout.buffer.write(zlib.decompress(sys.stdin.buffer.read(), -15))";
+        assert!(filter("python3", &["-c", py], &stream) == raw, "python zlib: {} bytes", raw.len());
+        out
+    }
+
     #[test]
     fn stored_blocks_are_valid_deflate() {
-        for (len, last) in [(0, true), (1, true), (STORED_MAX, false), (STORED_MAX + 1, true), (BLOCK, true)] {
+        for (len, last) in
+            [(0, true), (0, false), (1, true), (STORED_MAX, false), (STORED_MAX + 1, true), (BLOCK, true)]
+        {
             let raw = noise(len, len as u64 + 1);
-            let mut out = Vec::new();
-            stored_into(&raw, last, &mut out);
+            let out = sparse_round_trip(&raw, last);
             assert_eq!(out.len(), raw.len() + 5 * len.div_ceil(STORED_MAX).max(1), "{len}");
-            if last {
-                let mut back = Vec::new();
-                flate2::read::DeflateDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
-                assert!(back == raw, "{len}");
-            }
         }
         // Byte level: header byte (BFINAL, BTYPE 00), LEN, NLEN, data.
         let mut out = Vec::new();
-        stored_into(b"abc", true, &mut out);
+        sparse_into(b"abc", true, &mut out);
         assert_eq!(out, [1, 3, 0, 0xfc, 0xff, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn zero_runs_are_packed() {
+        // Byte level: BFINAL 1, BTYPE 01 (3 bits); literal 0 (8-bit code
+        // 00110000); length 99 (code 279: 7 bits 0010111, 4 extra bits 0);
+        // distance code 0 (5 bits); end of block (7 bits 0); zero padding.
+        let mut out = Vec::new();
+        sparse_into(&[0; 100], true, &mut out);
+        assert_eq!(out, [0x63, 0xa0, 0x03, 0, 0]);
+        assert_eq!(zero_runs(&[0; 100]), [(0, 100)]);
+        assert_eq!(zero_runs(&[[1].as_slice(), &[0; 63], &[1]].concat()), [], "63 zeros stay stored");
+        assert_eq!(zero_runs(&[[1].as_slice(), &[0; 64], &[1]].concat()), [(1, 65)]);
+
+        // Every run length a match split can end on, at a block's start and
+        // end and between stored bytes, final or not.
+        for run in [64, 65, 66, 67, 258, 259, 260, 261, 262, 263, 516, 517, 518, 519, 1000, 4096, 70_000] {
+            for last in [true, false] {
+                let data = noise(2 * STORED_MAX, run as u64);
+                let raw = [&data[..100], &vec![0; run][..], &data[100..STORED_MAX + 7], &vec![0; run]].concat();
+                let out = sparse_round_trip(&raw, last);
+                // Framing: 15 bytes of stored headers, 2 bytes per 258 zeros.
+                assert!(out.len() < raw.len() - 2 * run + 32 + run / 50, "run {run}: {} of {}", out.len(), raw.len());
+                sparse_round_trip(&raw[100..], last);
+            }
+        }
+        // bbolt-like pages: 3.2 KB of noise and a zero tail each.
+        let page = |i: u64| [noise(3200, i), vec![0; 896]].concat();
+        let raw: Vec<u8> = (0..256).flat_map(page).collect();
+        let out = sparse_round_trip(&raw, true);
+        assert!(out.len() * 100 < raw.len() * 79, "{} of {}", out.len(), raw.len());
     }
 
     /// Incompressible blocks cost a copy: the stored output is the input
