@@ -224,8 +224,9 @@ impl Deflater {
     }
 
     /// A gzip member (`zlib` false) or a zlib segment of `raw`, deflated or
-    /// stored (zero runs packed) as the sample says. A segment ends byte-aligned and not final
-    /// unless `last`, so segments concatenate into one stream.
+    /// stored (zero runs packed) as the sample says. A segment ends
+    /// byte-aligned and not final unless `last`, so segments concatenate
+    /// into one stream.
     fn pack(&mut self, raw: &[u8], last: bool, zlib: bool) -> io::Result<Vec<u8>> {
         let final_block = last || !zlib;
         let mut out = Vec::with_capacity(raw.len() + raw.len() / STORED_MAX * 5 + 64);

@@ -222,8 +222,9 @@ fn choose<'a>(
 
 /// Ranged GETs of this size, this many at once: one S3 stream is limited
 /// by the server (about 85 MB/s from s3s-fs here), several fill the link.
-/// Eight (as `aws s3 cp`'s ten) brought a 279 MB restore from 1.25-1.47×
-/// the time of `aws s3 cp` alone to 1.17-1.19× (four); 256 KiB each.
+/// Eight rather than four (`aws s3 cp` runs ten): a 279 MB restore took
+/// 1.17-1.19× the time of `aws s3 cp` alone, against 1.25-1.47× with four
+/// (separate runs). Each holds a 256 KiB buffer.
 const PART: u64 = 8 << 20;
 const PARALLEL_PARTS: usize = 8;
 /// S3's largest object. A listed size beyond it is a broken listing, and
