@@ -3,7 +3,9 @@
 
 use crate::endpoint::{Endpoints, Role};
 use crate::snapshot::{Kind, SnapshotName};
+use crossbeam_channel::Sender;
 use log::{debug, error, info};
+use std::sync::Mutex;
 
 /// One snapshot, with its size on each endpoint that has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +50,34 @@ impl Catalog {
     /// answered `max_lag` after another did counts as failed. `Err` only
     /// when no endpoint could be listed; it names each endpoint's cause.
     pub fn list(endpoints: &Endpoints) -> Result<Catalog, String> {
+        Catalog::list_early(endpoints, None)
+    }
+
+    /// As [`Catalog::list`]; with two endpoints, the primary's own catalog
+    /// also goes to `early` as soon as its listing is in, for work that can
+    /// start on it while the secondary is still listing.
+    pub fn list_early(endpoints: &Endpoints, early: Option<Sender<Catalog>>) -> Result<Catalog, String> {
         let lag = endpoints.max_lag;
+        let early = Mutex::new(early.filter(|_| endpoints.len() > 1));
         let listed = endpoints.each_within(
-            |ep| ep.call("listing", || ep.store.list()).map_err(|e| e.to_string()),
+            move |ep| {
+                let listed = ep.call("listing", || ep.store.list()).map_err(|e| e.to_string());
+                // Taken by the primary whatever its answer: the receiver
+                // then learns that nothing early is coming.
+                if let Some(tx) = (ep.role == Role::Primary).then(|| early.lock().unwrap().take()).flatten()
+                    && let Ok(objects) = &listed
+                {
+                    let mut own = Catalog::default();
+                    for o in objects {
+                        if let Some(snapshot) = SnapshotName::parse(&o.name) {
+                            own.add(ep.role, snapshot, o.name.clone(), o.size);
+                        }
+                    }
+                    order(&mut own.entries);
+                    let _ = tx.send(own);
+                }
+                listed
+            },
             |ep, _| debug!("{} endpoint: a listing answered after it was no longer waited for", ep.name()),
         );
         let listed = listed.into_iter().map(|r| {

@@ -1,7 +1,8 @@
 //! `restore`: pick the latest full snapshot (and the deltas after it) on
 //! either endpoint, fetch each with failover (and ranged resume) to the
 //! other endpoint, verify it, and have `datadir` write the etcd data
-//! directory from it.
+//! directory from it. The primary's own latest chain starts downloading as
+//! soon as the primary has listed, and is kept if both listings choose it.
 //!
 //! Everything is built in a staging directory next to the target and
 //! renamed into place only when complete; an error or a signal removes it.
@@ -18,7 +19,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 mod lock;
@@ -65,24 +66,149 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
     let staging =
         Staging::create(&lock).map_err(|e| Failure::Usage(format!("--data-dir {}: {e:#}", cfg.data_dir.display())))?;
 
-    let mut catalog = Catalog::list(sources).map_err(|e| anyhow!(e))?;
-    // A `--snapshot` hidden by a delete marker (versioned bucket) is looked
-    // for among the object versions, which are then what is read.
-    let versions = match &cfg.snapshot {
-        Some(name) if !catalog.entries.iter().any(|e| &e.name == name) => sources.all_versions(),
-        _ => None,
+    // Downloads go to their own directory, removed before the commit, so
+    // the data directory ends up holding `member/` only.
+    let scratch = staging.path.join("fetch");
+    fs::DirBuilder::new().mode(0o700).create(&scratch).context("creating the download directory")?;
+    let snap_dir = staging.path.join("member/snap");
+    let db = snap_dir.join("db");
+    let verify = !cfg.skip_hash_check;
+    // What the primary's early chain needs to go on past the primary: the
+    // chain finally chosen (its sizes on the secondary), or being abandoned.
+    let abandoned = AtomicBool::new(false);
+    let chosen: OnceLock<Vec<Entry>> = OnceLock::new();
+    let early_size = |e: &Entry, role: Role| match role {
+        Role::Primary => e.primary_size,
+        _ => chosen.wait().iter().find(|c| c.name == e.name).and_then(|c| c.size_on(role)),
     };
-    if let Some(v) = &versions {
-        info!("Snapshot {} is not listed; looking among the object versions", cfg.snapshot.as_deref().unwrap_or(""));
-        match Catalog::list(v) {
-            Ok(c) => catalog = c,
-            Err(e) => warn!("Cannot list the object versions: {e}"),
+    let early_reach = Reach { endpoints: sources, size_on: &early_size, abandoned: &abandoned };
+    let fetched = std::thread::scope(|s| -> Result<_, Failure> {
+        let decision = Decision { chosen: &chosen, abandoned: &abandoned };
+        let (early_tx, early_rx) = crossbeam_channel::bounded(1);
+        let (listed_tx, listed_rx) = crossbeam_channel::bounded(1);
+        s.spawn(move || listed_tx.send(Catalog::list_early(sources, Some(early_tx))));
+        // The primary answers first (the secondary may hold a newer chain,
+        // so both are still merged and chosen from): its own chain starts
+        // downloading at once, kept when it is the one chosen. A slow
+        // secondary listing (rclone takes 40 ms for 101 objects) then costs nothing.
+        let mut listed = None;
+        let early = crossbeam_channel::select! {
+            recv(early_rx) -> primary => primary.ok(),
+            recv(listed_rx) -> merged => { listed = merged.ok(); None }
+        };
+        let early = early.and_then(|primary| {
+            let (full, deltas) = choose(&primary, cfg.snapshot.as_deref(), sources).ok()?;
+            precheck(full, &deltas, cfg.bump_revision).ok()?;
+            // A key that does not open it is refused before any download, with
+            // the chain finally chosen.
+            if full.snapshot.encrypted {
+                check_key(full, sources).ok()?;
+            }
+            let names = (full.name.clone(), deltas.iter().map(|d| d.name.clone()).collect::<Vec<_>>());
+            let (full, deltas) = (full.clone(), deltas.into_iter().cloned().collect::<Vec<_>>());
+            let plain = scratch.join("early.db");
+            let (reach, scratch, to) = (&early_reach, &scratch, plain.clone());
+            let fetching = s.spawn(move || {
+                let download = if stored_as_is(&full.snapshot) { to.clone() } else { scratch.join("early.download") };
+                let deltas: Vec<&Entry> = deltas.iter().collect();
+                fetch_chain(&full, &deltas, reach, scratch, (&download, &to), verify, "early")
+            });
+            Some((names, plain, fetching))
+        });
+        let listed = match listed {
+            Some(listed) => listed,
+            None => listed_rx.recv().map_err(|_| anyhow!("the listing thread ended without an answer"))?,
+        };
+        let mut catalog = listed.map_err(|e| anyhow!(e))?;
+        // A `--snapshot` hidden by a delete marker (versioned bucket) is looked
+        // for among the object versions, which are then what is read.
+        let versions = match &cfg.snapshot {
+            Some(name) if !catalog.entries.iter().any(|e| &e.name == name) => sources.all_versions(),
+            _ => None,
+        };
+        if let Some(v) = &versions {
+            info!(
+                "Snapshot {} is not listed; looking among the object versions",
+                cfg.snapshot.as_deref().unwrap_or("")
+            );
+            match Catalog::list(v) {
+                Ok(c) => catalog = c,
+                Err(e) => warn!("Cannot list the object versions: {e}"),
+            }
         }
-    }
-    let sources = versions.as_ref().unwrap_or(sources);
-    let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
-    if let Some(bump) = cfg.bump_revision {
-        // Known from the names: refused before a byte is downloaded.
+        let sources = versions.as_ref().unwrap_or(sources);
+        let (entry, deltas) = choose(&catalog, cfg.snapshot.as_deref(), sources)?;
+        precheck(entry, &deltas, cfg.bump_revision)?;
+        // The early chain is kept when it is the chosen one's full snapshot
+        // and a first part of its deltas (the secondary may have more).
+        let keep = early.as_ref().is_some_and(|((full, early_deltas), _, _)| {
+            versions.is_none()
+                && *full == entry.name
+                && early_deltas.iter().all(|d| deltas.iter().any(|c| &c.name == d))
+        });
+        decision.publish(std::iter::once(entry).chain(deltas.iter().copied()).cloned().collect(), keep);
+        if entry.snapshot.encrypted && !keep {
+            check_key(entry, sources)?;
+        }
+        // Not the early chain: it is abandoned, and fetched from here on
+        // alongside it (the scope still waits for it to stop, which a read
+        // stalled on the primary only does at its timeout).
+        let reach =
+            Reach { endpoints: sources, size_on: &|e, role| e.size_on(role), abandoned: &AtomicBool::new(false) };
+        let started = Instant::now();
+        let Some(((_, early_deltas), early_db, fetching)) = early.filter(|_| keep) else {
+            // The snapshot lands where the db goes (downloaded there when
+            // stored as is) and is changed in place, as etcdutl does.
+            let download = if stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
+            let (full, files) = fetch_chain(entry, &deltas, &reach, &scratch, (&download, &db), verify, "delta");
+            debug!("Fetched and verified in {:.2?}", started.elapsed());
+            return Ok((entry.clone(), full.and(files)?));
+        };
+        let extra: Vec<&Entry> = deltas.iter().copied().filter(|d| !early_deltas.contains(&d.name)).collect();
+        let extra_files = fetch_deltas_from(&extra, &reach, &scratch, "delta");
+        let (full, early_files) = fetching.join().expect("prefetch thread panicked");
+        full?;
+        fs::rename(&early_db, &db).context("moving the fetched snapshot into place")?;
+        let mut files = early_files?;
+        files.extend(extra_files?);
+        // In chain order: the extra deltas may come before or after the early ones.
+        files.sort_by_key(|(name, _)| deltas.iter().position(|d| &d.name == name));
+        debug!("Fetched and verified in {:.2?}", started.elapsed());
+        Ok((entry.clone(), files))
+    })?;
+    let (entry, delta_files) = fetched;
+    let started = Instant::now();
+    let revision = datadir::db::restore_in_place(&db, &members, cfg.bump_revision, &delta_files)
+        .with_context(|| format!("restoring snapshot {}", entry.name))?;
+    fs::remove_dir_all(&scratch).context("removing the downloads")?;
+    debug!("Committed the database in {:.2?}", started.elapsed());
+    signals::check()?;
+    let started = Instant::now();
+    let cluster_id = member::cluster_id(&members);
+    datadir::wal::write_restore_wal(&staging.path.join("member/wal"), &local, cluster_id, &members)
+        .context("writing the WAL")?;
+    datadir::raft_snap::write_restore_snap(&snap_dir, &members).context("writing the .snap file")?;
+    signals::check()?;
+    staging.commit(&cfg.data_dir)?;
+    debug!("Wrote the WAL and .snap and committed in {:.2?}", started.elapsed());
+    let applied = match delta_files.last() {
+        Some((last, _)) => format!(" and {} delta snapshots up to {last}", delta_files.len()),
+        None => String::new(),
+    };
+    info!(
+        "Restored {}{applied} (revision {revision}) for member {} ({:x}) of cluster {cluster_id:x} into {}",
+        entry.name,
+        local.name,
+        local.id,
+        cfg.data_dir.display()
+    );
+    info!("Successfully restored the etcd data directory.");
+    Ok(())
+}
+
+/// What can be refused from the names alone, before a byte is downloaded.
+fn precheck(entry: &Entry, deltas: &[&Entry], bump: Option<u64>) -> Result<(), Failure> {
+    if let Some(bump) = bump {
         let last = deltas.last().copied().unwrap_or(entry);
         let revision = last.snapshot.last_revision;
         if revision.checked_add(bump).is_none_or(|r| r > crate::snapshot::MAX_REVISION) {
@@ -98,68 +224,64 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
         if let Err(why) = compression::decoder(&e.snapshot.compression, std::io::empty()) {
             return Err(Failure::Failed(anyhow!("snapshot {}: {why}", e.name)));
         }
-        // Known from the name: no download without a key to read it.
+        // No download without a key to read it.
         if e.snapshot.encrypted && crate::encryption::installed().is_none() {
             return Err(Failure::Failed(anyhow!("snapshot {}: {}", e.name, crate::encryption::MISSING)));
         }
     }
-    if entry.snapshot.encrypted {
-        check_key(entry, sources)?;
-    }
+    Ok(())
+}
 
-    // Downloads go to their own directory, removed before the commit, so
-    // the data directory ends up holding `member/` only.
-    let scratch = staging.path.join("fetch");
-    fs::DirBuilder::new().mode(0o700).create(&scratch).context("creating the download directory")?;
-    let snap_dir = staging.path.join("member/snap");
-    let db = snap_dir.join("db");
-    // The snapshot lands where the db goes (downloaded there when stored
-    // as is) and is changed in place, as etcdutl does.
-    let download = if stored_as_is(&entry.snapshot) { db.clone() } else { scratch.join("snapshot.download") };
+/// The chain chosen from both listings, for the primary's early fetch
+/// that waits on it (see [`Reach`]). On any way out before it is
+/// published, the early fetch is abandoned, so that nothing waits forever.
+struct Decision<'a> {
+    chosen: &'a OnceLock<Vec<Entry>>,
+    abandoned: &'a AtomicBool,
+}
+
+impl Decision<'_> {
+    fn publish(&self, chain: Vec<Entry>, keep: bool) {
+        // Abandoned first: a fetch woken by the chain must not go on with one it no longer needs.
+        if !keep {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
+        let _ = self.chosen.set(chain);
+    }
+}
+
+impl Drop for Decision<'_> {
+    fn drop(&mut self) {
+        if self.chosen.get().is_none() {
+            self.publish(Vec::new(), false);
+        }
+    }
+}
+
+/// Fetch a full snapshot (into `to` = (download, plain)) and, at the same
+/// time, its deltas (into `dir`, named `<stem>-<n>`).
+#[allow(clippy::type_complexity)] // both results, each with its own error
+fn fetch_chain(
+    full: &Entry,
+    deltas: &[&Entry],
+    reach: &Reach<'_>,
+    dir: &Path,
+    to: (&Path, &Path),
+    verify: bool,
+    stem: &str,
+) -> (anyhow::Result<Role>, anyhow::Result<Vec<(String, PathBuf)>>) {
     let started = Instant::now();
-    // The deltas come while the full snapshot downloads; they are always
-    // verified (a bad one cannot be parsed anyway).
-    let (full, delta_files) = std::thread::scope(|s| {
-        let delta_files = s.spawn(|| {
-            let files = fetch_deltas(&deltas, sources, &scratch);
+    std::thread::scope(|s| {
+        let files = s.spawn(|| {
+            let files = fetch_deltas_from(deltas, reach, dir, stem);
             if !deltas.is_empty() {
                 debug!("Fetched and verified {} delta snapshots in {:.2?}", deltas.len(), started.elapsed());
             }
             files
         });
-        let full = fetch(entry, sources, &download, &db, !cfg.skip_hash_check);
-        debug!("Fetched and verified in {:.2?}", started.elapsed());
-        (full, delta_files.join().expect("delta fetch thread panicked"))
-    });
-    full?;
-    let delta_files = delta_files?;
-    let started = Instant::now();
-    let revision = datadir::db::restore_in_place(&db, &members, cfg.bump_revision, &delta_files)
-        .with_context(|| format!("restoring snapshot {}", entry.name))?;
-    fs::remove_dir_all(&scratch).context("removing the downloads")?;
-    debug!("Committed the database in {:.2?}", started.elapsed());
-    signals::check()?;
-    let started = Instant::now();
-    let cluster_id = member::cluster_id(&members);
-    datadir::wal::write_restore_wal(&staging.path.join("member/wal"), &local, cluster_id, &members)
-        .context("writing the WAL")?;
-    datadir::raft_snap::write_restore_snap(&snap_dir, &members).context("writing the .snap file")?;
-    signals::check()?;
-    staging.commit(&cfg.data_dir)?;
-    debug!("Wrote the WAL and .snap and committed in {:.2?}", started.elapsed());
-    let applied = match deltas.last() {
-        Some(last) => format!(" and {} delta snapshots up to {}", deltas.len(), last.name),
-        None => String::new(),
-    };
-    info!(
-        "Restored {}{applied} (revision {revision}) for member {} ({:x}) of cluster {cluster_id:x} into {}",
-        entry.name,
-        local.name,
-        local.id,
-        cfg.data_dir.display()
-    );
-    info!("Successfully restored the etcd data directory.");
-    Ok(())
+        let fetched = fetch(full, reach, to.0, to.1, verify);
+        (fetched, files.join().expect("delta fetch thread panicked"))
+    })
 }
 
 /// The target must not exist, or be an empty directory; not a symlink,
@@ -231,6 +353,16 @@ const PARALLEL_PARTS: usize = 8;
 /// would size the part table and the sparse download file.
 const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
+/// Where a fetch reads: the endpoints, in order; each entry's size on an
+/// endpoint, asked only when the fetch turns to it (a prefetch from the
+/// primary learns the secondary's once both listings are merged); and a
+/// flag that abandons the fetch (that chain was not the one chosen).
+struct Reach<'a> {
+    endpoints: &'a [Endpoint],
+    size_on: &'a (dyn Fn(&Entry, Role) -> Option<u64> + Sync),
+    abandoned: &'a AtomicBool,
+}
+
 /// Download `entry` into `dest`, primary first, in parallel ranged parts,
 /// and leave the plain (decompressed) snapshot in `plain` (which may be
 /// `dest` itself for a snapshot stored as is). The object is decrypted,
@@ -239,24 +371,19 @@ const MAX_OBJECT_SIZE: u64 = 5 << 40;
 /// parts still missing come from the other one if both copies have the
 /// same size; the SHA-256 trailer, checked over the plain snapshot, still
 /// covers the whole result.
-pub(crate) fn fetch(
-    entry: &Entry,
-    sources: &[Endpoint],
-    dest: &Path,
-    plain: &Path,
-    verify: bool,
-) -> anyhow::Result<Role> {
+fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
     let name = &entry.name;
     let as_is = stored_as_is(&entry.snapshot);
     if dest == plain && !as_is {
         bail!("snapshot {name}: cannot decompress or decrypt a download into itself");
     }
-    let mut plan: Vec<(usize, bool)> =
-        (0..sources.len()).filter(|&i| entry.size_on(sources[i].role).is_some()).map(|i| (i, true)).collect();
-    let sizes: Vec<u64> = plan.iter().filter_map(|&(i, _)| entry.size_on(sources[i].role)).collect();
-    let resumable = sizes.windows(2).all(|w| w[0] == w[1]);
+    let sources = reach.endpoints;
+    let mut plan: Vec<(usize, bool)> = (0..sources.len()).map(|i| (i, true)).collect();
     let file = File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?;
     let mut done: Vec<bool> = Vec::new();
+    // The size the parts in `done` were fetched at: only a copy of the
+    // same size may supply the rest.
+    let mut done_size = None;
     let mut causes = Vec::new();
     let mut step = 0;
     while step < plan.len() {
@@ -264,7 +391,10 @@ pub(crate) fn fetch(
         step += 1;
         let src = &sources[i];
         let role = src.role.name();
-        let size = entry.size_on(src.role).unwrap_or(0);
+        if reach.abandoned.load(Ordering::SeqCst) {
+            bail!("snapshot {name}: fetch abandoned");
+        }
+        let Some(size) = (reach.size_on)(entry, src.role) else { continue };
         if size > MAX_OBJECT_SIZE {
             let e =
                 format!("{} lists it with {size} bytes, more than an S3 object can hold (5 TiB)", src.store.location());
@@ -273,14 +403,18 @@ pub(crate) fn fetch(
             continue;
         }
         let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
-        if may_resume && resumable && have > 0 {
+        if may_resume && done_size == Some(size) && have > 0 {
             info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");
         } else {
-            file.set_len(0)?;
+            if done_size.is_some() {
+                // Not on a new file: ext4 would flush a file truncated to 0 when it is closed.
+                file.set_len(0)?;
+            }
             done = vec![false; size.div_ceil(PART) as usize];
         }
+        done_size = Some(size);
         file.set_len(size)?;
-        let landed = Landed::new(std::mem::take(&mut done));
+        let landed = Landed::new(std::mem::take(&mut done), reach.abandoned);
         let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
         let bound = SizeBound::new(entry.snapshot.kind);
         let unpack = || {
@@ -331,6 +465,7 @@ pub(crate) fn fetch(
                 info!("Successfully fetched snapshot {name} from {role} endpoint");
                 return Ok(src.role);
             }
+            Err((_, _)) if reach.abandoned.load(Ordering::SeqCst) => bail!("snapshot {name}: fetch abandoned"),
             Err((e, discard)) => {
                 let e = format!("{e:#}");
                 warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
@@ -360,22 +495,25 @@ fn stored_as_is(snapshot: &SnapshotName) -> bool {
 
 /// The parts of one download that have landed, shared by the threads
 /// fetching them and the one reading the object in order behind them.
-struct Landed {
+struct Landed<'a> {
     parts: Mutex<Vec<bool>>,
     changed: Condvar,
     /// Either side gave up: the other stops too.
     stopped: AtomicBool,
     /// It was the download that gave up (its finished parts stay usable).
     download_failed: AtomicBool,
+    /// The whole fetch was abandoned ([`Reach::abandoned`]).
+    abandoned: &'a AtomicBool,
 }
 
-impl Landed {
-    fn new(parts: Vec<bool>) -> Landed {
+impl Landed<'_> {
+    fn new(parts: Vec<bool>, abandoned: &AtomicBool) -> Landed<'_> {
         Landed {
             parts: Mutex::new(parts),
             changed: Condvar::new(),
             stopped: AtomicBool::new(false),
             download_failed: AtomicBool::new(false),
+            abandoned,
         }
     }
 
@@ -396,14 +534,14 @@ impl Landed {
     }
 
     fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst) || signals::interrupted()
+        self.stopped.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) || signals::interrupted()
     }
 }
 
 /// The download read from the start, each part once it has landed.
 struct InOrder<'a> {
     file: &'a File,
-    landed: &'a Landed,
+    landed: &'a Landed<'a>,
     pos: u64,
     size: u64,
 }
@@ -463,8 +601,18 @@ pub(crate) fn fetch_deltas(
     sources: &[Endpoint],
     dir: &Path,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let reach = Reach { endpoints: sources, size_on: &|e, role| e.size_on(role), abandoned: &AtomicBool::new(false) };
+    fetch_deltas_from(deltas, &reach, dir, "delta")
+}
+
+fn fetch_deltas_from(
+    deltas: &[&Entry],
+    reach: &Reach<'_>,
+    dir: &Path,
+    stem: &str,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let files: Vec<(String, PathBuf)> =
-        deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("delta-{i:06}")))).collect();
+        deltas.iter().enumerate().map(|(i, d)| (d.name.clone(), dir.join(format!("{stem}-{i:06}")))).collect();
     let indices: Vec<usize> = (0..deltas.len()).collect();
     let (_, error) = in_parallel(
         &indices,
@@ -472,7 +620,7 @@ pub(crate) fn fetch_deltas(
         || (),
         |(), i| {
             let plain = &files[i].1;
-            fetch(deltas[i], sources, &plain.with_extension("download"), plain, true).map(drop)
+            fetch(deltas[i], reach, &plain.with_extension("download"), plain, true).map(drop)
         },
     );
     if let Some(e) = error {
@@ -550,7 +698,7 @@ fn part_len(part: usize, size: u64) -> u64 {
 /// Fetch the parts not yet landed from `src`, `PARALLEL_PARTS` at a time,
 /// in order, each retried by the endpoint's policy; stops at the first
 /// part that still fails, or when the reader behind gave up.
-fn download(src: &Endpoint, name: &str, size: u64, file: &File, landed: &Landed) -> anyhow::Result<()> {
+fn download(src: &Endpoint, name: &str, size: u64, file: &File, landed: &Landed<'_>) -> anyhow::Result<()> {
     let missing: Vec<usize> = {
         let parts = landed.parts.lock().unwrap_or_else(|p| p.into_inner());
         (0..parts.len()).filter(|&p| !parts[p]).collect()
@@ -584,7 +732,7 @@ fn fetch_part(
     len: u64,
     file: &File,
     buf: &mut [u8],
-    landed: &Landed,
+    landed: &Landed<'_>,
 ) -> store::Result<()> {
     let mut reader = src.store.load(name, offset, Some(len))?;
     let mut got = 0u64;

@@ -273,6 +273,22 @@ fn failover_primary_drops_mid_download_resumes_on_secondary() {
 }
 
 #[test]
+fn a_newer_full_snapshot_on_the_secondary_wins_over_the_primarys_own_chain() {
+    let v = v34();
+    let (prefix, older) = backup(&v);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/newer"), "x"]);
+    let r = run(&refs(&dual_args(&v.endpoint, &prefix)), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let newer = primary(&prefix).list().unwrap().into_iter().map(|o| o.name).find(|n| *n != older).unwrap();
+    // The primary missed the newer one: its own listing (whose chain starts
+    // downloading first) holds the older only; the merged one wins.
+    primary(&prefix).delete(&newer).unwrap();
+    let log = restore_from_secondary(&prefix, &newer, &[], &[&format!("Restored {newer} (revision ")]);
+    assert!(!log.contains(&format!("Restored {older}")) && !log.contains("Failed to fetch"), "{log}");
+}
+
+#[test]
 fn both_endpoints_down_names_both_causes() {
     let dir = scratch("bothdown");
     let r = restore(

@@ -34,13 +34,11 @@ pub fn restore_in_place(
     strip_trailer(path)?;
     let db = bbolt::Db::open(path)?;
     let latest = latest_revision(&db)?;
-    let applied = check_deltas(&db, latest, deltas)?;
-    // The db can be ahead of its name's revision, which restore checked.
-    let revision = applied
-        .checked_add(bump.unwrap_or(0))
-        .filter(|&r| r <= crate::snapshot::MAX_REVISION)
-        .ok_or_else(|| anyhow::anyhow!("revision {applied} plus --bump-revision exceeds etcd's largest revision"))?;
-    let append_keys = applied > latest || bump.is_some();
+    // The deltas are read once, as they are written: what they reach, and
+    // the bumped revision, is known once the `key` bucket is done, which
+    // sorts before `meta`, the one other bucket that needs it.
+    let mut revision = latest;
+    let append_keys = !deltas.is_empty() || bump.is_some();
     let mut buckets = root_buckets(&db)?;
     if append_keys && !buckets.iter().any(|(n, _)| n == b"key") {
         buckets.push((b"key".to_vec(), None));
@@ -54,7 +52,12 @@ pub fn restore_in_place(
                 Some(raw) => w.resume_bucket(&db, &name, raw)?,
                 None => w.begin_bucket(&name)?,
             }
-            apply_deltas(latest, deltas, &mut |_, k, v| w.put(k, v).map_err(Into::into))?;
+            let applied = apply_checked(&db, latest, deltas, &mut w)?;
+            // The db can be ahead of its name's revision, which restore checked.
+            revision =
+                applied.checked_add(bump.unwrap_or(0)).filter(|&r| r <= crate::snapshot::MAX_REVISION).ok_or_else(
+                    || anyhow::anyhow!("revision {applied} plus --bump-revision exceeds etcd's largest revision"),
+                )?;
             if bump.is_some() {
                 // An empty entry at the bumped revision makes it the latest.
                 w.put(&revision_key(revision, 0), b"")?;
@@ -112,20 +115,25 @@ fn latest_revision(db: &bbolt::Db) -> anyhow::Result<u64> {
     })
 }
 
-/// A first pass over every delta, before anything is written: they must
-/// follow on from `latest`, and leases they name but the snapshot lacks
-/// are reported. Returns the last revision they reach.
-fn check_deltas(db: &bbolt::Db, latest: u64, deltas: &[(String, PathBuf)]) -> anyhow::Result<u64> {
+/// Appends the deltas' events after `latest` to the `key` bucket `w` is
+/// writing: they must follow on from `latest`, and leases they name but
+/// the snapshot lacks are reported. Returns the last revision they reach.
+fn apply_checked(
+    db: &bbolt::Db,
+    latest: u64,
+    deltas: &[(String, PathBuf)],
+    w: &mut bbolt::Writer,
+) -> anyhow::Result<u64> {
     let known = leases(db);
     let mut unknown = BTreeSet::new();
-    let applied = apply_deltas(latest, deltas, &mut |e, _, _| {
+    let applied = apply_deltas(latest, deltas, &mut |e, k, v| {
         if e.lease != 0 && !known.contains(&e.lease) {
             unknown.insert(e.lease);
         }
-        Ok(())
+        w.put(k, v).map_err(Into::into)
     })?;
     if applied > latest {
-        info!("Applying the events of revisions {} to {applied} from delta snapshots", latest + 1);
+        info!("Applied the events of revisions {} to {applied} from {} delta snapshots", latest + 1, deltas.len());
     }
     // Dropping such lease IDs (as upstream does) would change the data, and
     // etcd's HashKV, against the source.

@@ -65,7 +65,8 @@ impl SubRevisions {
 /// Takes an event with its key-bucket key and value.
 pub type EntrySink<'a> = dyn FnMut(&Event, &[u8], &[u8]) -> anyhow::Result<()> + 'a;
 
-/// Read the deltas (name, plain file, in chain order) and hand each new
+/// Read the deltas (name, plain file, in chain order; their SHA-256
+/// trailers checked when they were fetched) and hand each new
 /// event to `put` with its mvcc key-bucket entry. Events up to `base`
 /// (already in the full snapshot, or in an overlapping earlier delta) are
 /// skipped; every later revision must follow the previous one. Returns the
@@ -75,7 +76,7 @@ pub fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink
     for (name, path) in deltas {
         signals::check()?;
         let data = std::fs::read(path).with_context(|| format!("reading delta snapshot {name}"))?;
-        let events = delta::parse(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
+        let events = delta::parse_checked(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
         drop(data);
         let range = SnapshotName::parse(name).map(|n| (n.start_revision, n.last_revision));
         let (first, named) = range.ok_or_else(|| anyhow!("delta snapshot {name}: not a delta snapshot name"))?;
