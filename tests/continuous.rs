@@ -8,7 +8,7 @@ mod common;
 use common::cli::*;
 use common::restore::*;
 use common::snapshotter::start;
-use common::{Etcd, etcdctl, etcdctl_json, free_port, unique};
+use common::{Etcd, env, etcdctl, etcdctl_json, free_port, unique};
 use etcd_backup_restore::snapshot::{Kind, SnapshotName};
 use etcd_backup_restore::store::Store;
 
@@ -179,6 +179,25 @@ fn restart_resumes_and_restore_merges_the_endpoints() {
         assert!(out.contains(&format!("INFO Successfully fetched snapshot {d} from secondary endpoint")), "{d}");
     }
     assert!(out.contains(&format!("INFO Successfully fetched snapshot {} from primary endpoint", deltas[0])));
+
+    // The last delta's bytes broken on both endpoints (both servers keep
+    // objects as plain files): the restore, applying the deltas as they
+    // land, names that delta and why, and writes nothing.
+    let last = deltas.last().unwrap();
+    for (root, bucket) in [("EBR_S3A_ROOT", "EBR_S3A_BUCKET"), ("EBR_S3B_ROOT", "EBR_S3B_BUCKET")] {
+        let file = std::path::Path::new(&env(root)).join(env(bucket)).join(&prefix).join("v2").join(last);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let dir = scratch("broken-delta");
+    let r = restore(&prefix, &dir.join("data"), &[], &creds());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("ERRO Failed to restore")).unwrap();
+    assert!(line.contains(&format!("could not fetch snapshot {last} from any endpoint")), "{line}");
+    assert!(!line.contains("was not fetched"), "{line}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left behind");
 
     // One delta on neither endpoint: a gap, and nothing written.
     let gone = SnapshotName::parse(&deltas[2]).unwrap();

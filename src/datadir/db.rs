@@ -6,7 +6,7 @@
 
 use super::bbolt;
 use super::member::{self, Member};
-use super::mvcc::{apply_deltas, revision_key};
+use super::mvcc::{Ready, apply_deltas, revision_key};
 use crate::signals;
 use crate::snapshot::TRAILER_LEN;
 use anyhow::anyhow;
@@ -30,6 +30,7 @@ pub fn restore_in_place(
     members: &[Member],
     bump: Option<u64>,
     deltas: &[(String, PathBuf)],
+    ready: &Ready<'_>,
 ) -> anyhow::Result<u64> {
     strip_trailer(path)?;
     let db = bbolt::Db::open(path)?;
@@ -52,7 +53,7 @@ pub fn restore_in_place(
                 Some(raw) => w.resume_bucket(&db, &name, raw)?,
                 None => w.begin_bucket(&name)?,
             }
-            let applied = apply_checked(&db, latest, deltas, &mut w)?;
+            let applied = apply_checked(&db, latest, deltas, ready, &mut w)?;
             // The db can be ahead of its name's revision, which restore checked.
             revision =
                 applied.checked_add(bump.unwrap_or(0)).filter(|&r| r <= crate::snapshot::MAX_REVISION).ok_or_else(
@@ -122,11 +123,12 @@ fn apply_checked(
     db: &bbolt::Db,
     latest: u64,
     deltas: &[(String, PathBuf)],
+    ready: &Ready<'_>,
     w: &mut bbolt::Writer,
 ) -> anyhow::Result<u64> {
     let known = leases(db);
     let mut unknown = BTreeSet::new();
-    let applied = apply_deltas(latest, deltas, &mut |e, k, v| {
+    let applied = apply_deltas(latest, deltas, ready, &mut |e, k, v| {
         if e.lease != 0 && !known.contains(&e.lease) {
             unknown.insert(e.lease);
         }

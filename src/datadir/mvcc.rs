@@ -8,7 +8,7 @@ use crate::delta::{self, Event, EventKind};
 use crate::signals;
 use crate::snapshot::SnapshotName;
 use anyhow::{Context, anyhow, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// etcd's mvcc revision key: 8-byte big-endian main, `_`, 8-byte sub.
 pub fn revision_key(main: u64, sub: u64) -> Vec<u8> {
@@ -62,6 +62,14 @@ impl SubRevisions {
     }
 }
 
+/// Waits until a delta's file (name, path) is there: it may still be fetched.
+pub type Ready<'a> = dyn Fn(&str, &Path) -> anyhow::Result<()> + 'a;
+
+/// Ready at once: every file is already there.
+pub fn all_there(_: &str, _: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
 /// Takes an event with its key-bucket key and value.
 pub type EntrySink<'a> = dyn FnMut(&Event, &[u8], &[u8]) -> anyhow::Result<()> + 'a;
 
@@ -71,10 +79,16 @@ pub type EntrySink<'a> = dyn FnMut(&Event, &[u8], &[u8]) -> anyhow::Result<()> +
 /// (already in the full snapshot, or in an overlapping earlier delta) are
 /// skipped; every later revision must follow the previous one. Returns the
 /// last revision.
-pub fn apply_deltas(base: u64, deltas: &[(String, PathBuf)], put: &mut EntrySink<'_>) -> anyhow::Result<u64> {
+pub fn apply_deltas(
+    base: u64,
+    deltas: &[(String, PathBuf)],
+    ready: &Ready<'_>,
+    put: &mut EntrySink<'_>,
+) -> anyhow::Result<u64> {
     let mut applied = base;
     for (name, path) in deltas {
         signals::check()?;
+        ready(name, path)?;
         let data = std::fs::read(path).with_context(|| format!("reading delta snapshot {name}"))?;
         let events = delta::parse_checked(&data).map_err(|e| anyhow!("delta snapshot {name}: {e}"))?;
         drop(data);
@@ -231,7 +245,7 @@ mod tests {
         };
         let deltas = [write("a", &[4, 5, 6, 6]), write("b", &[6, 7])];
         let mut seen = Vec::new();
-        let last = apply_deltas(5, &deltas, &mut |e, k, _| {
+        let last = apply_deltas(5, &deltas, &all_there, &mut |e, k, _| {
             seen.push((e.mod_revision, k[9..].to_vec()));
             Ok(())
         })
@@ -242,10 +256,10 @@ mod tests {
         assert_eq!(seen, [(6, sub(0)), (6, sub(1)), (7, sub(0))]);
 
         let holes = [write("c", &[6, 8])];
-        let e = apply_deltas(5, &holes, &mut |_, _, _| Ok(())).unwrap_err().to_string();
+        let e = apply_deltas(5, &holes, &all_there, &mut |_, _, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("jump from revision 6 to 8"), "{e}");
         let short = [(String::from("Incr-00000004-00000009-1"), d.join("a"))];
-        let e = apply_deltas(5, &short, &mut |_, _, _| Ok(())).unwrap_err().to_string();
+        let e = apply_deltas(5, &short, &all_there, &mut |_, _, _| Ok(())).unwrap_err().to_string();
         assert!(e.contains("end at revision 6, before the 9 its name says"), "{e}");
     }
 
@@ -282,7 +296,7 @@ mod tests {
         for (i, (name, events, want)) in cases.iter().enumerate() {
             let deltas = [(name.to_string(), write(&format!("d{i}"), events))];
             let mut applied = 0;
-            let e = apply_deltas(5, &deltas, &mut |_, _, _| {
+            let e = apply_deltas(5, &deltas, &all_there, &mut |_, _, _| {
                 applied += 1;
                 Ok(())
             })
