@@ -158,17 +158,16 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
         if entry.snapshot.encrypted && !keep {
             check_key(entry, sources)?;
         }
-        // Not the early chain: it is abandoned, and fetched from here on
-        // alongside it (the scope still waits for it to stop, which a read
-        // stalled on the primary only does at its timeout).
+        // What the kept early chain lacks (everything, when there is none)
+        // is fetched from here on; `stop` ends it once it is not needed. An
+        // abandoned early fetch stops alongside: the scope waits for it,
+        // which a read stalled on the primary only ends at its timeout.
         let stop = AtomicBool::new(false);
         let reach = Reach { endpoints: sources, size_on: &|e, role| e.size_on(role), abandoned: &stop };
         let (early_deltas, early_db, early_full, early_fetching) = match early {
             Some((names, db, full, deltas)) if keep => (names.1, Some(db), Some(full), Some(deltas)),
             _ => (Vec::new(), None, None, None),
         };
-        // What is fetched from here on: the deltas the early chain lacks
-        // (all of them when there is none).
         let rest: Vec<&Entry> = deltas.iter().copied().filter(|d| !early_deltas.contains(&d.name)).collect();
         let mut files = delta_paths(early_deltas.iter().map(String::as_str), &scratch, "early");
         files.extend(delta_paths(rest.iter().map(|d| d.name.as_str()), &scratch, "delta"));
