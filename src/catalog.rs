@@ -3,6 +3,7 @@
 
 use crate::endpoint::{Endpoints, Role};
 use crate::snapshot::{Kind, SnapshotName};
+use crate::store::ObjectInfo;
 use crossbeam_channel::Sender;
 use log::{debug, error, info};
 use std::sync::Mutex;
@@ -68,11 +69,7 @@ impl Catalog {
                     && let Ok(objects) = &listed
                 {
                     let mut own = Catalog::default();
-                    for o in objects {
-                        if let Some(snapshot) = SnapshotName::parse(&o.name) {
-                            own.add(ep.role, snapshot, o.name.clone(), o.size);
-                        }
-                    }
+                    own.add_listing(ep.role, objects, false);
                     order(&mut own.entries);
                     let _ = tx.send(own);
                 }
@@ -89,16 +86,7 @@ impl Catalog {
             let role = ep.name();
             match result {
                 Ok(objects) => {
-                    let mut n = 0;
-                    for o in objects {
-                        let Some(snapshot) = SnapshotName::parse(&o.name) else {
-                            debug!("{role} endpoint: skipping {}: not a snapshot name", o.name);
-                            continue;
-                        };
-                        debug!("{role} endpoint: {} ({} bytes)", o.name, o.size);
-                        n += 1;
-                        catalog.add(ep.role, snapshot, o.name, o.size);
-                    }
+                    let n = catalog.add_listing(ep.role, &objects, true);
                     info!("Listed {n} snapshots from {role} endpoint");
                     counts.push((ep.role, n));
                 }
@@ -123,6 +111,26 @@ impl Catalog {
             );
         }
         Ok(catalog)
+    }
+
+    /// Adds the snapshots among one endpoint's `objects` (others are
+    /// skipped) and returns how many; `log` names each at debug level.
+    fn add_listing(&mut self, role: Role, objects: &[ObjectInfo], log: bool) -> usize {
+        let mut n = 0;
+        for o in objects {
+            let Some(snapshot) = SnapshotName::parse(&o.name) else {
+                if log {
+                    debug!("{} endpoint: skipping {}: not a snapshot name", role.name(), o.name);
+                }
+                continue;
+            };
+            if log {
+                debug!("{} endpoint: {} ({} bytes)", role.name(), o.name, o.size);
+            }
+            n += 1;
+            self.add(role, snapshot, o.name.clone(), o.size);
+        }
+        n
     }
 
     fn add(&mut self, role: Role, snapshot: SnapshotName, name: String, size: u64) {

@@ -281,11 +281,7 @@ impl<'de> Visitor<'de> for Base64 {
 /// Verifies the SHA-256 trailer and decodes the events, as upstream's
 /// `getEventsDataFromDeltaSnapshot` + `json.Unmarshal` do. Unknown members are ignored.
 pub fn parse(data: &[u8]) -> Result<Vec<Event>, String> {
-    // Upstream also rejects exactly 32 bytes (`bufSize <= sha256.Size`).
-    if data.len() <= SHA_LEN {
-        return Err(format!("delta snapshot is missing hash: {} bytes, need more than {SHA_LEN}", data.len()));
-    }
-    let (json, sha) = data.split_at(data.len() - SHA_LEN);
+    let (json, sha) = split_trailer(data)?;
     if Sha256::digest(json).as_slice() != sha {
         return Err("delta snapshot SHA-256 mismatch".into());
     }
@@ -295,10 +291,16 @@ pub fn parse(data: &[u8]) -> Result<Vec<Event>, String> {
 /// As [`parse`], for a delta whose trailer was checked as it was fetched
 /// (a restore hashes each delta once, not once more per pass).
 pub fn parse_checked(data: &[u8]) -> Result<Vec<Event>, String> {
+    decode(split_trailer(data)?.0)
+}
+
+/// The JSON and the SHA-256 trailer after it.
+fn split_trailer(data: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    // Upstream also rejects exactly 32 bytes (`bufSize <= sha256.Size`).
     if data.len() <= SHA_LEN {
         return Err(format!("delta snapshot is missing hash: {} bytes, need more than {SHA_LEN}", data.len()));
     }
-    decode(&data[..data.len() - SHA_LEN])
+    Ok(data.split_at(data.len() - SHA_LEN))
 }
 
 fn decode(json: &[u8]) -> Result<Vec<Event>, String> {

@@ -163,7 +163,7 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
         // abandoned early fetch stops alongside: the scope waits for it,
         // which a read stalled on the primary only ends at its timeout.
         let stop = AtomicBool::new(false);
-        let reach = Reach { endpoints: sources, size_on: &|e, role| e.size_on(role), abandoned: &stop };
+        let reach = Reach { endpoints: sources, size_on: &Entry::size_on, abandoned: &stop };
         let (early_deltas, early_db, early_full, early_fetching) = match early {
             Some((names, db, full, deltas)) if keep => (names.1, Some(db), Some(full), Some(deltas)),
             _ => (Vec::new(), None, None, None),
@@ -212,7 +212,7 @@ pub fn run(cfg: &Options, sources: &Endpoints) -> Result<(), Failure> {
             let revision = match restored {
                 // A delta that could not be fetched stopped the apply: the fetch says why.
                 Err(e) if arrivals.missed() => {
-                    Err(early_fetched.unwrap_or(Ok(Vec::new())).and(fetched).err().unwrap_or(e))
+                    Err(early_fetched.and_then(Result::err).or_else(|| fetched.err()).unwrap_or(e))
                 }
                 r => r,
             }
@@ -615,7 +615,7 @@ pub(crate) fn fetch_deltas(
     sources: &[Endpoint],
     dir: &Path,
 ) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let reach = Reach { endpoints: sources, size_on: &|e, role| e.size_on(role), abandoned: &AtomicBool::new(false) };
+    let reach = Reach { endpoints: sources, size_on: &Entry::size_on, abandoned: &AtomicBool::new(false) };
     fetch_deltas_from(deltas, &reach, dir, "delta", None)
 }
 

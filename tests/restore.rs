@@ -37,6 +37,15 @@ fn backup(v: &Version) -> (String, String) {
     (prefix, name)
 }
 
+/// A second snapshot of `v` with `args`, a second after the first (its
+/// name's time differs) and with one more key (its revision too).
+fn back_up_again(v: &Version, args: &[String]) {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/again"), "x"]);
+    let r = run(&refs(args), &as_refs(&creds()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 /// The revision inside a stored snapshot, by etcd's own etcdutl.
 fn etcdutl_revision(bytes: &[u8], dir: &Path) -> u64 {
     etcdutl_status(&bytes[..bytes.len() - 32], dir)["revision"].as_u64().unwrap()
@@ -276,10 +285,7 @@ fn failover_primary_drops_mid_download_resumes_on_secondary() {
 fn a_newer_full_snapshot_on_the_secondary_wins_over_the_primarys_own_chain() {
     let v = v34();
     let (prefix, older) = backup(&v);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/newer"), "x"]);
-    let r = run(&refs(&dual_args(&v.endpoint, &prefix)), &as_refs(&creds()));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    back_up_again(&v, &dual_args(&v.endpoint, &prefix));
     let newer = primary(&prefix).list().unwrap().into_iter().map(|o| o.name).find(|n| *n != older).unwrap();
     // The primary missed the newer one: its own listing (whose chain starts
     // downloading first) holds the older only; the merged one wins.
@@ -338,11 +344,9 @@ fn refuses_a_non_empty_data_dir_and_leaves_it_alone() {
 fn snapshot_list_merges_both_endpoints() {
     let v = v34();
     let (prefix, both) = backup(&v);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    etcdctl(&v.ctl, &v.endpoint, &["put", &unique("/list"), "x"]);
     // A second snapshot on the primary only (single-endpoint mode).
     let args: Vec<String> = dual_args(&v.endpoint, &prefix).into_iter().take(8).collect();
-    assert_eq!(run(&refs(&args), &as_refs(&creds())).code, 0);
+    back_up_again(&v, &args);
     let mut list = vec!["snapshot".to_string(), "list".into()];
     list.extend(store_args(&prefix));
     let out = binary(&list).args(["--output", "json"]).output().unwrap();
