@@ -82,8 +82,7 @@ impl Job {
         is_final: bool,
     ) -> (i32, Option<(SnapshotName, Outcome)>) {
         let started = Instant::now();
-        let result =
-            full_snapshot(&self.etcd, endpoints, self.compression, self.encryption.as_ref(), is_final, recorder);
+        let result = full_snapshot(&self.etcd, endpoints, self.compression, self.encryption.as_ref(), is_final);
         self.metrics.record(crate::snapshot::Kind::Full, result.as_ref().ok(), started);
         match result {
             Ok(o) => {
@@ -113,7 +112,6 @@ pub fn full_snapshot(
     compression: Option<Policy>,
     encryption: Option<&Recipients>,
     is_final: bool,
-    recorder: &Recorder,
 ) -> anyhow::Result<Outcome> {
     let mut client = etcd::Client::connect(etcd_cfg)?;
     let status = client.status()?;
@@ -125,7 +123,6 @@ pub fn full_snapshot(
     // ciphertext (one file key), as it gets the same compressed bytes.
     let sealer = encryption.map(Sealer::new).transpose().context("starting age encryption")?;
     let name = snapshot_name.to_string();
-    recorder.expect(&name, snapshot_name.last_revision);
     info!(
         "Taking snapshot {name} from etcd {} (version {}, revision {})",
         client.endpoint(),

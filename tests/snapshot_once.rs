@@ -35,7 +35,7 @@ fn both_endpoints_up(etcd_var: &str, ctl_var: &str) {
     ] {
         assert!(r.stderr.contains(&line), "missing log line {line:?}");
     }
-    // etcd's HashKV, asked while the snapshot streamed, is recorded on both
+    // etcd's HashKV, asked once the snapshot is stored, is recorded on both
     // before the process exits.
     let records: Vec<Vec<u8>> =
         [primary(&prefix), secondary(&prefix)].iter().map(|s| load(&*s.sibling("hashkv"), &name)).collect();
