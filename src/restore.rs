@@ -393,7 +393,8 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
     }
     let sources = reach.endpoints;
     let mut plan: Vec<(usize, bool)> = (0..sources.len()).map(|i| (i, true)).collect();
-    let file = File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?;
+    // Created for the first download in parts.
+    let mut download_file: Option<File> = None;
     let mut done: Vec<bool> = Vec::new();
     // The size the parts in `done` were fetched at: only a copy of the
     // same size may supply the rest.
@@ -416,6 +417,33 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
             causes.push(format!("{role}: {e}"));
             continue;
         }
+        if size <= PART {
+            // One part (a delta, a small db): one GET streamed through the
+            // checks into `plain`, with no download file to write and read back.
+            match fetch_whole(src, entry, size, plain, verify, reach.abandoned) {
+                Ok(()) => {
+                    if download_file.is_some() && dest != plain {
+                        let _ = fs::remove_file(dest);
+                    }
+                    info!("Successfully fetched snapshot {name} from {role} endpoint");
+                    return Ok(src.role);
+                }
+                Err(_) if reach.abandoned.load(Ordering::SeqCst) => bail!("snapshot {name}: fetch abandoned"),
+                Err(e) => {
+                    warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
+                    causes.push(format!("{role}: {e}"));
+                    if signals::interrupted() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let file = match &download_file {
+            Some(file) => file,
+            None => download_file
+                .insert(File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?),
+        };
         let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
         if may_resume && done_size == Some(size) && have > 0 {
             info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");
@@ -432,30 +460,24 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
         let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
         let bound = SizeBound::new(entry.snapshot.kind);
         let unpack = || {
-            let input = InOrder { file: &file, landed: &landed, pos: 0, size };
-            let r = unpack(input, &entry.snapshot, plain, bound, check);
+            let input = InOrder { file, landed: &landed, pos: 0, size };
+            let r = unpack(input, size, &entry.snapshot, plain, as_is.then_some(file), bound, check);
             if r.is_err() {
                 landed.stop(false);
             }
             r
         };
         let download = || {
-            let fetched = download(src, name, size, &file, &landed);
+            let fetched = download(src, name, size, file, &landed);
             if fetched.is_err() {
                 landed.stop(true);
             }
             fetched
         };
-        let (fetched, unpacked) = if size <= PART {
-            // One part (a delta, a small db): nothing to overlap.
-            let fetched = download();
-            (fetched, unpack())
-        } else {
-            std::thread::scope(|s| {
-                let reader = s.spawn(unpack);
-                (download(), reader.join().expect("unpack thread panicked"))
-            })
-        };
+        let (fetched, unpacked) = std::thread::scope(|s| {
+            let reader = s.spawn(unpack);
+            (download(), reader.join().expect("unpack thread panicked"))
+        });
         let download_failed = landed.download_failed.load(Ordering::SeqCst);
         done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
         // A broken transfer keeps its finished parts for the other endpoint;
@@ -499,6 +521,76 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
     }
     signals::check()?;
     bail!("could not fetch snapshot {name} from any endpoint - {}", causes.join("; "))
+}
+
+/// Fetch `entry` (`size` bytes on `src`) with one GET, unpacked into
+/// `plain` as it streams in; retried whole by the endpoint's policy when
+/// the transfer breaks, not when the bytes are wrong.
+fn fetch_whole(
+    src: &Endpoint,
+    entry: &Entry,
+    size: u64,
+    plain: &Path,
+    verify: bool,
+    abandoned: &AtomicBool,
+) -> Result<(), store::Error> {
+    let name = &entry.name;
+    src.call(&format!("fetching {name}"), || {
+        let body = src.store.load(name, 0, Some(size))?;
+        let mut broken = None;
+        let input = Body { inner: body, left: size, got: 0, abandoned, broken: &mut broken };
+        let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
+        let unpacked = unpack(input, size, &entry.snapshot, plain, None, SizeBound::new(entry.snapshot.kind), check);
+        match (unpacked, broken) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(store::Error::new(store::ErrorKind::Permanent, format!("{e:#}"))),
+        }
+    })
+}
+
+/// An object's body, `left` bytes of it, that records why it broke: the
+/// transfer (retried), an early end or an abandoned fetch (not retried).
+struct Body<'a> {
+    inner: Box<dyn Read + Send>,
+    left: u64,
+    got: u64,
+    abandoned: &'a AtomicBool,
+    broken: &'a mut Option<store::Error>,
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let failed = |kind, msg: String| {
+            let e = store::Error::new(kind, msg);
+            (std::io::Error::other(e.msg.clone()), e)
+        };
+        let (err, why) = if self.abandoned.load(Ordering::SeqCst) || signals::interrupted() {
+            failed(store::ErrorKind::Permanent, "stopped (a signal, or the fetch was abandoned)".into())
+        } else {
+            let len = (buf.len() as u64).min(self.left) as usize;
+            let read = loop {
+                match self.inner.read(&mut buf[..len]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            match read {
+                Ok(0) => failed(store::ErrorKind::Permanent, format!("the object ended after {} bytes", self.got)),
+                Ok(n) => {
+                    self.left -= n as u64;
+                    self.got += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => failed(store::ErrorKind::Transient, format!("broken after {} bytes: {e}", self.got)),
+            }
+        };
+        *self.broken = Some(why);
+        Err(err)
+    }
 }
 
 /// Whether the object's bytes are the snapshot itself (no compression, no
@@ -843,19 +935,22 @@ fn fetch_part(
     Ok(())
 }
 
-/// Decompress `input` (per the name's suffix) into `plain`, checking etcd's
-/// SHA-256 trailer on the way unless `verify` is off, and stopping (with
-/// `plain` removed) as soon as the output passes `bound`. A snapshot
-/// stored as is is only read and checked: the download is `plain`.
+/// Decrypt and decompress `input` (`size` bytes; per the name) into
+/// `plain`, checking etcd's SHA-256 trailer on the way unless `verify` is
+/// off, and stopping (with `plain` removed) as soon as the output passes
+/// `bound`. `in_place` is the download when it already is the snapshot
+/// (stored as is): it is only read and checked.
 fn unpack(
-    input: InOrder<'_>,
+    input: impl Read,
+    size: u64,
     snapshot: &SnapshotName,
     plain: &Path,
+    in_place: Option<&File>,
     mut bound: SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
-    let result = unpack_into(input, snapshot, plain, &mut bound, verify);
-    if result.is_err() && !stored_as_is(snapshot) {
+    let result = unpack_into(input, size, snapshot, plain, in_place, &mut bound, verify);
+    if result.is_err() && in_place.is_none() {
         // A bomb's output must not stay on disk while the other endpoint is tried.
         let _ = fs::remove_file(plain);
     }
@@ -863,25 +958,24 @@ fn unpack(
 }
 
 fn unpack_into(
-    raw: InOrder<'_>,
+    raw: impl Read,
+    size: u64,
     snapshot: &SnapshotName,
     plain: &Path,
+    in_place: Option<&File>,
     bound: &mut SizeBound,
     verify: Option<TrailerCheck>,
 ) -> anyhow::Result<()> {
     let suffix = snapshot.compression.as_str();
-    let size = raw.size;
     let as_is = stored_as_is(snapshot);
-    if as_is && verify.is_none() {
+    if in_place.is_some() && verify.is_none() {
         // Nothing to check or write: the download is the snapshot.
         return Ok(());
     }
-    let mut out = if as_is {
-        None
-    } else {
-        Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?)
+    let mut out = match in_place {
+        Some(_) => None,
+        None => Some(File::options().write(true).create(true).truncate(true).mode(0o600).open(plain)?),
     };
-    let download = raw.file;
     let raw = std::io::BufReader::with_capacity(buffer_for(size, 1 << 20), raw);
     // Decrypted first (age after compression when stored), then decompressed.
     let mut input = if snapshot.encrypted {
@@ -909,8 +1003,10 @@ fn unpack_into(
         // is the db, once hashed: behind the parts, the hash read pages
         // under writeback (a 1.4 GB restore took 60% longer).
         let end = bound.total;
-        if end / PART != (end - n as u64) / PART {
-            start_writeback(out.as_ref().unwrap_or(download), (end / PART - 1) * PART, PART);
+        if end / PART != (end - n as u64) / PART
+            && let Some(file) = out.as_ref().or(in_place)
+        {
+            start_writeback(file, (end / PART - 1) * PART, PART);
         }
         if let Some(c) = check.as_mut() {
             c.update(&buf[..n]);

@@ -281,6 +281,34 @@ fn failover_primary_drops_mid_download_resumes_on_secondary() {
     assert!(have.is_multiple_of(8 << 20) || have % (8 << 20) == size % (8 << 20), "whole parts only: {line}");
 }
 
+/// A snapshot of one part is one GET streamed through the checks, with no
+/// download file: broken mid-body, it is fetched again whole (the retry
+/// policy), then from the secondary.
+#[test]
+fn failover_primary_breaks_a_one_part_snapshot_mid_body() {
+    let (prefix, name) = backup(&v34());
+    let size = primary(&prefix).list().unwrap()[0].size;
+    assert!(size < 8 << 20 && size > 20_000, "one part, longer than the cut: {size}");
+    // Every answer for a range from byte 0 breaks after 10 kB (headers included).
+    let proxy = CutProxy::cutting_range(&env("EBR_S3A_ENDPOINT"), 0, 10_000);
+    let log = restore_from_secondary(
+        &prefix,
+        &name,
+        &[
+            &format!("--store-endpoint-override={}", proxy.url),
+            "--chunk-upload-attempts=2",
+            "--chunk-upload-backoff=50ms",
+        ],
+        &[
+            &format!("WARN primary endpoint: fetching {name} failed (attempt 1/2), retrying in 50ms: "),
+            &format!("WARN Failed to fetch snapshot {name} from primary endpoint: "),
+        ],
+    );
+    let failed = log.lines().find(|l| l.contains("Failed to fetch snapshot")).unwrap();
+    assert!(failed.contains("broken after ") || failed.contains("the object ended after "), "{failed}");
+    assert!(!log.contains("Resuming"), "a one-part snapshot is fetched whole: {log}");
+}
+
 #[test]
 fn a_newer_full_snapshot_on_the_secondary_wins_over_the_primarys_own_chain() {
     let v = v34();

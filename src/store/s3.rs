@@ -18,6 +18,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use md5::Digest as _;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::{Error, ErrorKind, ObjectInfo, Result, Store, Upload};
 use crate::credentials::chain::Provider;
@@ -109,6 +111,39 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Idle connections kept per host: enough for ~16 parallel part uploads.
 const POOL_PER_HOST: usize = 32;
+
+/// ureq's resolver, except that an IP literal (`127.0.0.1:9000`, `[::1]`)
+/// is taken as is: the default bounds each lookup by its timeout with a
+/// thread per new connection, which a restore of 100 deltas opened 100 times.
+#[derive(Debug, Default)]
+struct LiteralResolver(DefaultResolver);
+
+impl Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri.authority().and_then(|a| {
+            let ip = a.host().trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok()?;
+            let port = a.port_u16().or(match uri.scheme_str()? {
+                "https" => Some(443),
+                "http" => Some(80),
+                _ => None,
+            })?;
+            Some(std::net::SocketAddr::new(ip, port))
+        });
+        match literal {
+            Some(addr) => {
+                let mut out = self.empty();
+                out.push(addr);
+                Ok(out)
+            }
+            None => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
 
 /// A listing stops with an error beyond this many pages or objects: a
 /// server handing out new continuation tokens forever would otherwise hold
@@ -204,7 +239,7 @@ impl S3Store {
         secrets.retain(|s| s.len() >= 3);
 
         let tls = tls_config(&cfg, &endpoint)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
             .timeout_connect(Some(cfg.connect_timeout))
@@ -215,8 +250,8 @@ impl S3Store {
             // would re-send a presigned URL elsewhere. Report it instead.
             .max_redirects(0)
             .max_redirects_will_error(false)
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(agent, DefaultConnector::default(), LiteralResolver::default());
 
         Ok(S3Store {
             inner: Arc::new(Inner {
