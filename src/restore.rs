@@ -417,86 +417,73 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
             causes.push(format!("{role}: {e}"));
             continue;
         }
-        if size <= PART {
-            // One part (a delta, a small db): one GET streamed through the
-            // checks into `plain`, with no download file to write and read back.
-            match fetch_whole(src, entry, size, plain, verify, reach.abandoned) {
-                Ok(()) => {
-                    if download_file.is_some() && dest != plain {
-                        let _ = fs::remove_file(dest);
-                    }
-                    info!("Successfully fetched snapshot {name} from {role} endpoint");
-                    return Ok(src.role);
-                }
-                Err(_) if reach.abandoned.load(Ordering::SeqCst) => bail!("snapshot {name}: fetch abandoned"),
-                Err(e) => {
-                    warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
-                    causes.push(format!("{role}: {e}"));
-                    if signals::interrupted() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        let file = match &download_file {
-            Some(file) => file,
-            None => download_file
-                .insert(File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?),
-        };
-        let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
-        if may_resume && done_size == Some(size) && have > 0 {
-            info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");
+        // One part (a delta, a small db): one GET streamed through the checks
+        // into `plain`, with no download file to write and read back.
+        let streamed = size <= PART;
+        let (result, have) = if streamed {
+            (fetch_whole(src, entry, size, plain, verify, reach.abandoned).map_err(|e| (anyhow!(e), false)), 0)
         } else {
-            if done_size.is_some() {
-                // Not on a new file: ext4 would flush a file truncated to 0 when it is closed.
-                file.set_len(0)?;
+            let file = match &download_file {
+                Some(file) => file,
+                None => download_file
+                    .insert(File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?),
+            };
+            let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
+            if may_resume && done_size == Some(size) && have > 0 {
+                info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");
+            } else {
+                if done_size.is_some() {
+                    // Not on a new file: ext4 would flush a file truncated to 0 when it is closed.
+                    file.set_len(0)?;
+                }
+                done = vec![false; size.div_ceil(PART) as usize];
             }
-            done = vec![false; size.div_ceil(PART) as usize];
-        }
-        done_size = Some(size);
-        file.set_len(size)?;
-        let landed = Landed::new(std::mem::take(&mut done), reach.abandoned);
-        let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
-        let bound = SizeBound::new(entry.snapshot.kind);
-        let unpack = || {
-            let input = InOrder { file, landed: &landed, pos: 0, size };
-            let r = unpack(input, size, &entry.snapshot, plain, as_is.then_some(file), bound, check);
-            if r.is_err() {
-                landed.stop(false);
-            }
-            r
-        };
-        let download = || {
-            let fetched = download(src, name, size, file, &landed);
-            if fetched.is_err() {
-                landed.stop(true);
-            }
-            fetched
-        };
-        let (fetched, unpacked) = std::thread::scope(|s| {
-            let reader = s.spawn(unpack);
-            (download(), reader.join().expect("unpack thread panicked"))
-        });
-        let download_failed = landed.download_failed.load(Ordering::SeqCst);
-        done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
-        // A broken transfer keeps its finished parts for the other endpoint;
-        // wrong bytes (a bad hash, a broken stream) mean none can be trusted.
-        let result = match (fetched, unpacked) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), _) if download_failed => Err((e, false)),
-            (_, Err(e)) => Err((e, true)),
-            (Err(e), Ok(())) => Err((e, false)),
+            done_size = Some(size);
+            file.set_len(size)?;
+            let landed = Landed::new(std::mem::take(&mut done), reach.abandoned);
+            let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
+            let bound = SizeBound::new(entry.snapshot.kind);
+            let unpack = || {
+                let input = InOrder { file, landed: &landed, pos: 0, size };
+                let r = unpack(input, size, &entry.snapshot, plain, as_is.then_some(file), bound, check);
+                if r.is_err() {
+                    landed.stop(false);
+                }
+                r
+            };
+            let download = || {
+                let fetched = download(src, name, size, file, &landed);
+                if fetched.is_err() {
+                    landed.stop(true);
+                }
+                fetched
+            };
+            let (fetched, unpacked) = std::thread::scope(|s| {
+                let reader = s.spawn(unpack);
+                (download(), reader.join().expect("unpack thread panicked"))
+            });
+            let download_failed = landed.download_failed.load(Ordering::SeqCst);
+            done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
+            // A broken transfer keeps its finished parts for the other endpoint;
+            // wrong bytes (a bad hash, a broken stream) mean none can be trusted.
+            let result = match (fetched, unpacked) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), _) if download_failed => Err((e, false)),
+                (_, Err(e)) => Err((e, true)),
+                (Err(e), Ok(())) => Err((e, false)),
+            };
+            (result, have)
         };
         match result {
             Ok(()) => {
-                if as_is {
-                    if dest != plain {
+                // A download in parts of a snapshot stored as is is the
+                // snapshot; otherwise only `plain` is needed from here.
+                if download_file.is_some() && dest != plain {
+                    if as_is && !streamed {
                         fs::rename(dest, plain)?;
+                    } else {
+                        let _ = fs::remove_file(dest);
                     }
-                } else {
-                    // Only the decompressed copy is needed from here.
-                    let _ = fs::remove_file(dest);
                 }
                 info!("Successfully fetched snapshot {name} from {role} endpoint");
                 return Ok(src.role);
@@ -536,12 +523,11 @@ fn fetch_whole(
 ) -> Result<(), store::Error> {
     let name = &entry.name;
     src.call(&format!("fetching {name}"), || {
-        let body = src.store.load(name, 0, Some(size))?;
-        let mut broken = None;
-        let input = Body { inner: body, left: size, got: 0, abandoned, broken: &mut broken };
+        let stopped = || abandoned.load(Ordering::SeqCst) || signals::interrupted();
+        let mut body = Body::new(src.store.load(name, 0, Some(size))?, 0, size, &stopped);
         let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
-        let unpacked = unpack(input, size, &entry.snapshot, plain, None, SizeBound::new(entry.snapshot.kind), check);
-        match (unpacked, broken) {
+        let bound = SizeBound::new(entry.snapshot.kind);
+        match (unpack(&mut body, size, &entry.snapshot, plain, None, bound, check), body.broken.take()) {
             (Ok(()), _) => Ok(()),
             (Err(_), Some(e)) => Err(e),
             (Err(e), None) => Err(store::Error::new(store::ErrorKind::Permanent, format!("{e:#}"))),
@@ -549,47 +535,64 @@ fn fetch_whole(
     })
 }
 
-/// An object's body, `left` bytes of it, that records why it broke: the
-/// transfer (retried), an early end or an abandoned fetch (not retried).
+/// Bytes `offset..offset+len` of an object as a GET answers them, read
+/// until `stopped` says otherwise; it records why it broke: the transfer
+/// (transient), an early end or a stop (permanent).
 struct Body<'a> {
     inner: Box<dyn Read + Send>,
-    left: u64,
+    offset: u64,
+    len: u64,
     got: u64,
-    abandoned: &'a AtomicBool,
-    broken: &'a mut Option<store::Error>,
+    stopped: &'a dyn Fn() -> bool,
+    broken: Option<store::Error>,
+}
+
+impl<'a> Body<'a> {
+    fn new(inner: Box<dyn Read + Send>, offset: u64, len: u64, stopped: &'a dyn Fn() -> bool) -> Body<'a> {
+        Body { inner, offset, len, got: 0, stopped, broken: None }
+    }
+
+    /// Why a read failed: what it recorded, else `e` itself (transient).
+    fn why(&mut self, e: std::io::Error) -> store::Error {
+        self.broken.take().unwrap_or_else(|| store::Error::new(store::ErrorKind::Transient, e.to_string()))
+    }
+
+    fn fail(&mut self, kind: store::ErrorKind, msg: String) -> std::io::Error {
+        let e = std::io::Error::other(msg.clone());
+        self.broken = Some(store::Error::new(kind, msg));
+        e
+    }
 }
 
 impl Read for Body<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 || buf.is_empty() {
+        let left = self.len - self.got;
+        if left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let failed = |kind, msg: String| {
-            let e = store::Error::new(kind, msg);
-            (std::io::Error::other(e.msg.clone()), e)
-        };
-        let (err, why) = if self.abandoned.load(Ordering::SeqCst) || signals::interrupted() {
-            failed(store::ErrorKind::Permanent, "stopped (a signal, or the fetch was abandoned)".into())
-        } else {
-            let len = (buf.len() as u64).min(self.left) as usize;
-            let read = loop {
-                match self.inner.read(&mut buf[..len]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r,
+        if (self.stopped)() {
+            let msg = "stopped (a signal, an abandoned fetch, or bad bytes before)".to_string();
+            return Err(self.fail(store::ErrorKind::Permanent, msg));
+        }
+        let len = (buf.len() as u64).min(left) as usize;
+        loop {
+            match self.inner.read(&mut buf[..len]) {
+                Ok(0) => {
+                    let (start, end, got) = (self.offset, self.offset + self.len, self.got);
+                    let msg = format!("bytes {start}..{end}: the object ended after {got} bytes");
+                    return Err(self.fail(store::ErrorKind::Permanent, msg));
                 }
-            };
-            match read {
-                Ok(0) => failed(store::ErrorKind::Permanent, format!("the object ended after {} bytes", self.got)),
                 Ok(n) => {
-                    self.left -= n as u64;
                     self.got += n as u64;
                     return Ok(n);
                 }
-                Err(e) => failed(store::ErrorKind::Transient, format!("broken after {} bytes: {e}", self.got)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let msg = format!("broken after {} bytes: {e}", self.got);
+                    return Err(self.fail(store::ErrorKind::Transient, msg));
+                }
             }
-        };
-        *self.broken = Some(why);
-        Err(err)
+        }
     }
 }
 
@@ -900,32 +903,18 @@ fn fetch_part(
     buf: &mut [u8],
     landed: &Landed<'_>,
 ) -> store::Result<()> {
-    let mut reader = src.store.load(name, offset, Some(len))?;
-    let mut got = 0u64;
-    while got < len {
-        if landed.is_stopped() {
-            return Err(store::Error::new(
-                store::ErrorKind::Permanent,
-                "stopped (a signal, or the bytes before were bad)",
-            ));
-        }
-        let n = match reader.read(buf) {
-            Ok(0) => {
-                return Err(store::Error::new(
-                    store::ErrorKind::Permanent,
-                    format!("bytes {offset}..{}: the object ended after {got} bytes", offset + len),
-                ));
-            }
+    let stopped = || landed.is_stopped();
+    let mut body = Body::new(src.store.load(name, offset, Some(len))?, offset, len, &stopped);
+    loop {
+        let at = offset + body.got;
+        let n = match body.read(buf) {
+            Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(store::Error::new(store::ErrorKind::Transient, format!("broken after {got} bytes: {e}")));
-            }
+            Err(e) => return Err(body.why(e)),
         };
-        file.write_all_at(&buf[..n], offset + got).map_err(|e| {
+        file.write_all_at(&buf[..n], at).map_err(|e| {
             store::Error::new(store::ErrorKind::Permanent, format!("writing the downloaded snapshot: {e}"))
         })?;
-        got += n as u64;
     }
     // The body is not read past the range, so the connection is not reused.
     // Reading on to its end (which hands it back to the pool) made a restore

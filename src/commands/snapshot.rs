@@ -28,8 +28,8 @@ pub fn run(cfg: &SnapshotConfig) -> i32 {
                 );
             }
             // etcd hashes once the snapshot is stored, its db just read into
-            // the page cache (7.9 GB: 4.5 s, 133 s from disk): that may
-            // lengthen the run by a tenth at most.
+            // the page cache (1 GB: 0.3-0.5 s; 7.9 GB: 44-81 s in the scale
+            // bench): that may lengthen the run by a tenth at most.
             (code, (started.elapsed() / 10).clamp(Duration::from_secs(2), RECORD_WAIT))
         }
     };
