@@ -53,7 +53,9 @@ pub fn restore_in_place(
                 Some(raw) => w.resume_bucket(&db, &name, raw)?,
                 None => w.begin_bucket(&name)?,
             }
-            let applied = apply_checked(&db, latest, deltas, ready, &mut w)?;
+            // An empty `key` bucket is etcd's revision 1 (a new etcd starts
+            // there): the first delta after it starts at 2.
+            let applied = apply_checked(&db, latest.max(1), deltas, ready, &mut w)?;
             // The db can be ahead of its name's revision, which restore checked.
             revision =
                 applied.checked_add(bump.unwrap_or(0)).filter(|&r| r <= crate::snapshot::MAX_REVISION).ok_or_else(

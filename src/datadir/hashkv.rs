@@ -161,7 +161,8 @@ fn rows(src: &Rows<'_>, f: &mut RowFn<'_>) -> Result<(), String> {
     if stopped || src.deltas.is_empty() {
         return Ok(());
     }
-    apply_deltas(highest, src.deltas, &super::mvcc::all_there, &mut |_, k, v| {
+    // As the restore does: an empty `key` bucket is etcd's revision 1.
+    apply_deltas(highest.max(1), src.deltas, &super::mvcc::all_there, &mut |_, k, v| {
         if !stopped {
             let (rev, tomb) = row_rev(k).map_err(|e| anyhow::anyhow!(e))?;
             stopped = !f(k, rev, tomb, v).map_err(|e| anyhow::anyhow!("{}: {e}", row_name(rev, tomb)))?;
