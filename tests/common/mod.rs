@@ -194,9 +194,16 @@ impl Drop for Etcd {
 /// dropping the connection mid-download). Stops with the test process.
 pub struct CutProxy {
     pub url: String,
+    /// Connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CutProxy {
+    /// Passes everything (to count connections).
+    pub fn passing(target: &str) -> CutProxy {
+        Self::spawn(target, usize::MAX, false, None, None)
+    }
+
     /// Passes `limit` bytes of each connection's responses, then closes it.
     pub fn start(target: &str, limit: usize) -> CutProxy {
         Self::spawn(target, limit, false, None, None)
@@ -228,8 +235,11 @@ impl CutProxy {
         let target = target.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(&target) else { continue };
                 let armed = Arc::new(AtomicBool::new(trigger.is_none()));
                 let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -283,6 +293,6 @@ impl CutProxy {
                 });
             }
         });
-        CutProxy { url }
+        CutProxy { url, connections }
     }
 }
