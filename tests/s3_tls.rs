@@ -9,8 +9,12 @@ mod common;
 
 use common::cli::*;
 use common::restore::*;
-use common::{Server, env, free_port, unique, var};
+use common::{CutProxy, Server, env, free_port, s3_config, unique, var};
+use etcd_backup_restore::store::s3::{S3Config, S3Store};
+use etcd_backup_restore::store::{self, Store};
+use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 /// rclone serving S3 over TLS on a free port; stopped when dropped.
 struct TlsS3 {
@@ -147,4 +151,48 @@ fn private_ca_for_s3() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("from secondary endpoint"), "{}", r.stderr);
     assert!(data.join("member/snap/db").is_file());
+}
+
+/// Connections that 30 reads in turn of one object under `cfg` take
+/// through a counting proxy (10 whole and 10 ranged, each bounded by its
+/// length, and 10 to the end).
+fn connections_for_reads(mut cfg: S3Config) -> usize {
+    let store = S3Store::new(cfg.clone()).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    store::save(&store, "obj", &data).unwrap();
+    let url = cfg.endpoint.clone().unwrap();
+    let proxy = CutProxy::passing(&url);
+    let (scheme, _) = url.split_once("://").unwrap();
+    cfg.endpoint = Some(format!("{scheme}://{}", proxy.url.trim_start_matches("http://")));
+    let counted = S3Store::new(cfg).unwrap();
+    let read = |offset: u64, len: Option<u64>| {
+        let mut out = Vec::new();
+        counted.load("obj", offset, len).unwrap().read_to_end(&mut out).unwrap();
+        out
+    };
+    for i in 0..10u64 {
+        assert_eq!(read(0, Some(data.len() as u64)), data);
+        let (start, len) = (i * 9_000, 8_000);
+        assert_eq!(read(start, Some(len)), &data[start as usize..(start + len) as usize]);
+        assert_eq!(read(0, None), data);
+    }
+    store.delete("obj").unwrap();
+    proxy.connections.load(Ordering::SeqCst)
+}
+
+/// Over TLS a read hands its connection back to the pool (a restore of 100
+/// deltas would otherwise make 100 handshakes); over plain HTTP a bounded
+/// read takes a new one (see `reuse_reads` in `store::s3`).
+#[test]
+fn reads_reuse_connections_over_tls_only() {
+    let bucket = "poolbucket";
+    let s3 = start_tls_s3(bucket);
+    let mut tls = s3_config(Server::B, &unique("pool"));
+    tls.endpoint = Some(s3.url.clone());
+    tls.bucket = bucket.to_string();
+    tls.trusted_ca_pem = Some(std::fs::read(pki("ca.pem")).unwrap());
+    let used = connections_for_reads(tls);
+    assert_eq!(used, 1, "30 reads in turn over TLS took {used} connections");
+    let used = connections_for_reads(s3_config(Server::A, &unique("pool")));
+    assert!(used >= 20, "20 bounded reads in turn over plain HTTP took {used} connections");
 }

@@ -453,29 +453,6 @@ fn list_paginates(server: Server) {
     }
 }
 
-/// Reads of whole objects and of ranges, each read to its end, go over
-/// one pooled connection (a restore fetches a hundred deltas; with TLS each
-/// new connection is also a handshake).
-fn reads_share_one_connection(server: Server) {
-    let prefix = common::unique("pool");
-    let store = s3_store(server, &prefix);
-    let data = bytes(100_000, 8);
-    store::save(&store, "obj", &data).unwrap();
-    let mut cfg = s3_config(server, &prefix);
-    let proxy = common::CutProxy::passing(cfg.endpoint.as_deref().unwrap());
-    cfg.endpoint = Some(proxy.url.clone());
-    let counted = S3Store::new(cfg).unwrap();
-    for i in 0..10u64 {
-        assert_eq!(read_range(&counted, "obj", 0, Some(data.len() as u64)), data);
-        let (start, len) = (i * 9_000, 8_000);
-        assert_eq!(read_range(&counted, "obj", start, Some(len)), &data[start as usize..(start + len) as usize]);
-        assert_eq!(read_all(&counted, "obj", 0), data);
-    }
-    let used = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(used, 1, "30 reads in turn took {used} connections");
-    store.delete("obj").unwrap();
-}
-
 fn create_bucket_then_use_it(server: Server) {
     let mut cfg = s3_config(server, "p");
     cfg.bucket = common::unique("newbucket");
@@ -522,14 +499,6 @@ mod s3_only {
     #[test]
     fn b_list_paginates() {
         list_paginates(Server::B)
-    }
-    #[test]
-    fn a_reads_share_one_connection() {
-        reads_share_one_connection(Server::A);
-    }
-    #[test]
-    fn b_reads_share_one_connection() {
-        reads_share_one_connection(Server::B);
     }
     #[test]
     fn a_create_bucket() {

@@ -232,7 +232,7 @@ impl CutProxy {
         use std::net::{Shutdown, TcpListener, TcpStream};
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let target = target.trim_start_matches("http://").to_string();
+        let target = target.trim_start_matches("http://").trim_start_matches("https://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
