@@ -179,12 +179,12 @@ struct Inner {
     request_timeout: Duration,
     /// Whether a GET read to its end hands its connection back to the pool:
     /// only over TLS. A new TLS connection costs a handshake (restoring 100
-    /// deltas from rclone over TLS: median 0.23 s with a connection each,
-    /// 0.20 s pooled). A new plain one costs a round trip, and saves the
-    /// wait of a server that leaves Nagle on: s3s-fs sends the tail of an
-    /// answer on a reused connection only after the client's delayed ACK
-    /// (44 ms, in 4 of 10 reads of 100 kB; the same restore took 0.20 s
-    /// with a connection each, 0.23 s pooled).
+    /// deltas from rclone over TLS: median 0.22-0.23 s with a connection
+    /// each, 0.17-0.20 s pooled). A new plain one costs a round trip, and
+    /// saves the wait of a server that leaves Nagle on: s3s-fs sends the
+    /// tail of an answer on a reused connection only after the client's
+    /// delayed ACK (44 ms, in 4 of 10 reads of 100 kB; the same restore from
+    /// it took 0.20-0.23 s with a connection each, 0.22-0.24 s pooled).
     reuse_reads: bool,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
