@@ -235,3 +235,56 @@ where
     })
     .map_err(|e| err.take().unwrap_or_else(|| e.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::mvcc::all_there;
+    use crate::delta::{self, tests::put};
+
+    /// A full snapshot of an etcd that never had a key: an empty `key`
+    /// bucket, and `meta`.
+    fn empty_db(path: &Path) {
+        let mut w = bbolt::Writer::create(path, 4096).unwrap();
+        w.begin_bucket(b"key").unwrap();
+        w.end_bucket().unwrap();
+        w.begin_bucket(b"meta").unwrap();
+        w.put(b"consistent_index", &3u64.to_be_bytes()).unwrap();
+        w.end_bucket().unwrap();
+        w.finish(2).unwrap();
+    }
+
+    /// A new etcd is at revision 1, so the first delta after its empty
+    /// snapshot starts at 2 (this was refused as a jump from 0 to 2).
+    #[test]
+    fn deltas_after_an_empty_snapshot_start_at_revision_2() {
+        let d = crate::test_scratch::dir("emptydb");
+        let db = d.join("db");
+        empty_db(&db);
+        let mut w = delta::Writer::new();
+        w.push(&put(b"k", b"v", 2, 2, 1, 0), 0, 0);
+        w.push(&put(b"k", b"w", 2, 3, 2, 0), 0, 0);
+        std::fs::write(d.join("delta"), w.finish()).unwrap();
+        let deltas = [("Incr-00000002-00000003-1".to_string(), d.join("delta"))];
+        let members = member::parse_initial_cluster("a=http://127.0.0.1:2380", "t").unwrap();
+        assert_eq!(restore_in_place(&db, &members, None, &deltas, &all_there).unwrap(), 3);
+        let restored = bbolt::Db::open(&db).unwrap();
+        let mut revisions = Vec::new();
+        copy_bucket(&restored, b"key", &mut |k, _| {
+            revisions.push(u64::from_be_bytes(k[..8].try_into().unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(revisions, [2, 3]);
+
+        // A chain that starts past revision 2 still has a hole.
+        fs::remove_file(&db).unwrap();
+        empty_db(&db);
+        let mut w = delta::Writer::new();
+        w.push(&put(b"k", b"v", 3, 3, 1, 0), 0, 0);
+        std::fs::write(d.join("late"), w.finish()).unwrap();
+        let late = [("Incr-00000003-00000003-1".to_string(), d.join("late"))];
+        let e = restore_in_place(&db, &members, None, &late, &all_there).unwrap_err();
+        assert!(format!("{e:#}").contains("jump from revision 1 to 3"), "{e:#}");
+    }
+}
