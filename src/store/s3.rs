@@ -177,15 +177,6 @@ struct Inner {
     /// upload-part and get.
     sse_headers: Vec<(&'static str, String)>,
     request_timeout: Duration,
-    /// Whether a GET read to its end hands its connection back to the pool:
-    /// only over TLS. A new TLS connection costs a handshake (restoring 100
-    /// deltas from rclone over TLS: median 0.22-0.23 s with a connection
-    /// each, 0.17-0.20 s pooled). A new plain one costs a round trip, and
-    /// saves the wait of a server that leaves Nagle on: s3s-fs sends the
-    /// tail of an answer on a reused connection only after the client's
-    /// delayed ACK (44 ms, in 4 of 10 reads of 100 kB; the same restore from
-    /// it took 0.20-0.23 s with a connection each, 0.22-0.24 s pooled).
-    reuse_reads: bool,
     /// Strings that must never appear in a message.
     secrets: Vec<String>,
     write: WriteOptions,
@@ -271,7 +262,6 @@ impl S3Store {
                 endpoint,
                 sse_headers,
                 request_timeout: cfg.request_timeout,
-                reuse_reads: endpoint_url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")),
                 secrets,
                 write: cfg.write.clone(),
                 versions: None,
@@ -422,7 +412,7 @@ impl Store for S3Store {
             0
         };
         // The body ends exactly where the range does in the usual answer.
-        let release = inner.reuse_reads
+        let release = inner.reuse_reads()
             && skip == 0
             && length.is_some()
             && header(&resp, "content-length").and_then(|v| v.parse().ok()) == length;
@@ -810,6 +800,18 @@ impl Inner {
         let resp = self.exec(&ctx, http::Method::PUT, url.as_str(), &headers, Some(body.as_bytes()), Kind::Object)?;
         drain(resp);
         Ok(())
+    }
+
+    /// Whether a GET read to its end hands its connection back to the pool:
+    /// only over TLS. A new TLS connection costs a handshake (restoring 100
+    /// deltas from rclone over TLS: median 0.22-0.23 s with a connection
+    /// each, 0.17-0.20 s pooled). A new plain one costs a round trip, and
+    /// saves the wait of a server that leaves Nagle on: s3s-fs sends the
+    /// tail of an answer on a reused connection only after the client's
+    /// delayed ACK (44 ms, in 4 of 10 reads of 100 kB; the same restore from
+    /// it took 0.20-0.23 s with a connection each, 0.22-0.24 s pooled).
+    fn reuse_reads(&self) -> bool {
+        self.bucket.base_url().scheme() == "https"
     }
 
     fn ctx(&self, what: &str, key: &str) -> String {
