@@ -363,6 +363,9 @@ fn choose<'a>(
 /// (separate runs). Each holds a 256 KiB buffer.
 const PART: u64 = 8 << 20;
 const PARALLEL_PARTS: usize = 8;
+/// How many parts a download may run ahead of the reader behind it: what
+/// a scratch download can hold on disk at most (128 MiB).
+const AHEAD: usize = 2 * PARALLEL_PARTS;
 /// S3's largest object. A listed size beyond it is a broken listing, and
 /// would size the part table and the sparse download file.
 const MAX_OBJECT_SIZE: u64 = 5 << 40;
@@ -382,9 +385,9 @@ struct Reach<'a> {
 /// `dest` itself for a snapshot stored as is). The object is decrypted,
 /// decompressed and hashed in order right behind the parts as they land,
 /// so the download and those steps overlap. When an endpoint fails, the
-/// parts still missing come from the other one if both copies have the
-/// same size; the SHA-256 trailer, checked over the plain snapshot, still
-/// covers the whole result.
+/// parts still missing come from the next one if its copy has the same
+/// size, with the reader behind them going on where it was; the SHA-256
+/// trailer, checked over the plain snapshot, still covers the whole result.
 fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bool) -> anyhow::Result<Role> {
     let name = &entry.name;
     let as_is = stored_as_is(&entry.snapshot);
@@ -392,19 +395,17 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
         bail!("snapshot {name}: cannot decompress or decrypt a download into itself");
     }
     let sources = reach.endpoints;
-    let mut plan: Vec<(usize, bool)> = (0..sources.len()).map(|i| (i, true)).collect();
+    // The endpoints in turn; one that resumed a download whose bytes then
+    // failed the checks is tried again alone at the end (the bad bytes may
+    // be the first endpoint's).
+    let mut plan: Vec<usize> = (0..sources.len()).collect();
     // Created for the first download in parts.
     let mut download_file: Option<File> = None;
-    let mut done: Vec<bool> = Vec::new();
-    // The size the parts in `done` were fetched at: only a copy of the
-    // same size may supply the rest.
-    let mut done_size = None;
     let mut causes = Vec::new();
     let mut step = 0;
     while step < plan.len() {
-        let (i, may_resume) = plan[step];
+        let src = &sources[plan[step]];
         step += 1;
-        let src = &sources[i];
         let role = src.role.name();
         if reach.abandoned.load(Ordering::SeqCst) {
             bail!("snapshot {name}: fetch abandoned");
@@ -419,89 +420,99 @@ fn fetch(entry: &Entry, reach: &Reach<'_>, dest: &Path, plain: &Path, verify: bo
         }
         // One part (a delta, a small db): one GET streamed through the checks
         // into `plain`, with no download file to write and read back.
-        let streamed = size <= PART;
-        let (result, have) = if streamed {
-            (fetch_whole(src, entry, size, plain, verify, reach.abandoned).map_err(|e| (anyhow!(e), false)), 0)
+        let (result, used) = if size <= PART {
+            (fetch_whole(src, entry, size, plain, verify, reach.abandoned).map_err(|e| anyhow!(e)), vec![src])
         } else {
             let file = match &download_file {
-                Some(file) => file,
+                // Not on a new file: ext4 would flush a file truncated to 0 when it is closed.
+                Some(file) => file.set_len(0).map(|()| file)?,
                 None => download_file
                     .insert(File::options().read(true).write(true).create(true).truncate(true).mode(0o600).open(dest)?),
             };
-            let have: u64 = done.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum();
-            if may_resume && done_size == Some(size) && have > 0 {
-                info!("Resuming snapshot {name} from {role} endpoint: {have} of {size} bytes already fetched");
-            } else {
-                if done_size.is_some() {
-                    // Not on a new file: ext4 would flush a file truncated to 0 when it is closed.
-                    file.set_len(0)?;
-                }
-                done = vec![false; size.div_ceil(PART) as usize];
-            }
-            done_size = Some(size);
             file.set_len(size)?;
-            let landed = Landed::new(std::mem::take(&mut done), reach.abandoned);
+            let landed = Landed::new(vec![false; size.div_ceil(PART) as usize], reach.abandoned);
             let check = verify.then(|| TrailerCheck::for_kind(entry.snapshot.kind));
             let bound = SizeBound::new(entry.snapshot.kind);
             let unpack = || {
-                let input = InOrder { file, landed: &landed, pos: 0, size };
+                // The download is only scratch (not the db): each part read is released.
+                let input = InOrder { file, landed: &landed, pos: 0, size, release: !as_is };
                 let r = unpack(input, size, &entry.snapshot, plain, as_is.then_some(file), bound, check);
                 if r.is_err() {
                     landed.stop(false);
                 }
+                landed.reader_at(usize::MAX);
                 r
             };
-            let download = || {
-                let fetched = download(src, name, size, file, &landed);
-                if fetched.is_err() {
-                    landed.stop(true);
-                }
-                fetched
-            };
+            let mut used = vec![src];
             let (fetched, unpacked) = std::thread::scope(|s| {
                 let reader = s.spawn(unpack);
-                (download(), reader.join().expect("unpack thread panicked"))
+                let fetched = loop {
+                    let from = used[used.len() - 1];
+                    let e = match download(from, name, size, file, &landed) {
+                        Ok(()) => break Ok(()),
+                        // The reader gave up (its error says why), or the fetch was abandoned.
+                        Err(e) if landed.is_stopped() => break Err(e),
+                        Err(e) => e,
+                    };
+                    let from = from.role.name();
+                    warn!("Failed to fetch snapshot {name} from {from} endpoint: {e:#}");
+                    causes.push(format!("{from}: {e:#}"));
+                    let next =
+                        plan.get(step).map(|&j| &sources[j]).filter(|n| (reach.size_on)(entry, n.role) == Some(size));
+                    let Some(next) = next.filter(|_| !signals::interrupted()) else {
+                        landed.stop(true);
+                        break Err(e);
+                    };
+                    step += 1;
+                    used.push(next);
+                    let have = landed.bytes(size);
+                    if have > 0 {
+                        let to = next.role.name();
+                        info!("Resuming snapshot {name} from {to} endpoint: {have} of {size} bytes already fetched");
+                    }
+                };
+                (fetched, reader.join().expect("unpack thread panicked"))
             });
-            let download_failed = landed.download_failed.load(Ordering::SeqCst);
-            done = landed.parts.into_inner().unwrap_or_else(|p| p.into_inner());
-            // A broken transfer keeps its finished parts for the other endpoint;
-            // wrong bytes (a bad hash, a broken stream) mean none can be trusted.
             let result = match (fetched, unpacked) {
                 (Ok(()), Ok(())) => Ok(()),
-                (Err(e), _) if download_failed => Err((e, false)),
-                (_, Err(e)) => Err((e, true)),
-                (Err(e), Ok(())) => Err((e, false)),
+                // Each endpoint's failure is already told.
+                (Err(_), _) if landed.download_failed.load(Ordering::SeqCst) => {
+                    if signals::interrupted() {
+                        break;
+                    }
+                    continue;
+                }
+                (_, Err(e)) | (Err(e), Ok(())) => Err(e),
             };
-            (result, have)
+            (result, used)
         };
+        let last = used[used.len() - 1];
         match result {
             Ok(()) => {
                 // A download in parts of a snapshot stored as is is the
                 // snapshot; otherwise only `plain` is needed from here.
                 if download_file.is_some() && dest != plain {
-                    if as_is && !streamed {
+                    if as_is && size > PART {
                         fs::rename(dest, plain)?;
                     } else {
                         let _ = fs::remove_file(dest);
                     }
                 }
-                info!("Successfully fetched snapshot {name} from {role} endpoint");
-                return Ok(src.role);
+                info!("Successfully fetched snapshot {name} from {} endpoint", last.role.name());
+                return Ok(last.role);
             }
-            Err((_, _)) if reach.abandoned.load(Ordering::SeqCst) => bail!("snapshot {name}: fetch abandoned"),
-            Err((e, discard)) => {
-                let e = format!("{e:#}");
-                warn!("Failed to fetch snapshot {name} from {role} endpoint: {e}");
-                causes.push(format!("{role}: {e}"));
+            Err(_) if reach.abandoned.load(Ordering::SeqCst) => bail!("snapshot {name}: fetch abandoned"),
+            Err(e) => {
+                // Bytes that fail the checks after a resume are either endpoint's.
+                let role = used.iter().map(|u| u.role.name()).collect::<Vec<_>>().join(" and ");
+                let endpoints = if used.len() > 1 { "endpoints" } else { "endpoint" };
+                warn!("Failed to fetch snapshot {name} from {role} {endpoints}: {e:#}");
+                causes.push(format!("{role}: {e:#}"));
                 if signals::interrupted() {
                     break;
                 }
-                if discard {
-                    done.iter_mut().for_each(|d| *d = false);
-                    // The bad bytes may be the first endpoint's: fetch this one whole.
-                    if have > 0 {
-                        plan.push((i, false));
-                    }
+                if used.len() > 1 {
+                    plan.push(plan[step - 1]);
                 }
             }
         }
@@ -613,6 +624,8 @@ struct Landed<'a> {
     download_failed: AtomicBool,
     /// The whole fetch was abandoned ([`Reach::abandoned`]).
     abandoned: &'a AtomicBool,
+    /// The part the reader is at (`usize::MAX` once it is done).
+    reading: AtomicUsize,
 }
 
 impl Landed<'_> {
@@ -623,7 +636,30 @@ impl Landed<'_> {
             stopped: AtomicBool::new(false),
             download_failed: AtomicBool::new(false),
             abandoned,
+            reading: AtomicUsize::new(0),
         }
+    }
+
+    /// The reader is at `part` (`usize::MAX`: it is done, whatever the outcome).
+    fn reader_at(&self, part: usize) {
+        let _parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        self.reading.store(part, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Until `part` is at most [`AHEAD`] parts ahead of the reader; false
+    /// once either side stopped.
+    fn wait_turn(&self, part: usize) -> bool {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        while part >= self.reading.load(Ordering::SeqCst).saturating_add(AHEAD) {
+            if self.is_stopped() {
+                return false;
+            }
+            // Bounded, so that a signal is noticed without a notification.
+            parts =
+                self.changed.wait_timeout(parts, Duration::from_millis(200)).map_or_else(|p| p.into_inner().0, |r| r.0);
+        }
+        !self.is_stopped()
     }
 
     fn set(&self, part: usize) {
@@ -645,14 +681,24 @@ impl Landed<'_> {
     fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst) || self.abandoned.load(Ordering::SeqCst) || signals::interrupted()
     }
+
+    /// Bytes of the `size`-byte object landed so far.
+    fn bytes(&self, size: u64) -> u64 {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.iter().enumerate().filter(|&(_, &d)| d).map(|(p, _)| part_len(p, size)).sum()
+    }
 }
 
-/// The download read from the start, each part once it has landed.
+/// The download read from the start, each part once it has landed; with
+/// `release`, each part read is punched out of the file, so that a
+/// compressed download never needs its whole size on disk next to the db
+/// (the reader never goes back, and a failover resumes behind it).
 struct InOrder<'a> {
     file: &'a File,
     landed: &'a Landed<'a>,
     pos: u64,
     size: u64,
+    release: bool,
 }
 
 impl Read for InOrder<'_> {
@@ -681,6 +727,13 @@ impl Read for InOrder<'_> {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         self.pos += n as u64;
+        if self.pos == end {
+            if self.release {
+                // A whole part even for the last: its partial last block is freed too.
+                punch_hole(self.file, part as u64 * PART, PART);
+            }
+            self.landed.reader_at(part + 1);
+        }
         Ok(n)
     }
 }
@@ -854,6 +907,22 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Free `len` bytes of `file` at `offset` (its size stays), dropping
+/// their pages before they are written back. Best effort: a file system
+/// without hole punching keeps them until the file is removed.
+fn punch_hole(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` keeps open.
+    unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        );
+    }
+}
+
 /// A buffer of `max` bytes, less for a smaller object (sixteen deltas are
 /// fetched at once).
 fn buffer_for(size: u64, max: usize) -> usize {
@@ -873,6 +942,9 @@ fn download(src: &Endpoint, name: &str, size: u64, file: &File, landed: &Landed<
         (0..parts.len()).filter(|&p| !parts[p]).collect()
     };
     let job = |buf: &mut Vec<u8>, part: usize| {
+        if !landed.wait_turn(part) {
+            bail!("snapshot {name}: the download stopped");
+        }
         let offset = part as u64 * PART;
         let len = part_len(part, size);
         src.call(&format!("fetching {name}"), || fetch_part(src, name, offset, len, file, buf, landed))
@@ -1149,5 +1221,54 @@ mod tests {
         fs::create_dir_all(s.path.join("member/wal")).unwrap();
         s.commit(&target).unwrap();
         assert!(target.join("member/snap").is_dir());
+    }
+
+    #[test]
+    fn parts_read_in_order_are_released_from_a_scratch_download() {
+        use std::os::unix::fs::MetadataExt;
+        let d = crate::test_scratch::dir("release");
+        let size = 2 * PART + 5000;
+        let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let on_disk = |f: &File| f.metadata().unwrap().blocks() * 512;
+        for release in [false, true] {
+            let path = d.join(format!("download-{release}"));
+            fs::write(&path, &bytes).unwrap();
+            let file = File::options().read(true).write(true).open(&path).unwrap();
+            file.sync_all().unwrap();
+            assert!(on_disk(&file) >= size, "{}", on_disk(&file));
+            let abandoned = AtomicBool::new(false);
+            let landed = Landed::new(vec![true; 3], &abandoned);
+            let mut input = InOrder { file: &file, landed: &landed, pos: 0, size, release };
+            // The first part and a bit of the second: only the first is released.
+            let mut got = vec![0u8; (PART + 100) as usize];
+            input.read_exact(&mut got).unwrap();
+            assert_eq!(got, bytes[..got.len()]);
+            let left = if release { size - PART } else { size };
+            assert!(on_disk(&file) >= left && on_disk(&file) < left + (64 << 10), "{release}: {}", on_disk(&file));
+            let mut rest = Vec::new();
+            input.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, bytes[got.len()..]);
+            assert_eq!(file.metadata().unwrap().len(), size, "the size stays");
+            assert_eq!(on_disk(&file) == 0, release, "{release}: {}", on_disk(&file));
+        }
+    }
+
+    #[test]
+    fn a_download_runs_at_most_ahead_parts_in_front_of_the_reader() {
+        let abandoned = AtomicBool::new(false);
+        let landed = Landed::new(vec![false; 3 * AHEAD], &abandoned);
+        assert!(landed.wait_turn(AHEAD - 1));
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| landed.wait_turn(AHEAD));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!waiting.is_finished(), "part AHEAD waits while the reader is at part 0");
+            landed.reader_at(1);
+            assert!(waiting.join().unwrap());
+            let stopped = s.spawn(|| landed.wait_turn(2 * AHEAD));
+            landed.stop(false);
+            assert!(!stopped.join().unwrap(), "a stop ends the wait");
+        });
+        landed.reader_at(usize::MAX);
+        assert!(!landed.wait_turn(3 * AHEAD - 1), "stopped, even with the reader done");
     }
 }

@@ -245,24 +245,42 @@ fn failover_primary_object_deleted() {
     );
 }
 
+/// Flip one bit of the primary's copy at `at`: s3s-fs keeps objects as
+/// plain files, so this changes it behind the server's back.
+fn corrupt_on_primary(prefix: &str, name: &str, at: usize) {
+    let file = Path::new(&env("EBR_S3A_ROOT")).join(env("EBR_S3A_BUCKET")).join(prefix).join("v2").join(name);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+}
+
+/// A backup of three 8 MiB parts, the last one over 1000 bytes: (prefix, name, size).
+/// From a private etcd: the shared one stays small for the one-part tests.
+fn three_part_backup() -> (String, String, u64) {
+    let dir = scratch("three-parts");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let v = v34();
+    let etcd = Etcd::start(&v.etcd, &v.ctl, &dir.join("etcd"), "t1", &peer, &format!("t1={peer}"));
+    let v = Version { endpoint: etcd.client_url.clone(), ..v };
+    grow_db(&v, 17 << 20);
+    let (prefix, name) = backup(&v);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+    let size = primary(&prefix).list().unwrap()[0].size;
+    assert!(size > (16 << 20) + 1000, "the snapshot needs a third part: {size}");
+    (prefix, name, size)
+}
+
 #[test]
 fn failover_primary_object_corrupted() {
     let (prefix, name) = backup(&v34());
-    // s3s-fs keeps objects as plain files: change one byte behind its back.
-    let file = Path::new(&env("EBR_S3A_ROOT")).join(env("EBR_S3A_BUCKET")).join(&prefix).join("v2").join(&name);
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[5000] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
+    corrupt_on_primary(&prefix, &name, 5000);
     restore_from_secondary(&prefix, &name, &[], &["Failed to fetch snapshot", "SHA-256 trailer mismatch"]);
 }
 
 #[test]
 fn failover_primary_drops_mid_download_resumes_on_secondary() {
-    let v = v34();
-    grow_db(&v, 17 << 20);
-    let (prefix, name) = backup(&v);
-    let size = primary(&prefix).list().unwrap()[0].size;
-    assert!(size > 16 << 20, "the snapshot needs at least three 8 MiB parts: {size}");
+    let (prefix, name, size) = three_part_backup();
     // Every answer for the second part breaks after 600 kB; the others pass.
     let proxy = CutProxy::cutting_range(&env("EBR_S3A_ENDPOINT"), 8 << 20, 600_000);
     let log = restore_from_secondary(
@@ -279,6 +297,34 @@ fn failover_primary_drops_mid_download_resumes_on_secondary() {
     assert!(line.ends_with(&format!("of {size} bytes already fetched")), "{line}");
     assert!(have >= 8 << 20 && have <= size - (8 << 20), "{line}");
     assert!(have.is_multiple_of(8 << 20) || have % (8 << 20) == size % (8 << 20), "whole parts only: {line}");
+}
+
+/// The primary breaks a part, the secondary supplies it, and the part after
+/// it (the primary's) turns out corrupt: the mixed download fails its
+/// checks, is named after both endpoints, and the secondary's copy is
+/// then fetched whole.
+#[test]
+fn bad_bytes_after_a_resume_fetch_the_secondary_whole() {
+    let (prefix, name, size) = three_part_backup();
+    corrupt_on_primary(&prefix, &name, size as usize - 1000);
+    // The reader waits at the broken second part, so it reaches the
+    // corrupt third one only after the resume.
+    let proxy = CutProxy::cutting_range(&env("EBR_S3A_ENDPOINT"), 8 << 20, 600_000);
+    let log = restore_from_secondary(
+        &prefix,
+        &name,
+        &[&format!("--store-endpoint-override={}", proxy.url)],
+        &[
+            &format!("Resuming snapshot {name} from secondary endpoint: "),
+            &format!("Failed to fetch snapshot {name} from primary and secondary endpoints: "),
+        ],
+    );
+    let order: Vec<usize> =
+        ["Resuming snapshot", "from primary and secondary endpoints", "Successfully fetched snapshot"]
+            .iter()
+            .map(|l| log.find(l).unwrap())
+            .collect();
+    assert!(order.is_sorted(), "{log}");
 }
 
 /// A snapshot of one part is one GET streamed through the checks, with no
